@@ -1,0 +1,509 @@
+//! Server-side apply of the project's documents: ordering and ownership labels are pure;
+//! the I/O is a thin layer of discovery, dry run and apply over kube's dynamic API.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{ApiCapabilities, ApiResource, Scope};
+use serde_json::Value;
+
+use crate::manifests::Document;
+
+/// The one field manager sandbox applies with.
+pub const FIELD_MANAGER: &str = "sandbox";
+/// Label marking objects applied by sandbox, with the sandbox name.
+pub const OWNER_LABEL: &str = "dev.sandbox/sandbox";
+/// How many objects are applied at once.
+const PARALLEL: usize = 8;
+
+/// Errors applying manifests.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The API server does not know the kind, and no CRD in the manifests defines it.
+    #[error("{document}: the cluster has no kind {kind} in {api_version}")]
+    UnknownKind {
+        /// Where the document is.
+        document: String,
+        /// Kind.
+        kind: String,
+        /// apiVersion.
+        api_version: String,
+    },
+    /// Discovery failed for another reason.
+    #[error("{document}: cannot look up {kind} in {api_version}")]
+    Discovery {
+        /// Where the document is.
+        document: String,
+        /// Kind.
+        kind: String,
+        /// apiVersion.
+        api_version: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// The API server rejected an object (in the dry run or the real apply).
+    #[error("{document}: {phase} rejected by the API server: {message}")]
+    Rejected {
+        /// Where the document is.
+        document: String,
+        /// `dry run` or `apply`.
+        phase: &'static str,
+        /// The server's message.
+        message: String,
+    },
+    /// A document could not be turned into an object.
+    #[error("{document}: {message}")]
+    Invalid {
+        /// Where the document is.
+        document: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A CRD did not become Established.
+    #[error("CustomResourceDefinition {name} was not Established within {seconds} s")]
+    CrdTimeout {
+        /// CRD name.
+        name: String,
+        /// Deadline.
+        seconds: u64,
+    },
+}
+
+/// An object as applied: enough to wait for it and to report it.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// Where it came from.
+    pub document: String,
+    /// Its API resource.
+    pub resource: ApiResource,
+    /// Namespace (`None` for cluster-scoped objects).
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+    /// The object the server returned.
+    pub object: Value,
+    /// Whether the apply changed the object (resourceVersion moved).
+    pub changed: bool,
+}
+
+impl Applied {
+    /// `Kind/name` or `Kind namespace/name`.
+    pub fn id(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} {ns}/{}", self.resource.kind, self.name),
+            None => format!("{} {}", self.resource.kind, self.name),
+        }
+    }
+}
+
+/// Apply phase of a kind: namespaces and CRDs before everything that may live in them.
+pub fn phase(kind: &str) -> u8 {
+    match kind {
+        "Namespace" | "CustomResourceDefinition" => 0,
+        _ => 1,
+    }
+}
+
+/// Prepares an object for apply: ownership label and default namespace (when namespaced).
+pub fn prepare(object: &Value, sandbox: &str, namespace: Option<&str>) -> Value {
+    let mut object = object.clone();
+    let metadata = object["metadata"]
+        .as_object_mut()
+        .expect("documents are validated to have metadata");
+    let labels = metadata
+        .entry("labels")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Some(labels) = labels.as_object_mut() {
+        labels.insert(OWNER_LABEL.to_string(), Value::String(sandbox.to_string()));
+    }
+    match namespace {
+        Some(ns) => {
+            metadata
+                .entry("namespace")
+                .or_insert_with(|| Value::String(ns.to_string()));
+        }
+        None => {
+            metadata.remove("namespace");
+        }
+    }
+    object
+}
+
+fn gvk_of(doc: &Document) -> GroupVersionKind {
+    let (group, version) = match doc.api_version().split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", doc.api_version()),
+    };
+    GroupVersionKind::gvk(group, version, doc.kind())
+}
+
+/// Kinds defined by CustomResourceDefinitions among the documents, as `(group, kind)`.
+fn kinds_defined(docs: &[Document]) -> Vec<(String, String)> {
+    docs.iter()
+        .filter(|d| d.kind() == "CustomResourceDefinition")
+        .filter_map(|d| {
+            let spec = &d.object["spec"];
+            Some((
+                spec["group"].as_str()?.to_string(),
+                spec["names"]["kind"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Applies documents with server-side apply.
+pub struct Applier {
+    client: kube::Client,
+    sandbox: String,
+    default_namespace: String,
+    resources: HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>,
+}
+
+impl Applier {
+    /// An applier for sandbox `sandbox`, putting namespaced objects without a namespace in
+    /// `default_namespace`.
+    pub fn new(client: kube::Client, sandbox: &str, default_namespace: &str) -> Applier {
+        Applier {
+            client,
+            sandbox: sandbox.to_string(),
+            default_namespace: default_namespace.to_string(),
+            resources: HashMap::new(),
+        }
+    }
+
+    async fn resolve(
+        &mut self,
+        doc: &Document,
+    ) -> Result<Option<(ApiResource, ApiCapabilities)>, ApplyError> {
+        let gvk = gvk_of(doc);
+        if let Some(found) = self.resources.get(&gvk) {
+            return Ok(Some(found.clone()));
+        }
+        match kube::discovery::pinned_kind(&self.client, &gvk).await {
+            Ok(found) => {
+                self.resources.insert(gvk, found.clone());
+                Ok(Some(found))
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(source) => Err(ApplyError::Discovery {
+                document: doc.describe(),
+                kind: doc.kind().to_string(),
+                api_version: doc.api_version().to_string(),
+                source,
+            }),
+        }
+    }
+
+    fn api(
+        &self,
+        resource: &ApiResource,
+        caps: &ApiCapabilities,
+        namespace: Option<&str>,
+    ) -> Api<DynamicObject> {
+        match (caps.scope == Scope::Namespaced, namespace) {
+            (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, resource),
+            _ => Api::all_with(self.client.clone(), resource),
+        }
+    }
+
+    /// Applies every document: a dry run of everything the server can already judge, then
+    /// namespaces and CRDs, then the rest (dry run first for what could not be judged
+    /// before). Returns the applied objects in document order.
+    pub async fn apply_all(&mut self, docs: &[Document]) -> Result<Vec<Applied>, ApplyError> {
+        let crd_kinds = kinds_defined(docs);
+        let new_namespaces: Vec<&str> = docs
+            .iter()
+            .filter(|d| d.kind() == "Namespace")
+            .map(Document::name)
+            .collect();
+        let mut planned = Vec::new();
+        for doc in docs {
+            let resolved = self.resolve(doc).await?;
+            if resolved.is_none() {
+                let gvk = gvk_of(doc);
+                if !crd_kinds.contains(&(gvk.group.clone(), gvk.kind.clone())) {
+                    return Err(ApplyError::UnknownKind {
+                        document: doc.describe(),
+                        kind: doc.kind().to_string(),
+                        api_version: doc.api_version().to_string(),
+                    });
+                }
+            }
+            planned.push((doc, resolved));
+        }
+        let existing_namespaces = self.existing_namespaces().await;
+        let judgeable =
+            |doc: &Document, resolved: &Option<(ApiResource, ApiCapabilities)>| -> bool {
+                let Some((_, caps)) = resolved else {
+                    return false;
+                };
+                if caps.scope != Scope::Namespaced {
+                    return true;
+                }
+                let ns = doc.namespace().unwrap_or(&self.default_namespace);
+                existing_namespaces.iter().any(|n| n == ns) || !new_namespaces.contains(&ns)
+            };
+        // 1. dry run of everything the server can judge now: a bad document means nothing is written
+        let early: Vec<_> = planned
+            .iter()
+            .filter(|(d, r)| judgeable(d, r))
+            .map(|(d, r)| (*d, r.clone().expect("judgeable implies resolved")))
+            .collect();
+        self.apply_set(&early, true).await?;
+        // 2. namespaces and CRDs
+        let first: Vec<_> = planned
+            .iter()
+            .filter(|(d, _)| phase(d.kind()) == 0)
+            .map(|(d, r)| {
+                (
+                    *d,
+                    r.clone().expect("namespaces and CRDs are built-in kinds"),
+                )
+            })
+            .collect();
+        let mut applied = self.apply_set(&first, false).await?;
+        for a in applied
+            .iter()
+            .filter(|a| a.resource.kind == "CustomResourceDefinition")
+        {
+            self.wait_established(&a.name, Duration::from_secs(60))
+                .await?;
+        }
+        if !applied.is_empty() {
+            self.resources.clear();
+        }
+        self.ensure_namespace(&self.default_namespace.clone())
+            .await?;
+        // 3. the rest: dry run of what could not be judged before, then apply
+        let mut rest = Vec::new();
+        for (doc, resolved) in &planned {
+            if phase(doc.kind()) == 0 {
+                continue;
+            }
+            let resolved = match resolved {
+                Some(r) => r.clone(),
+                None => self
+                    .resolve(doc)
+                    .await?
+                    .ok_or_else(|| ApplyError::UnknownKind {
+                        document: doc.describe(),
+                        kind: doc.kind().to_string(),
+                        api_version: doc.api_version().to_string(),
+                    })?,
+            };
+            rest.push((*doc, resolved));
+        }
+        let late: Vec<_> = rest
+            .iter()
+            .filter(|(d, _)| !early.iter().any(|(e, _)| std::ptr::eq(*e, *d)))
+            .cloned()
+            .collect();
+        self.apply_set(&late, true).await?;
+        applied.extend(self.apply_set(&rest, false).await?);
+        Ok(applied)
+    }
+
+    async fn existing_namespaces(&self) -> Vec<String> {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        api.list(&Default::default())
+            .await
+            .map(|l| {
+                l.items
+                    .into_iter()
+                    .filter_map(|n| n.metadata.name)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn ensure_namespace(&self, name: &str) -> Result<(), ApplyError> {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        if matches!(api.get_opt(name).await, Ok(Some(_))) {
+            return Ok(());
+        }
+        let ns = serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {OWNER_LABEL: self.sandbox}},
+        });
+        api.patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&ns),
+        )
+        .await
+        .map_err(|e| ApplyError::Rejected {
+            document: format!("namespace {name} (sandbox.yaml `namespace`)"),
+            phase: "apply",
+            message: api_message(&e),
+        })?;
+        Ok(())
+    }
+
+    async fn apply_set(
+        &self,
+        set: &[(&Document, (ApiResource, ApiCapabilities))],
+        dry_run: bool,
+    ) -> Result<Vec<Applied>, ApplyError> {
+        let results: Vec<Applied> =
+            stream::iter(set.iter().map(|(doc, (resource, caps))| async move {
+                self.apply_one(doc, resource, caps, dry_run).await
+            }))
+            .buffered(PARALLEL)
+            .try_collect()
+            .await?;
+        Ok(results)
+    }
+
+    async fn apply_one(
+        &self,
+        doc: &Document,
+        resource: &ApiResource,
+        caps: &ApiCapabilities,
+        dry_run: bool,
+    ) -> Result<Applied, ApplyError> {
+        let namespaced = caps.scope == Scope::Namespaced;
+        let namespace = namespaced.then(|| {
+            doc.namespace()
+                .unwrap_or(&self.default_namespace)
+                .to_string()
+        });
+        let object = prepare(&doc.object, &self.sandbox, namespace.as_deref());
+        let api = self.api(resource, caps, namespace.as_deref());
+        let name = doc.name().to_string();
+        let before = if dry_run {
+            None
+        } else {
+            api.get_opt(&name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|o| o.metadata.resource_version)
+        };
+        let mut params = PatchParams::apply(FIELD_MANAGER).force();
+        params.dry_run = dry_run;
+        let result = api
+            .patch(&name, &params, &Patch::Apply(&object))
+            .await
+            .map_err(|e| ApplyError::Rejected {
+                document: doc.describe(),
+                phase: if dry_run { "dry run" } else { "apply" },
+                message: api_message(&e),
+            })?;
+        let changed = before != result.metadata.resource_version;
+        let object = serde_json::to_value(&result).map_err(|e| ApplyError::Invalid {
+            document: doc.describe(),
+            message: e.to_string(),
+        })?;
+        Ok(Applied {
+            document: doc.describe(),
+            resource: resource.clone(),
+            namespace,
+            name,
+            object,
+            changed,
+        })
+    }
+
+    async fn wait_established(&self, name: &str, deadline: Duration) -> Result<(), ApplyError> {
+        let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+            Api::all(self.client.clone());
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(crd)) = api.get_opt(name).await {
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if established {
+                    return Ok(());
+                }
+            }
+            if start.elapsed() > deadline {
+                return Err(ApplyError::CrdTimeout {
+                    name: name.to_string(),
+                    seconds: deadline.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(status) => status.code == 404,
+        kube::Error::Discovery(_) => true,
+        _ => false,
+    }
+}
+
+/// The API server's own message for an error, or the error's text.
+pub fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn doc(text: &str) -> Document {
+        crate::manifests::parse(text, Path::new("t.yaml"))
+            .unwrap()
+            .remove(0)
+    }
+
+    #[test]
+    fn prepare_labels_and_places_objects() {
+        let d = doc("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, labels: {app: x}}\n");
+        let o = prepare(&d.object, "demo", Some("web"));
+        assert_eq!(o["metadata"]["labels"][OWNER_LABEL], "demo");
+        assert_eq!(o["metadata"]["labels"]["app"], "x");
+        assert_eq!(o["metadata"]["namespace"], "web");
+        let d = doc("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: own}\n");
+        assert_eq!(
+            prepare(&d.object, "demo", Some("web"))["metadata"]["namespace"],
+            "own"
+        );
+        let d = doc("apiVersion: v1\nkind: Namespace\nmetadata: {name: a, namespace: stray}\n");
+        assert!(prepare(&d.object, "demo", None)["metadata"]
+            .get("namespace")
+            .is_none());
+    }
+
+    #[test]
+    fn namespaces_and_crds_come_first() {
+        assert_eq!(phase("Namespace"), 0);
+        assert_eq!(phase("CustomResourceDefinition"), 0);
+        assert_eq!(phase("Deployment"), 1);
+    }
+
+    #[test]
+    fn gvk_splits_core_and_groups() {
+        let d = doc("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: a}\n");
+        assert_eq!(
+            gvk_of(&d),
+            GroupVersionKind::gvk("apps", "v1", "Deployment")
+        );
+        let d = doc("apiVersion: v1\nkind: Service\nmetadata: {name: a}\n");
+        assert_eq!(gvk_of(&d), GroupVersionKind::gvk("", "v1", "Service"));
+    }
+
+    #[test]
+    fn crd_kinds_are_collected() {
+        let d = doc("apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: widgets.example.com}\nspec: {group: example.com, names: {kind: Widget}}\n");
+        assert_eq!(
+            kinds_defined(&[d]),
+            vec![("example.com".to_string(), "Widget".to_string())]
+        );
+    }
+}

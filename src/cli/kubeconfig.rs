@@ -1,0 +1,43 @@
+//! `sandbox kubeconfig`: print the sandbox's kubeconfig, or write it to a file.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::Context;
+use crate::docker::Engine;
+use crate::error::Error;
+use crate::node;
+use crate::profile::Profile;
+
+/// Options of `sandbox kubeconfig`.
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    /// Write to this file (mode 0600) instead of stdout.
+    #[arg(long)]
+    pub write: Option<PathBuf>,
+}
+
+/// Runs `sandbox kubeconfig`.
+pub async fn run(ctx: &Context, args: KubeconfigArgs) -> Result<(), Error> {
+    let sandbox = ctx.sandbox_name()?;
+    let engine = Engine::connect().await?;
+    let info = engine
+        .list_nodes(Some(&sandbox))
+        .await?
+        .into_iter()
+        .find(|n| n.running())
+        .ok_or_else(|| Error::NotFound(sandbox.clone()))?;
+    let profile = Profile::named(&info.profile)?;
+    let kubeconfig = node::host_kubeconfig(&engine, &info, &profile)
+        .await?
+        .ok_or_else(|| Error::NotFound(sandbox.clone()))?;
+    match args.write {
+        Some(path) => crate::kubeconfig::write(&path, &kubeconfig)?,
+        None => print!(
+            "{}",
+            serde_yaml::to_string(&kubeconfig).expect("YAML trees serialise")
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! The command line: one file per verb, each `run()` a short list of named calls.
+
+pub mod down;
+pub mod kubeconfig;
+pub mod status;
+pub mod up;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::SandboxConfig;
+use crate::error::Error;
+use crate::report::{Mode, Reporter};
+
+/// A production-shaped Kubernetes sandbox on one laptop, with one command.
+#[derive(Debug, Parser)]
+#[command(name = "sandbox", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: Global,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// Sandbox name (default: `name` in sandbox.yaml, else `sandbox`).
+    #[arg(long, global = true, env = "SANDBOX_NAME")]
+    pub name: Option<String>,
+    /// Config file (default: ./sandbox.yaml when present, else the built-in default).
+    #[arg(short = 'f', long = "file", global = true, env = "SANDBOX_FILE")]
+    pub file: Option<PathBuf>,
+    /// Node profile: `k3s` or `offline` (default: k3s when its image is available).
+    #[arg(long, global = true, env = "SANDBOX_PROFILE")]
+    pub profile: Option<String>,
+    /// Result format on stdout.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Show detail (build output).
+    #[arg(short = 'v', long, global = true)]
+    pub verbose: bool,
+    /// Show only warnings and the result.
+    #[arg(short = 'q', long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+/// Result format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable text.
+    Text,
+    /// One JSON document (schema in README.md).
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot (or reuse) the node, build and load images, apply manifests, wait until ready.
+    Up(up::UpArgs),
+    /// Remove the sandbox's containers, network and kube context (data only with --purge).
+    Down(down::DownArgs),
+    /// Show sandboxes and their health.
+    Status(status::StatusArgs),
+    /// Print the sandbox's kubeconfig (for KUBECONFIG=...).
+    Kubeconfig(kubeconfig::KubeconfigArgs),
+}
+
+/// Everything a command needs from the global options.
+pub struct Context {
+    /// Global options.
+    pub global: Global,
+    /// Progress reporter.
+    pub reporter: Reporter,
+}
+
+impl Context {
+    /// Builds the context from the parsed options.
+    pub fn new(global: Global) -> Context {
+        let reporter = Reporter::new(Mode::detect(global.quiet), global.verbose);
+        Context { global, reporter }
+    }
+
+    /// Loads the config and applies the command-line overrides.
+    pub fn config(&self) -> Result<SandboxConfig, Error> {
+        let cwd = std::env::current_dir().map_err(Error::Cwd)?;
+        let mut config = SandboxConfig::discover(self.global.file.as_deref(), &cwd)?;
+        if let Some(name) = &self.global.name {
+            crate::config::validate_name(name)
+                .map_err(|message| Error::Usage(format!("--name: {message}")))?;
+            config.name = name.clone();
+        }
+        if let Some(profile) = &self.global.profile {
+            config.profile = Some(profile.clone());
+        }
+        Ok(config)
+    }
+
+    /// The sandbox name without loading manifests (for down/status/kubeconfig).
+    pub fn sandbox_name(&self) -> Result<String, Error> {
+        Ok(self.config()?.name)
+    }
+
+    /// Prints a result: JSON as one document, or text as given.
+    pub fn print(&self, json: &serde_json::Value, text: &str) {
+        match self.global.output {
+            Output::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(json).expect("JSON values serialise")
+            ),
+            Output::Text => print!("{text}"),
+        }
+    }
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<(), Error> {
+    let ctx = Context::new(cli.global);
+    match cli.command {
+        Command::Up(args) => up::run(&ctx, args).await,
+        Command::Down(args) => down::run(&ctx, args).await,
+        Command::Status(args) => status::run(&ctx, args).await,
+        Command::Kubeconfig(args) => kubeconfig::run(&ctx, args).await,
+    }
+}

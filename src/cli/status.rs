@@ -1,0 +1,102 @@
+//! `sandbox status`: every sandbox on this engine (or one), with its health.
+
+use clap::Args;
+use serde_json::json;
+
+use super::Context;
+use crate::docker::Engine;
+use crate::error::Error;
+use crate::node;
+use crate::plan::Names;
+use crate::profile::Profile;
+
+/// Options of `sandbox status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Show every sandbox, not just the current one.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Runs `sandbox status`.
+pub async fn run(ctx: &Context, args: StatusArgs) -> Result<(), Error> {
+    let engine = Engine::connect().await?;
+    let only = if args.all {
+        None
+    } else {
+        Some(ctx.sandbox_name()?)
+    };
+    let nodes = engine.list_nodes(only.as_deref()).await?;
+    let mut rows = Vec::new();
+    for info in &nodes {
+        let profile = Profile::named(&info.profile).ok();
+        let ports = profile.as_ref().map(|p| node::ports_of(info, p));
+        let api = if !info.running() {
+            "stopped".to_string()
+        } else {
+            match &profile {
+                Some(p) => api_health(&engine, info, p).await,
+                None => format!("unknown profile {}", info.profile),
+            }
+        };
+        rows.push(json!({
+            "sandbox": info.sandbox,
+            "profile": info.profile,
+            "container": info.name,
+            "state": info.state,
+            "api": api,
+            "context": Names::of(&info.sandbox).context,
+            "ports": ports.map(|p| json!({"api": p.api, "http": p.http, "https": p.https})),
+        }));
+    }
+    let mut text = String::new();
+    if rows.is_empty() {
+        text.push_str(&match &only {
+            Some(name) => format!("sandbox {name} does not exist (`sandbox up` creates it)\n"),
+            None => "no sandboxes\n".to_string(),
+        });
+    } else {
+        text.push_str(&format!(
+            "{:<20} {:<8} {:<9} {:<10} {}\n",
+            "SANDBOX", "PROFILE", "STATE", "API", "PORTS (api/http/https)"
+        ));
+        for r in &rows {
+            let ports = &r["ports"];
+            text.push_str(&format!(
+                "{:<20} {:<8} {:<9} {:<10} {}/{}/{}\n",
+                r["sandbox"].as_str().unwrap_or_default(),
+                r["profile"].as_str().unwrap_or_default(),
+                r["state"].as_str().unwrap_or_default(),
+                r["api"].as_str().unwrap_or_default(),
+                ports["api"],
+                ports["http"],
+                ports["https"],
+            ));
+        }
+    }
+    ctx.print(
+        &json!({"apiVersion": crate::config::API_VERSION, "kind": "StatusResult", "sandboxes": rows}),
+        &text,
+    );
+    if only.is_some() && rows.is_empty() {
+        return Err(Error::NotFound(only.unwrap_or_default()));
+    }
+    Ok(())
+}
+
+async fn api_health(engine: &Engine, info: &crate::docker::NodeInfo, profile: &Profile) -> String {
+    let context = Names::of(&info.sandbox).context;
+    let Ok(Some(kubeconfig)) = node::host_kubeconfig(engine, info, profile).await else {
+        return "starting".to_string();
+    };
+    let Ok(client) = node::client_for(&kubeconfig, &context).await else {
+        return "error".to_string();
+    };
+    let request = http::Request::get("/readyz")
+        .body(Vec::new())
+        .expect("static request");
+    match client.request_text(request).await {
+        Ok(_) => "ready".to_string(),
+        Err(_) => "not-ready".to_string(),
+    }
+}

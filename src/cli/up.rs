@@ -1,0 +1,278 @@
+//! `sandbox up`: node → images → kube context → manifests → wait → summary.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use futures_util::TryFutureExt;
+use serde_json::json;
+
+use super::Context;
+use crate::apply::{Applied, Applier};
+use crate::config::SandboxConfig;
+use crate::docker::Engine;
+use crate::error::Error;
+use crate::images::{self, BuiltImage};
+use crate::manifests::{self, Builtins, Document};
+use crate::node::{self, Node};
+use crate::plan::Names;
+use crate::{kubeconfig, wait};
+
+/// The wildcard domain of the laptop's loopback.
+pub const DEFAULT_DOMAIN: &str = "127.0.0.1.nip.io";
+/// The address the laptop reaches the ingress on.
+pub const DEFAULT_IP: &str = "127.0.0.1";
+
+/// Options of `sandbox up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {}
+
+/// Runs `sandbox up`.
+pub async fn run(ctx: &Context, _args: UpArgs) -> Result<(), Error> {
+    let started = Instant::now();
+    let config = ctx.config()?;
+    // bad manifests fail before anything is booted or built
+    validate_manifests(&config)?;
+    let engine = Engine::connect().await?;
+    let (node, built) = tokio::try_join!(
+        node::ensure(
+            &engine,
+            &config.name,
+            config.profile.as_deref(),
+            config.timeouts.boot,
+            &ctx.reporter
+        )
+        .map_err(Error::from),
+        images::build_all(&engine, &config.images, &config.base_dir, &ctx.reporter)
+            .map_err(Error::from),
+    )?;
+    let kubeconfig_path = install_context(&node)?;
+    let references: Vec<String> = built.iter().map(|b| b.reference.clone()).collect();
+    let loaded = images::load(
+        &engine,
+        &node.info.name,
+        &node.profile,
+        &references,
+        &ctx.reporter,
+    )
+    .await?;
+    let docs = load_manifests(&config, &node, &built)?;
+    let applied = apply(ctx, &config, &node, &docs).await?;
+    wait_ready(ctx, &config, &node, &applied).await?;
+    let summary = Summary {
+        config: &config,
+        node: &node,
+        kubeconfig: kubeconfig_path,
+        built: &built,
+        loaded: &loaded,
+        applied: &applied,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    ctx.print(&summary.json(), &summary.text());
+    Ok(())
+}
+
+fn builtins(config: &SandboxConfig, http_port: u16, https_port: u16) -> Builtins {
+    Builtins {
+        name: config.name.clone(),
+        namespace: config.namespace.clone(),
+        domain: DEFAULT_DOMAIN.to_string(),
+        ip: DEFAULT_IP.to_string(),
+        http_port,
+        https_port,
+    }
+}
+
+fn validate_manifests(config: &SandboxConfig) -> Result<(), Error> {
+    let vars = manifests::variables(&builtins(config, 80, 443), &config.variables);
+    manifests::load(&config.manifests, &config.base_dir, &vars)?;
+    Ok(())
+}
+
+fn install_context(node: &Node) -> Result<PathBuf, Error> {
+    let path = kubeconfig::user_kubeconfig_path();
+    kubeconfig::install(&path, &node.kubeconfig)?;
+    Ok(path)
+}
+
+fn load_manifests(
+    config: &SandboxConfig,
+    node: &Node,
+    built: &[BuiltImage],
+) -> Result<Vec<Document>, Error> {
+    let vars = manifests::variables(
+        &builtins(config, node.ports.http, node.ports.https),
+        &config.variables,
+    );
+    let mut docs = manifests::load(&config.manifests, &config.base_dir, &vars)?;
+    let rewrite = images::rewrite_map(built);
+    for doc in &mut docs {
+        manifests::rewrite_images(&mut doc.object, &rewrite);
+    }
+    Ok(docs)
+}
+
+async fn apply(
+    ctx: &Context,
+    config: &SandboxConfig,
+    node: &Node,
+    docs: &[Document],
+) -> Result<Vec<Applied>, Error> {
+    if docs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let step = ctx
+        .reporter
+        .step(format!("applying {} objects", docs.len()));
+    let mut applier = Applier::new(node.client.clone(), &config.name, &config.namespace);
+    let applied = applier.apply_all(docs).await?;
+    let changed = applied.iter().filter(|a| a.changed).count();
+    step.done(format!(
+        "applied {} objects ({changed} changed)",
+        applied.len()
+    ));
+    Ok(applied)
+}
+
+async fn wait_ready(
+    ctx: &Context,
+    config: &SandboxConfig,
+    node: &Node,
+    applied: &[Applied],
+) -> Result<(), Error> {
+    if !applied.iter().any(|a| wait::judge(&a.object).is_some()) {
+        return Ok(());
+    }
+    let step = ctx.reporter.step("waiting for workloads");
+    wait::wait_all(&node.client, applied, config.timeouts.ready, &step).await?;
+    step.done("workloads ready");
+    Ok(())
+}
+
+/// A URL the laptop can open.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Url {
+    /// `namespace/service`.
+    pub name: String,
+    /// How it is exposed.
+    pub kind: String,
+    /// The URL.
+    pub url: String,
+}
+
+/// URLs of NodePort and LoadBalancer Services among the applied objects, reached at the
+/// node's address.
+pub fn service_urls(applied: &[Applied], node_ip: Option<&str>) -> Vec<Url> {
+    let Some(ip) = node_ip else { return Vec::new() };
+    let mut urls = Vec::new();
+    for a in applied.iter().filter(|a| a.resource.kind == "Service") {
+        let kind = a.object["spec"]["type"].as_str().unwrap_or("ClusterIP");
+        if kind != "NodePort" && kind != "LoadBalancer" {
+            continue;
+        }
+        for port in a.object["spec"]["ports"].as_array().into_iter().flatten() {
+            let Some(node_port) = port["nodePort"].as_i64() else {
+                continue;
+            };
+            let scheme = if port["port"] == 443
+                || port["name"].as_str().is_some_and(|n| n.contains("https"))
+            {
+                "https"
+            } else {
+                "http"
+            };
+            urls.push(Url {
+                name: format!("{}/{}", a.namespace.as_deref().unwrap_or_default(), a.name),
+                kind: kind.to_string(),
+                url: format!("{scheme}://{ip}:{node_port}/"),
+            });
+        }
+    }
+    urls
+}
+
+struct Summary<'a> {
+    config: &'a SandboxConfig,
+    node: &'a Node,
+    kubeconfig: PathBuf,
+    built: &'a [BuiltImage],
+    loaded: &'a [String],
+    applied: &'a [Applied],
+    seconds: f64,
+}
+
+impl Summary<'_> {
+    fn json(&self) -> serde_json::Value {
+        let names = Names::of(&self.config.name);
+        json!({
+            "apiVersion": crate::config::API_VERSION,
+            "kind": "UpResult",
+            "sandbox": self.config.name,
+            "config": self.config.source,
+            "profile": self.node.profile.name,
+            "node": {
+                "container": self.node.info.name,
+                "image": self.node.info.image,
+                "ip": self.node.ip,
+                "created": self.node.created,
+            },
+            "context": names.context,
+            "kubeconfig": self.kubeconfig,
+            "apiServer": format!("https://127.0.0.1:{}", self.node.ports.api),
+            "ports": {"api": self.node.ports.api, "http": self.node.ports.http, "https": self.node.ports.https},
+            "images": self.built.iter().map(|b| json!({
+                "name": b.name, "reference": b.reference, "id": b.id,
+                "loaded": self.loaded.contains(&b.reference),
+            })).collect::<Vec<_>>(),
+            "objects": self.applied.iter().map(|a| json!({
+                "kind": a.resource.kind, "namespace": a.namespace, "name": a.name, "changed": a.changed,
+            })).collect::<Vec<_>>(),
+            "urls": service_urls(self.applied, self.node.ip.as_deref()),
+            "elapsedSeconds": (self.seconds * 10.0).round() / 10.0,
+        })
+    }
+
+    fn text(&self) -> String {
+        let names = Names::of(&self.config.name);
+        let mut out = format!(
+            "sandbox {} is up ({:.1}s): profile {}, node {}\n",
+            self.config.name, self.seconds, self.node.profile.name, self.node.info.name
+        );
+        out.push_str(&format!(
+            "  kube context  {}  (kubectl --context {} get pods; merged into {})\n",
+            names.context,
+            names.context,
+            self.kubeconfig.display()
+        ));
+        out.push_str(&format!(
+            "  API server    https://127.0.0.1:{}\n",
+            self.node.ports.api
+        ));
+        out.push_str(&format!(
+            "  ingress ports 127.0.0.1:{} (http), 127.0.0.1:{} (https)\n",
+            self.node.ports.http, self.node.ports.https
+        ));
+        if !self.built.is_empty() {
+            out.push_str(&format!(
+                "  images        {} built, {} loaded\n",
+                self.built.len(),
+                self.loaded.len()
+            ));
+        }
+        if !self.applied.is_empty() {
+            let changed = self.applied.iter().filter(|a| a.changed).count();
+            out.push_str(&format!(
+                "  objects       {} applied, {changed} changed\n",
+                self.applied.len()
+            ));
+        }
+        let urls = service_urls(self.applied, self.node.ip.as_deref());
+        if !urls.is_empty() {
+            out.push_str("URLs\n");
+            for u in urls {
+                out.push_str(&format!("  {:<12} {:<30} {}\n", u.kind, u.name, u.url));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,523 @@
+//! `sandbox.yaml`, version `sandbox.dev/v1alpha1`: strict parsing, defaults and validation.
+//!
+//! The file is optional: with none, [`SandboxConfig::builtin_default`] describes the built-in
+//! default sandbox (cluster only). Unknown fields are errors that name the file and line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The only config version this build reads.
+pub const API_VERSION: &str = "sandbox.dev/v1alpha1";
+/// The config kind.
+pub const KIND: &str = "Sandbox";
+/// The file looked for in the current directory when `-f` is not given.
+pub const DEFAULT_FILE: &str = "sandbox.yaml";
+/// The sandbox name used when neither the config nor `--name` gives one.
+pub const DEFAULT_NAME: &str = "sandbox";
+
+/// Errors reading or validating a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML is malformed or does not match the schema (unknown field, wrong type).
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// 1-based line of the problem (0 when the parser gave none).
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The YAML parsed but a value is not acceptable.
+    #[error("{path}: field `{field}`: {message}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Dotted path of the offending field.
+        field: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+/// The raw document, exactly as the schema allows it.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawConfig {
+    api_version: String,
+    kind: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    profile: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    manifests: Vec<String>,
+    #[serde(default)]
+    variables: BTreeMap<String, String>,
+    #[serde(default)]
+    images: Vec<ImageConfig>,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawTimeouts {
+    #[serde(default)]
+    boot: Option<String>,
+    #[serde(default)]
+    ready: Option<String>,
+}
+
+/// One image the project builds (`images:` entry).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ImageConfig {
+    /// The repository name the manifests use (`hello`, `example.com/team/app`), without a tag.
+    pub name: String,
+    /// Build context directory, relative to the config file.
+    #[serde(default = "default_context")]
+    pub context: PathBuf,
+    /// Dockerfile path relative to the context.
+    #[serde(default = "default_dockerfile")]
+    pub dockerfile: String,
+    /// Multi-stage target, if any.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Build arguments.
+    #[serde(default)]
+    pub args: BTreeMap<String, String>,
+}
+
+fn default_context() -> PathBuf {
+    PathBuf::from(".")
+}
+
+fn default_dockerfile() -> String {
+    "Dockerfile".to_string()
+}
+
+/// Deadlines the user may tune.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From container start to node Ready (`None`: the profile's own).
+    pub boot: Option<Duration>,
+    /// For the project's workloads to become ready after apply.
+    pub ready: Duration,
+}
+
+/// A validated sandbox configuration with paths resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxConfig {
+    /// The file it came from (`None` for the built-in default).
+    pub source: Option<PathBuf>,
+    /// The directory relative paths are resolved against.
+    pub base_dir: PathBuf,
+    /// Sandbox name: a DNS label, part of every Docker object name.
+    pub name: String,
+    /// Profile name, or `None` for automatic choice.
+    pub profile: Option<String>,
+    /// Namespace for namespaced objects that name none.
+    pub namespace: String,
+    /// Manifest paths, directories or globs, relative to `base_dir`.
+    pub manifests: Vec<String>,
+    /// User variables for `${VAR}` substitution.
+    pub variables: BTreeMap<String, String>,
+    /// Images to build and load.
+    pub images: Vec<ImageConfig>,
+    /// Deadlines.
+    pub timeouts: Timeouts,
+}
+
+/// Default deadline for workloads to become ready.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl SandboxConfig {
+    /// The built-in default: the cluster and its add-ons, no project.
+    pub fn builtin_default(base_dir: PathBuf) -> Self {
+        SandboxConfig {
+            source: None,
+            base_dir,
+            name: DEFAULT_NAME.to_string(),
+            profile: None,
+            namespace: "default".to_string(),
+            manifests: Vec::new(),
+            variables: BTreeMap::new(),
+            images: Vec::new(),
+            timeouts: Timeouts {
+                boot: None,
+                ready: DEFAULT_READY_TIMEOUT,
+            },
+        }
+    }
+
+    /// Finds and loads the config: `explicit` if given, else `sandbox.yaml` in `cwd` when
+    /// present, else the built-in default.
+    pub fn discover(explicit: Option<&Path>, cwd: &Path) -> Result<Self, ConfigError> {
+        match explicit {
+            Some(path) => Self::load(path),
+            None => {
+                let candidate = cwd.join(DEFAULT_FILE);
+                if candidate.is_file() {
+                    Self::load(&candidate)
+                } else {
+                    Ok(Self::builtin_default(cwd.to_path_buf()))
+                }
+            }
+        }
+    }
+
+    /// Reads and validates one config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text; `path` is used for error messages and to resolve relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: strip_location(&e.to_string()),
+            }
+        })?;
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            message,
+        };
+        if raw.api_version != API_VERSION {
+            return Err(invalid(
+                "apiVersion",
+                format!(
+                    "unsupported version {:?}; this sandbox reads {API_VERSION:?}",
+                    raw.api_version
+                ),
+            ));
+        }
+        if raw.kind != KIND {
+            return Err(invalid(
+                "kind",
+                format!("expected {KIND:?}, found {:?}", raw.kind),
+            ));
+        }
+        let name = raw.name.unwrap_or_else(|| DEFAULT_NAME.to_string());
+        validate_name(&name).map_err(|m| invalid("name", m))?;
+        let namespace = raw.namespace.unwrap_or_else(|| "default".to_string());
+        validate_dns_label(&namespace, 63).map_err(|m| invalid("namespace", m))?;
+        for (i, image) in raw.images.iter().enumerate() {
+            validate_image_name(&image.name)
+                .map_err(|m| invalid(&format!("images[{i}].name"), m))?;
+            if raw.images[..i].iter().any(|other| other.name == image.name) {
+                return Err(invalid(
+                    &format!("images[{i}].name"),
+                    format!("image {:?} is listed twice", image.name),
+                ));
+            }
+        }
+        for key in raw.variables.keys() {
+            if !is_variable_name(key) {
+                return Err(invalid(
+                    &format!("variables.{key}"),
+                    "variable names are letters, digits and `_`, not starting with a digit"
+                        .to_string(),
+                ));
+            }
+            if crate::manifests::BUILTIN_VARIABLES.contains(&key.as_str()) {
+                return Err(invalid(
+                    &format!("variables.{key}"),
+                    format!("{key} is a built-in variable and cannot be redefined"),
+                ));
+            }
+        }
+        let boot = raw
+            .timeouts
+            .boot
+            .as_deref()
+            .map(|t| parse_duration(t).map_err(|m| invalid("timeouts.boot", m)))
+            .transpose()?;
+        let ready = raw
+            .timeouts
+            .ready
+            .as_deref()
+            .map(|t| parse_duration(t).map_err(|m| invalid("timeouts.ready", m)))
+            .transpose()?
+            .unwrap_or(DEFAULT_READY_TIMEOUT);
+        let base_dir = path
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    p.to_path_buf()
+                }
+            })
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(SandboxConfig {
+            source: Some(path.to_path_buf()),
+            base_dir,
+            name,
+            profile: raw.profile,
+            namespace,
+            manifests: raw.manifests,
+            variables: raw.variables,
+            images: raw.images,
+            timeouts: Timeouts { boot, ready },
+        })
+    }
+
+    /// A short description of where this config came from, for messages.
+    pub fn origin(&self) -> String {
+        match &self.source {
+            Some(p) => p.display().to_string(),
+            None => "the built-in default".to_string(),
+        }
+    }
+}
+
+/// serde_yaml appends " at line X column Y" to its messages; the error already carries them.
+fn strip_location(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// Sandbox names become parts of Docker object names and kube context names.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    validate_dns_label(name, 40)
+}
+
+fn validate_dns_label(value: &str, max: usize) -> Result<(), String> {
+    let ok_chars = value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if value.is_empty()
+        || value.len() > max
+        || !ok_chars
+        || value.starts_with('-')
+        || value.ends_with('-')
+    {
+        return Err(format!(
+            "{value:?} is not a DNS label: use 1 to {max} lowercase letters, digits and `-`, \
+             starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_image_name(name: &str) -> Result<(), String> {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if name.is_empty() || last.contains(':') || name.contains('@') {
+        return Err(format!(
+            "{name:?} must be a repository name without tag or digest (e.g. `hello` or \
+             `example.com/team/app`); sandbox chooses the tag"
+        ));
+    }
+    let ok = name.bytes().all(|b| {
+        b.is_ascii_lowercase()
+            || b.is_ascii_digit()
+            || matches!(b, b'.' | b'_' | b'-' | b'/' | b':')
+    });
+    if !ok {
+        return Err(format!(
+            "{name:?} is not a valid repository name (lowercase letters, digits, `._-/`)"
+        ));
+    }
+    Ok(())
+}
+
+/// True when `s` may be used as `${s}`.
+pub fn is_variable_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Parses `90s`, `5m`, `1h`, `1m30s` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration (examples: `90s`, `5m`, `1m30s`)");
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = 0u64;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        number.clear();
+        total += match c {
+            's' => n,
+            'm' => n * 60,
+            'h' => n * 3600,
+            _ => return Err(bad()),
+        };
+    }
+    if !number.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<SandboxConfig, ConfigError> {
+        SandboxConfig::parse(text, Path::new("proj/sandbox.yaml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\n").unwrap();
+        assert_eq!(c.name, "sandbox");
+        assert_eq!(c.namespace, "default");
+        assert_eq!(c.base_dir, PathBuf::from("proj"));
+        assert_eq!(c.timeouts.ready, DEFAULT_READY_TIMEOUT);
+        assert!(c.images.is_empty());
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = parse(
+            "apiVersion: sandbox.dev/v1alpha1
+kind: Sandbox
+name: hello
+profile: offline
+namespace: web
+manifests: [k8s/, extra/*.yaml]
+variables: {GREETING: hi}
+images:
+  - name: hello
+    context: app
+    target: runtime
+    args: {VERSION: '1'}
+timeouts: {boot: 2m, ready: 90s}
+",
+        )
+        .unwrap();
+        assert_eq!(c.name, "hello");
+        assert_eq!(c.profile.as_deref(), Some("offline"));
+        assert_eq!(c.manifests, vec!["k8s/", "extra/*.yaml"]);
+        assert_eq!(c.images[0].context, PathBuf::from("app"));
+        assert_eq!(c.images[0].dockerfile, "Dockerfile");
+        assert_eq!(c.timeouts.boot, Some(Duration::from_secs(120)));
+        assert_eq!(c.timeouts.ready, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn unknown_field_names_file_and_line() {
+        let err = parse("apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nnmae: x\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("proj/sandbox.yaml:3:"), "{text}");
+        assert!(text.contains("unknown field `nmae`"), "{text}");
+    }
+
+    #[test]
+    fn nested_unknown_field_is_rejected() {
+        let err = parse(
+            "apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nimages:\n  - name: a\n    contxt: .\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("proj/sandbox.yaml:5:"), "{err}");
+    }
+
+    #[test]
+    fn wrong_version_and_kind_are_rejected() {
+        let err = parse("apiVersion: sandbox.dev/v2\nkind: Sandbox\n").unwrap_err();
+        assert!(err.to_string().contains("field `apiVersion`"), "{err}");
+        let err = parse("apiVersion: sandbox.dev/v1alpha1\nkind: Cluster\n").unwrap_err();
+        assert!(err.to_string().contains("field `kind`"), "{err}");
+    }
+
+    #[test]
+    fn names_must_be_dns_labels() {
+        for bad in ["Hello", "-a", "a_b", "", &"x".repeat(41)] {
+            let text = format!("apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nname: {bad:?}\n");
+            let err = parse(&text).unwrap_err();
+            assert!(err.to_string().contains("field `name`"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn image_names_carry_no_tag_and_are_unique() {
+        let err = parse(
+            "apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nimages: [{name: 'hello:v1'}]\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("images[0].name"), "{err}");
+        let err = parse(
+            "apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nimages: [{name: a}, {name: a}]\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("listed twice"), "{err}");
+        // a registry host with a port is not a tag
+        parse("apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nimages: [{name: 'localhost:5000/app'}]\n")
+            .unwrap();
+    }
+
+    #[test]
+    fn builtin_variables_cannot_be_redefined() {
+        let err = parse(
+            "apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nvariables: {SANDBOX_DOMAIN: x}\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("built-in"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("10x").is_err());
+    }
+
+    #[test]
+    fn discover_falls_back_to_builtin_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = SandboxConfig::discover(None, dir.path()).unwrap();
+        assert_eq!(c.source, None);
+        assert_eq!(c.name, DEFAULT_NAME);
+        std::fs::write(
+            dir.path().join(DEFAULT_FILE),
+            "apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nname: found\n",
+        )
+        .unwrap();
+        assert_eq!(
+            SandboxConfig::discover(None, dir.path()).unwrap().name,
+            "found"
+        );
+    }
+}

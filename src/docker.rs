@@ -1,0 +1,1061 @@
+//! The Docker engine: the only module that speaks bollard.
+//!
+//! Translation from the plan's types to the engine's ([`container_body`]) is pure and
+//! unit-tested; everything else is thin I/O with one error variant per operation.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::time::Duration;
+
+use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, ContainerSummary, DeviceMapping, HostConfig, HostConfigCgroupnsModeEnum,
+    Mount, NetworkCreateRequest, PortBinding as DockerPortBinding, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    InspectContainerOptions, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
+    ListVolumesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveVolumeOptionsBuilder, StartContainerOptions,
+};
+use bollard::Docker;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use tokio::io::AsyncWriteExt;
+
+use crate::plan::{NodeSpec, Security, LABEL_PROFILE, LABEL_ROLE, LABEL_SANDBOX, LABEL_SECURITY};
+
+/// Errors talking to the Docker engine, one variant per operation.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    /// No engine answers on the configured socket.
+    #[error("cannot reach the Docker engine (is dockerd running? is DOCKER_HOST right?)")]
+    Connect(#[source] BollardError),
+    /// Listing containers, networks or volumes failed.
+    #[error("cannot list {what}")]
+    List {
+        /// What was listed.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: BollardError,
+    },
+    /// Creating the node container failed.
+    #[error("cannot create container {name}")]
+    CreateContainer {
+        /// Container name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: BollardError,
+    },
+    /// Starting a container failed.
+    #[error("cannot start container {name}")]
+    StartContainer {
+        /// Container name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: BollardError,
+    },
+    /// Inspecting a container failed.
+    #[error("cannot inspect container {name}")]
+    InspectContainer {
+        /// Container name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: BollardError,
+    },
+    /// Removing a container failed.
+    #[error("cannot remove container {name}")]
+    RemoveContainer {
+        /// Container name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: BollardError,
+    },
+    /// Creating a network failed.
+    #[error("cannot create network {name}")]
+    CreateNetwork {
+        /// Network name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: BollardError,
+    },
+    /// Removing a network failed.
+    #[error("cannot remove network {name}")]
+    RemoveNetwork {
+        /// Network name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: BollardError,
+    },
+    /// Creating a volume failed.
+    #[error("cannot create volume {name}")]
+    CreateVolume {
+        /// Volume name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: BollardError,
+    },
+    /// Removing a volume failed.
+    #[error("cannot remove volume {name}")]
+    RemoveVolume {
+        /// Volume name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: BollardError,
+    },
+    /// Running a command in a container failed (not: the command exited non-zero).
+    #[error("cannot run `{command}` in container {container}")]
+    Exec {
+        /// Container name.
+        container: String,
+        /// The command line.
+        command: String,
+        /// Cause.
+        #[source]
+        source: BollardError,
+    },
+    /// Streaming data into an exec's stdin failed.
+    #[error("cannot stream input to `{command}` in container {container}")]
+    ExecInput {
+        /// Container name.
+        container: String,
+        /// The command line.
+        command: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Copying a file out of a container failed.
+    #[error("cannot copy {path} out of container {container}")]
+    CopyFrom {
+        /// Container name.
+        container: String,
+        /// Path inside the container.
+        path: String,
+        /// Cause.
+        #[source]
+        source: BollardError,
+    },
+    /// The archive of a copied file could not be read.
+    #[error("cannot read the archive of {path} from container {container}")]
+    Archive {
+        /// Container name.
+        container: String,
+        /// Path inside the container.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading a container's logs failed.
+    #[error("cannot read the logs of container {name}")]
+    Logs {
+        /// Container name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: BollardError,
+    },
+    /// Inspecting an image failed for a reason other than absence.
+    #[error("cannot inspect image {image}")]
+    InspectImage {
+        /// Image reference.
+        image: String,
+        /// Cause.
+        #[source]
+        source: BollardError,
+    },
+    /// Pulling an image failed.
+    #[error("cannot pull image {image}")]
+    Pull {
+        /// Image reference.
+        image: String,
+        /// Cause.
+        #[source]
+        source: BollardError,
+    },
+    /// Pulling an image did not finish in time.
+    #[error("pulling image {image} did not finish within {seconds} s")]
+    PullTimeout {
+        /// Image reference.
+        image: String,
+        /// The deadline.
+        seconds: u64,
+    },
+    /// Building an image failed at the engine level.
+    #[error("cannot build image {image}")]
+    Build {
+        /// Image name.
+        image: String,
+        /// Cause.
+        #[source]
+        source: BollardError,
+    },
+    /// Exporting an image failed.
+    #[error("cannot export image {image}")]
+    Export {
+        /// Image reference.
+        image: String,
+        /// Cause.
+        #[source]
+        source: BollardError,
+    },
+}
+
+/// True when `e` is the engine saying "no such object".
+pub fn is_not_found(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// True when `e` is the engine refusing a privileged container because the host cannot
+/// grant every capability (runc "unable to apply caps: operation not permitted").
+pub fn is_privilege_refusal(e: &BollardError) -> bool {
+    match e {
+        BollardError::DockerResponseServerError { message, .. } => {
+            let m = message.to_lowercase();
+            m.contains("apply caps") || (m.contains("operation not permitted") && m.contains("cap"))
+        }
+        _ => false,
+    }
+}
+
+/// A node container as found through its labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Container name (without the leading `/`).
+    pub name: String,
+    /// Sandbox name (label).
+    pub sandbox: String,
+    /// Profile name (label).
+    pub profile: String,
+    /// Security mode (label).
+    pub security: String,
+    /// Image reference.
+    pub image: String,
+    /// Docker's state word (`running`, `exited`, `created`, ...).
+    pub state: String,
+    /// Published ports: container port → host port on 127.0.0.1.
+    pub ports: HashMap<u16, u16>,
+}
+
+impl NodeInfo {
+    /// True when the container runs.
+    pub fn running(&self) -> bool {
+        self.state == "running"
+    }
+
+    /// The host port publishing container port `port`.
+    pub fn host_port(&self, port: u16) -> Option<u16> {
+        self.ports.get(&port).copied()
+    }
+}
+
+/// Output of a finished exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit code (-1 when the engine did not say).
+    pub code: i64,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// A connected Docker engine.
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+}
+
+/// Builds the container create body of a node (pure).
+pub fn container_body(spec: &NodeSpec) -> ContainerCreateBody {
+    let mut port_bindings = HashMap::new();
+    let mut exposed = Vec::new();
+    for p in &spec.ports {
+        let key = format!("{}/tcp", p.container);
+        exposed.push(key.clone());
+        port_bindings.insert(
+            key,
+            Some(vec![DockerPortBinding {
+                host_ip: Some("127.0.0.1".to_string()),
+                host_port: Some(p.host.to_string()),
+            }]),
+        );
+    }
+    let tmpfs = spec
+        .tmpfs
+        .iter()
+        .map(|t| (t.clone(), String::new()))
+        .collect();
+    let mut host = HostConfig {
+        port_bindings: Some(port_bindings),
+        tmpfs: Some(tmpfs),
+        mounts: Some(vec![Mount {
+            target: Some(spec.data_path.clone()),
+            source: Some(spec.data_volume.clone()),
+            typ: Some(bollard::models::MountType::VOLUME),
+            ..Default::default()
+        }]),
+        network_mode: Some(spec.network.clone()),
+        cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
+        init: Some(spec.init),
+        security_opt: Some(vec![
+            "seccomp=unconfined".to_string(),
+            "apparmor=unconfined".to_string(),
+        ]),
+        ..Default::default()
+    };
+    match &spec.security {
+        Security::Privileged => host.privileged = Some(true),
+        Security::Capabilities { drop } => {
+            // everything --privileged gives, spelled out, minus what the host cannot grant
+            host.cap_add = Some(vec!["ALL".to_string()]);
+            host.cap_drop = Some(drop.clone());
+            if let Some(opts) = host.security_opt.as_mut() {
+                opts.push("systempaths=unconfined".to_string());
+            }
+            host.device_cgroup_rules = Some(vec!["a *:* rwm".to_string()]);
+            host.devices = Some(vec![DeviceMapping {
+                path_on_host: Some("/dev/kmsg".to_string()),
+                path_in_container: Some("/dev/kmsg".to_string()),
+                cgroup_permissions: Some("rwm".to_string()),
+            }]);
+        }
+    }
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        hostname: Some(spec.name.clone()),
+        cmd: if spec.args.is_empty() {
+            None
+        } else {
+            Some(spec.args.clone())
+        },
+        env: Some(spec.env.clone()),
+        labels: Some(spec.labels.clone().into_iter().collect()),
+        exposed_ports: Some(exposed),
+        host_config: Some(host),
+        ..Default::default()
+    }
+}
+
+fn label_filter(pairs: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_string(),
+        pairs.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+    )])
+}
+
+fn node_info(c: &ContainerSummary) -> Option<NodeInfo> {
+    let labels = c.labels.as_ref()?;
+    let ports = c
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| Some((p.private_port, p.public_port?)))
+        .collect();
+    Some(NodeInfo {
+        name: c
+            .names
+            .as_ref()?
+            .first()?
+            .trim_start_matches('/')
+            .to_string(),
+        sandbox: labels.get(LABEL_SANDBOX)?.clone(),
+        profile: labels.get(LABEL_PROFILE).cloned().unwrap_or_default(),
+        security: labels.get(LABEL_SECURITY).cloned().unwrap_or_default(),
+        image: c.image.clone().unwrap_or_default(),
+        state: c.state.as_ref().map(|s| s.to_string()).unwrap_or_default(),
+        ports,
+    })
+}
+
+impl Engine {
+    /// Connects to the local engine (DOCKER_HOST or the default socket) and agrees on an
+    /// API version.
+    pub async fn connect() -> Result<Engine, DockerError> {
+        let docker = Docker::connect_with_local_defaults().map_err(DockerError::Connect)?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(DockerError::Connect)?;
+        docker.ping().await.map_err(DockerError::Connect)?;
+        Ok(Engine { docker })
+    }
+
+    /// Every sandbox node container, running or not.
+    pub async fn list_nodes(&self, sandbox: Option<&str>) -> Result<Vec<NodeInfo>, DockerError> {
+        let mut pairs = vec![(LABEL_ROLE, "node")];
+        if let Some(s) = sandbox {
+            pairs.push((LABEL_SANDBOX, s));
+        }
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&label_filter(&pairs))
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|source| DockerError::List {
+                what: "containers",
+                source,
+            })?;
+        let mut nodes: Vec<NodeInfo> = list.iter().filter_map(node_info).collect();
+        nodes.sort_by(|a, b| a.sandbox.cmp(&b.sandbox));
+        Ok(nodes)
+    }
+
+    /// Names of every container carrying sandbox `sandbox`'s label.
+    pub async fn list_containers(&self, sandbox: &str) -> Result<Vec<String>, DockerError> {
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&label_filter(&[(LABEL_SANDBOX, sandbox)]))
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|source| DockerError::List {
+                what: "containers",
+                source,
+            })?;
+        Ok(list
+            .iter()
+            .filter_map(|c| c.names.as_ref()?.first().cloned())
+            .map(|n| n.trim_start_matches('/').to_string())
+            .collect())
+    }
+
+    /// Names of networks carrying sandbox `sandbox`'s label.
+    pub async fn list_networks(&self, sandbox: &str) -> Result<Vec<String>, DockerError> {
+        let options = ListNetworksOptionsBuilder::new()
+            .filters(&label_filter(&[(LABEL_SANDBOX, sandbox)]))
+            .build();
+        let list = self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|source| DockerError::List {
+                what: "networks",
+                source,
+            })?;
+        Ok(list.into_iter().filter_map(|n| n.name).collect())
+    }
+
+    /// Names of volumes carrying sandbox `sandbox`'s label.
+    pub async fn list_volumes(&self, sandbox: &str) -> Result<Vec<String>, DockerError> {
+        let options = ListVolumesOptionsBuilder::new()
+            .filters(&label_filter(&[(LABEL_SANDBOX, sandbox)]))
+            .build();
+        let list = self
+            .docker
+            .list_volumes(Some(options))
+            .await
+            .map_err(|source| DockerError::List {
+                what: "volumes",
+                source,
+            })?;
+        Ok(list
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect())
+    }
+
+    /// Names of anonymous volumes mounted by container `name` (removed with it).
+    pub async fn container_volumes(&self, name: &str) -> Result<Vec<String>, DockerError> {
+        let inspect = self
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .map_err(|source| DockerError::InspectContainer {
+                name: name.to_string(),
+                source,
+            })?;
+        Ok(inspect
+            .mounts
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.typ.as_deref() == Some("volume"))
+            .filter_map(|m| m.name)
+            .collect())
+    }
+
+    /// Creates the network unless it exists.
+    pub async fn ensure_network(
+        &self,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<bool, DockerError> {
+        let existing = self
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::new()
+                    .filters(&HashMap::from([("name", vec![name])]))
+                    .build(),
+            ))
+            .await
+            .map_err(|source| DockerError::List {
+                what: "networks",
+                source,
+            })?;
+        // the name filter matches substrings
+        if existing.iter().any(|n| n.name.as_deref() == Some(name)) {
+            return Ok(false);
+        }
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".to_string()),
+            labels: Some(labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        self.docker
+            .create_network(request)
+            .await
+            .map_err(|source| DockerError::CreateNetwork {
+                name: name.to_string(),
+                source,
+            })?;
+        Ok(true)
+    }
+
+    /// Creates the named volume unless it exists (creation is idempotent in Docker).
+    pub async fn ensure_volume(
+        &self,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), DockerError> {
+        let request = VolumeCreateRequest {
+            name: Some(name.to_string()),
+            labels: Some(labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        self.docker
+            .create_volume(request)
+            .await
+            .map_err(|source| DockerError::CreateVolume {
+                name: name.to_string(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Creates and starts a node container. A start refused for lack of privileges is
+    /// returned as [`DockerError::StartContainer`] with the container already removed.
+    pub async fn run_node(&self, spec: &NodeSpec) -> Result<(), DockerError> {
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&spec.name)
+            .build();
+        self.docker
+            .create_container(Some(options), container_body(spec))
+            .await
+            .map_err(|source| DockerError::CreateContainer {
+                name: spec.name.clone(),
+                source,
+            })?;
+        if let Err(source) = self.start(&spec.name).await {
+            let _ = self.remove_container(&spec.name).await;
+            return Err(source);
+        }
+        Ok(())
+    }
+
+    /// Starts an existing container.
+    pub async fn start(&self, name: &str) -> Result<(), DockerError> {
+        self.docker
+            .start_container(name, None::<StartContainerOptions>)
+            .await
+            .map_err(|source| DockerError::StartContainer {
+                name: name.to_string(),
+                source,
+            })
+    }
+
+    /// The container's state word, or `None` when it does not exist.
+    pub async fn container_state(&self, name: &str) -> Result<Option<String>, DockerError> {
+        match self
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => Ok(Some(
+                c.state
+                    .and_then(|s| s.status)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+            )),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(source) => Err(DockerError::InspectContainer {
+                name: name.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// The container's IPv4 address on `network`, if it has one.
+    pub async fn container_ip(
+        &self,
+        name: &str,
+        network: &str,
+    ) -> Result<Option<String>, DockerError> {
+        let inspect = self
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .map_err(|source| DockerError::InspectContainer {
+                name: name.to_string(),
+                source,
+            })?;
+        Ok(inspect
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(network))
+            .and_then(|e| e.ip_address)
+            .filter(|ip| !ip.is_empty()))
+    }
+
+    /// Removes a container and its anonymous volumes; absent is fine.
+    pub async fn remove_container(&self, name: &str) -> Result<(), DockerError> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(source) => Err(DockerError::RemoveContainer {
+                name: name.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Removes a network; absent is fine.
+    pub async fn remove_network(&self, name: &str) -> Result<(), DockerError> {
+        match self.docker.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(source) => Err(DockerError::RemoveNetwork {
+                name: name.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Removes a volume; absent is fine.
+    pub async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
+        let options = RemoveVolumeOptionsBuilder::new().force(true).build();
+        match self.docker.remove_volume(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(source) => Err(DockerError::RemoveVolume {
+                name: name.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// The last `lines` lines of a container's output.
+    pub async fn logs_tail(&self, name: &str, lines: usize) -> Result<String, DockerError> {
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail(&lines.to_string())
+            .build();
+        let chunks: Vec<_> = self
+            .docker
+            .logs(name, Some(options))
+            .try_collect()
+            .await
+            .map_err(|source| DockerError::Logs {
+                name: name.to_string(),
+                source,
+            })?;
+        Ok(chunks.iter().map(|c| c.to_string()).collect())
+    }
+
+    /// Reads one regular file out of a container; `None` when it does not exist (yet).
+    pub async fn read_file(
+        &self,
+        container: &str,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, DockerError> {
+        let options = DownloadFromContainerOptionsBuilder::new()
+            .path(path)
+            .build();
+        let chunks: Result<Vec<Bytes>, _> = self
+            .docker
+            .download_from_container(container, Some(options))
+            .try_collect()
+            .await;
+        let archive = match chunks {
+            Ok(chunks) => chunks.concat(),
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(source) => {
+                return Err(DockerError::CopyFrom {
+                    container: container.to_string(),
+                    path: path.to_string(),
+                    source,
+                })
+            }
+        };
+        let archive_error = |source| DockerError::Archive {
+            container: container.to_string(),
+            path: path.to_string(),
+            source,
+        };
+        let mut tar = tar::Archive::new(archive.as_slice());
+        for entry in tar.entries().map_err(archive_error)? {
+            let mut entry = entry.map_err(archive_error)?;
+            if entry.header().entry_type().is_file() {
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data).map_err(archive_error)?;
+                return Ok(Some(data));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Runs `cmd` in `container`, feeding it `input` on stdin when given, and collects its
+    /// output.
+    pub async fn exec<S>(
+        &self,
+        container: &str,
+        cmd: &[String],
+        input: Option<S>,
+    ) -> Result<ExecOutput, DockerError>
+    where
+        S: Stream<Item = Result<Bytes, DockerError>> + Unpin,
+    {
+        let command = cmd.join(" ");
+        let exec_error = |source| DockerError::Exec {
+            container: container.to_string(),
+            command: command.clone(),
+            source,
+        };
+        let created = self
+            .docker
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    cmd: Some(cmd.to_vec()),
+                    attach_stdin: Some(input.is_some()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(exec_error)?;
+        let started = self
+            .docker
+            .start_exec(&created.id, None::<StartExecOptions>)
+            .await
+            .map_err(exec_error)?;
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        if let StartExecResults::Attached {
+            mut output,
+            input: mut stdin,
+        } = started
+        {
+            let collect = async {
+                while let Some(chunk) = output.next().await {
+                    match chunk.map_err(exec_error)? {
+                        bollard::container::LogOutput::StdErr { message } => {
+                            stderr.push_str(&String::from_utf8_lossy(&message))
+                        }
+                        other => stdout.push_str(&String::from_utf8_lossy(&other.into_bytes())),
+                    }
+                }
+                Ok::<(), DockerError>(())
+            };
+            let feed = async {
+                if let Some(mut input) = input {
+                    let input_error = |source| DockerError::ExecInput {
+                        container: container.to_string(),
+                        command: command.clone(),
+                        source,
+                    };
+                    while let Some(chunk) = input.next().await {
+                        stdin.write_all(&chunk?).await.map_err(input_error)?;
+                    }
+                    stdin.flush().await.map_err(input_error)?;
+                    // half-close: the command sees end of input
+                    stdin.shutdown().await.map_err(input_error)?;
+                }
+                Ok::<(), DockerError>(())
+            };
+            let (fed, collected) = tokio::join!(feed, collect);
+            fed?;
+            collected?;
+        }
+        let inspect = self
+            .docker
+            .inspect_exec(&created.id)
+            .await
+            .map_err(exec_error)?;
+        Ok(ExecOutput {
+            code: inspect.exit_code.unwrap_or(-1),
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Runs `cmd` with no input.
+    pub async fn exec_simple(
+        &self,
+        container: &str,
+        cmd: &[String],
+    ) -> Result<ExecOutput, DockerError> {
+        self.exec(
+            container,
+            cmd,
+            None::<futures_util::stream::Empty<Result<Bytes, DockerError>>>,
+        )
+        .await
+    }
+
+    /// The image's ID (`sha256:...`), or `None` when the engine does not have it.
+    pub async fn image_id(&self, image: &str) -> Result<Option<String>, DockerError> {
+        match self.docker.inspect_image(image).await {
+            Ok(i) => Ok(i.id),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(source) => Err(DockerError::InspectImage {
+                image: image.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Pulls an image, giving up after `deadline`.
+    pub async fn pull(&self, image: &str, deadline: Duration) -> Result<(), DockerError> {
+        let (repo, tag) = split_tag(image);
+        let options = CreateImageOptionsBuilder::new()
+            .from_image(repo)
+            .tag(tag)
+            .build();
+        let pull = self
+            .docker
+            .create_image(Some(options), None, None)
+            .try_for_each(|_| async { Ok(()) });
+        match tokio::time::timeout(deadline, pull).await {
+            Ok(result) => result.map_err(|source| DockerError::Pull {
+                image: image.to_string(),
+                source,
+            }),
+            Err(_) => Err(DockerError::PullTimeout {
+                image: image.to_string(),
+                seconds: deadline.as_secs(),
+            }),
+        }
+    }
+
+    /// `docker save` of one image as a byte stream.
+    pub fn export_image(
+        &self,
+        image: &str,
+    ) -> impl Stream<Item = Result<Bytes, DockerError>> + Unpin + '_ {
+        let image_name = image.to_string();
+        self.docker
+            .export_image(image)
+            .map_err(move |source| DockerError::Export {
+                image: image_name.clone(),
+                source,
+            })
+            .boxed()
+    }
+
+    /// Builds an image from a tar'ed context; returns the image ID. `on_line` receives each
+    /// line of build output.
+    pub async fn build_image(
+        &self,
+        image: &str,
+        options: bollard::query_parameters::BuildImageOptions,
+        context_tar: Vec<u8>,
+        mut on_line: impl FnMut(&str),
+    ) -> Result<Result<String, String>, DockerError> {
+        let mut stream = self.docker.build_image(
+            options,
+            None,
+            Some(bollard::body_full(Bytes::from(context_tar))),
+        );
+        let mut id = None;
+        while let Some(item) = stream.next().await {
+            let info = match item {
+                Ok(info) => info,
+                // the classic builder reports a failed step as an error message in the stream
+                Err(BollardError::DockerStreamError { error }) => return Ok(Err(error)),
+                Err(source) => {
+                    return Err(DockerError::Build {
+                        image: image.to_string(),
+                        source,
+                    })
+                }
+            };
+            if let Some(text) = info.stream.as_deref() {
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    on_line(line);
+                }
+            }
+            if let Some(error) = info.error_detail.and_then(|d| d.message) {
+                return Ok(Err(error));
+            }
+            if let Some(aux) = info.aux.and_then(|a| a.id) {
+                id = Some(aux);
+            }
+        }
+        match id {
+            Some(id) => Ok(Ok(id)),
+            None => Ok(Err("the engine reported no image ID".to_string())),
+        }
+    }
+
+    /// Tags an image.
+    pub async fn tag(&self, source: &str, repo: &str, tag: &str) -> Result<(), DockerError> {
+        let options = bollard::query_parameters::TagImageOptionsBuilder::new()
+            .repo(repo)
+            .tag(tag)
+            .build();
+        self.docker
+            .tag_image(source, Some(options))
+            .await
+            .map_err(|e| DockerError::InspectImage {
+                image: source.to_string(),
+                source: e,
+            })
+    }
+}
+
+/// Splits `repo:tag` (a registry port is not a tag); the tag defaults to `latest`.
+pub fn split_tag(image: &str) -> (&str, &str) {
+    let last_slash = image.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match image[last_slash..].rfind(':') {
+        Some(i) => (&image[..last_slash + i], &image[last_slash + i + 1..]),
+        None => (image, "latest"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{node_spec, HostPorts};
+    use crate::profile::Profile;
+
+    fn spec(security: Security) -> NodeSpec {
+        let p = Profile::named("offline").unwrap();
+        node_spec(
+            "demo",
+            &p,
+            HostPorts {
+                api: 40001,
+                http: 8080,
+                https: 8443,
+            },
+            security,
+        )
+    }
+
+    #[test]
+    fn privileged_body() {
+        let body = container_body(&spec(Security::Privileged));
+        let host = body.host_config.unwrap();
+        assert_eq!(host.privileged, Some(true));
+        assert_eq!(host.cap_add, None);
+        assert_eq!(
+            host.cgroupns_mode,
+            Some(HostConfigCgroupnsModeEnum::PRIVATE)
+        );
+        assert_eq!(host.network_mode.as_deref(), Some("sandbox-demo"));
+        let api = &host.port_bindings.unwrap()["6443/tcp"];
+        assert_eq!(
+            api.as_ref().unwrap()[0],
+            DockerPortBinding {
+                host_ip: Some("127.0.0.1".to_string()),
+                host_port: Some("40001".to_string())
+            }
+        );
+        assert_eq!(body.hostname.as_deref(), Some("sandbox-demo-node"));
+        assert_eq!(body.labels.unwrap()["dev.sandbox/sandbox"], "demo");
+    }
+
+    #[test]
+    fn fallback_body_spells_out_privileges() {
+        let host = container_body(&spec(Security::fallback()))
+            .host_config
+            .unwrap();
+        assert_eq!(host.privileged, None);
+        assert_eq!(host.cap_add, Some(vec!["ALL".to_string()]));
+        assert_eq!(host.cap_drop, Some(vec!["SYS_RESOURCE".to_string()]));
+        let opts = host.security_opt.unwrap();
+        for o in [
+            "seccomp=unconfined",
+            "apparmor=unconfined",
+            "systempaths=unconfined",
+        ] {
+            assert!(opts.contains(&o.to_string()), "{o}");
+        }
+        assert_eq!(
+            host.device_cgroup_rules,
+            Some(vec!["a *:* rwm".to_string()])
+        );
+        assert_eq!(
+            host.devices.unwrap()[0].path_on_host.as_deref(),
+            Some("/dev/kmsg")
+        );
+        let tmpfs = host.tmpfs.unwrap();
+        assert!(tmpfs.contains_key("/run") && tmpfs.contains_key("/tmp"));
+        let mount = &host.mounts.unwrap()[0];
+        assert_eq!(mount.source.as_deref(), Some("sandbox-demo-data"));
+        assert_eq!(mount.target.as_deref(), Some("/var/lib/sandbox"));
+    }
+
+    #[test]
+    fn privilege_refusal_is_recognised() {
+        let refused = BollardError::DockerResponseServerError {
+            status_code: 500,
+            message: "OCI runtime create failed: runc create failed: unable to start container \
+                      process: unable to apply caps: operation not permitted: unknown"
+                .to_string(),
+        };
+        assert!(is_privilege_refusal(&refused));
+        let other = BollardError::DockerResponseServerError {
+            status_code: 500,
+            message: "port is already allocated".to_string(),
+        };
+        assert!(!is_privilege_refusal(&other));
+    }
+
+    #[test]
+    fn tags_split_after_the_last_slash() {
+        assert_eq!(
+            split_tag("rancher/k3s:v1.31.4-k3s1"),
+            ("rancher/k3s", "v1.31.4-k3s1")
+        );
+        assert_eq!(
+            split_tag("localhost:5000/app"),
+            ("localhost:5000/app", "latest")
+        );
+        assert_eq!(
+            split_tag("localhost:5000/app:v2"),
+            ("localhost:5000/app", "v2")
+        );
+        assert_eq!(split_tag("hello"), ("hello", "latest"));
+    }
+}

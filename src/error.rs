@@ -1,0 +1,158 @@
+//! The top-level error, its exit code and its hint: mapped in one place.
+
+use crate::apply::ApplyError;
+use crate::config::ConfigError;
+use crate::docker::DockerError;
+use crate::images::ImageError;
+use crate::kubeconfig::KubeconfigError;
+use crate::manifests::ManifestError;
+use crate::node::NodeError;
+use crate::profile::ProfileError;
+use crate::wait::WaitError;
+
+/// Exit codes, documented in README.md.
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// An unexpected failure.
+    pub const FAILURE: i32 = 1;
+    /// Bad input: command line, sandbox.yaml, manifests, unknown profile.
+    pub const USAGE: i32 = 2;
+    /// The Docker engine is unreachable or refused an operation.
+    pub const DOCKER: i32 = 3;
+    /// The node could not be created or did not become ready.
+    pub const NODE: i32 = 4;
+    /// An image failed to build or load.
+    pub const IMAGE: i32 = 5;
+    /// The API server rejected a manifest.
+    pub const APPLY: i32 = 6;
+    /// Workloads failed or were not ready in time.
+    pub const NOT_READY: i32 = 7;
+    /// The named sandbox does not exist.
+    pub const NOT_FOUND: i32 = 8;
+}
+
+/// Any failure of a command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad command-line usage.
+    #[error("{0}")]
+    Usage(String),
+    /// The working directory is unreadable.
+    #[error("cannot determine the current directory")]
+    Cwd(#[source] std::io::Error),
+    /// sandbox.yaml.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Profiles.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// Manifests.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// Docker.
+    #[error(transparent)]
+    Docker(Box<DockerError>),
+    /// The node.
+    #[error(transparent)]
+    Node(Box<NodeError>),
+    /// Images.
+    #[error(transparent)]
+    Image(Box<ImageError>),
+    /// Kubeconfig files.
+    #[error(transparent)]
+    Kubeconfig(#[from] KubeconfigError),
+    /// Apply.
+    #[error(transparent)]
+    Apply(Box<ApplyError>),
+    /// Waiting.
+    #[error(transparent)]
+    Wait(#[from] WaitError),
+    /// No such sandbox.
+    #[error("sandbox {0} does not exist or is not running (`sandbox up` creates it)")]
+    NotFound(String),
+}
+
+macro_rules! boxed_from {
+    ($($variant:ident($ty:ty)),*) => {$(
+        impl From<$ty> for Error {
+            fn from(e: $ty) -> Error {
+                Error::$variant(Box::new(e))
+            }
+        }
+    )*};
+}
+boxed_from!(Docker(DockerError), Node(NodeError), Image(ImageError), Apply(ApplyError));
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) | Error::Config(_) | Error::Profile(_) | Error::Manifest(_) => {
+                exit::USAGE
+            }
+            Error::Cwd(_) | Error::Kubeconfig(_) => exit::FAILURE,
+            Error::Docker(_) => exit::DOCKER,
+            Error::Node(e) => match **e {
+                NodeError::Docker(_) => exit::DOCKER,
+                NodeError::Profile(_) | NodeError::ProfileMismatch { .. } => exit::USAGE,
+                _ => exit::NODE,
+            },
+            Error::Image(_) => exit::IMAGE,
+            Error::Apply(_) => exit::APPLY,
+            Error::Wait(_) => exit::NOT_READY,
+            Error::NotFound(_) => exit::NOT_FOUND,
+        }
+    }
+
+    /// A one-line suggestion, when there is a likely fix.
+    pub fn hint(&self) -> Option<String> {
+        let docker = match self {
+            Error::Docker(e) => Some(&**e),
+            Error::Node(e) => match &**e {
+                NodeError::Docker(d) => Some(d),
+                _ => None,
+            },
+            _ => None,
+        };
+        if matches!(docker, Some(DockerError::Connect(_))) {
+            return Some(
+                "start Docker (`sudo systemctl start docker`, or `sudo dockerd &`), or run ./install.sh".into(),
+            );
+        }
+        match self {
+            Error::Node(e) => match **e {
+                NodeError::ImageUnavailable { .. } => Some(
+                    "./install.sh prepares a node image: it pulls rancher/k3s, or builds the offline one".into(),
+                ),
+                NodeError::BootTimeout { .. } => {
+                    Some("a slow machine may need more time: set `timeouts.boot` in sandbox.yaml".into())
+                }
+                _ => None,
+            },
+            Error::Wait(_) => Some(
+                "inspect with `kubectl --context sandbox-<name> describe` and `get events`; \
+                 raise `timeouts.ready` if it is only slow"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// The cause chain, one cause per line, after the message.
+    pub fn chain(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut source = std::error::Error::source(self);
+        let mut last = self.to_string();
+        while let Some(s) = source {
+            let text = s.to_string();
+            // transparent wrappers repeat their inner message
+            if text != last && !last.contains(&text) {
+                out.push(text.clone());
+            }
+            last = text;
+            source = s.source();
+        }
+        out
+    }
+}

@@ -1,0 +1,392 @@
+//! The project's images: build with the engine, tag by content, load into the node's
+//! containerd over exec stdin, skipping what the node already holds.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::config::ImageConfig;
+use crate::docker::{DockerError, Engine};
+use crate::profile::Profile;
+use crate::report::Reporter;
+
+/// Lines of build output shown when a build fails.
+const BUILD_LOG_TAIL: usize = 25;
+
+/// Errors building or loading images.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// A Docker operation failed.
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    /// The build context could not be read.
+    #[error("image {image}: cannot read build context {path}")]
+    Context {
+        /// Image name.
+        image: String,
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Dockerfile is missing.
+    #[error("image {image}: no Dockerfile at {path}")]
+    NoDockerfile {
+        /// Image name.
+        image: String,
+        /// Expected path.
+        path: PathBuf,
+    },
+    /// The build failed.
+    #[error("image {image}: build failed ({dockerfile}): {message}\nlast build output:\n{log}")]
+    BuildFailed {
+        /// Image name.
+        image: String,
+        /// Dockerfile path.
+        dockerfile: PathBuf,
+        /// The engine's message.
+        message: String,
+        /// Tail of the build output.
+        log: String,
+    },
+    /// The node's import command failed.
+    #[error("image {image}: import into node {node} failed (exit {code}): {stderr}")]
+    ImportFailed {
+        /// Image reference.
+        image: String,
+        /// Node container.
+        node: String,
+        /// Exit code.
+        code: i64,
+        /// Its stderr.
+        stderr: String,
+    },
+}
+
+/// A built image.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BuiltImage {
+    /// Repository name as configured.
+    pub name: String,
+    /// Full reference with the content tag, as written into the manifests.
+    pub reference: String,
+    /// Image ID.
+    pub id: String,
+}
+
+/// The content tag of an image ID: `sandbox-` and the first 12 hex digits.
+pub fn content_tag(id: &str) -> String {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    format!("sandbox-{}", &hex[..hex.len().min(12)])
+}
+
+/// How containerd names an image reference (`hello:1` → `docker.io/library/hello:1`).
+pub fn containerd_ref(reference: &str) -> String {
+    let first = reference.split('/').next().unwrap_or_default();
+    let has_registry = reference.contains('/')
+        && (first.contains('.') || first.contains(':') || first == "localhost");
+    if has_registry {
+        reference.to_string()
+    } else if reference.contains('/') {
+        format!("docker.io/{reference}")
+    } else {
+        format!("docker.io/library/{reference}")
+    }
+}
+
+/// `.dockerignore` rules.
+#[derive(Debug, Default)]
+pub struct IgnoreRules {
+    rules: Vec<(glob::Pattern, bool)>,
+}
+
+impl IgnoreRules {
+    /// Parses `.dockerignore` text (comments, `!` exceptions, leading `/` ignored).
+    pub fn parse(text: &str) -> IgnoreRules {
+        let rules = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .filter_map(|l| {
+                let (negate, pattern) = match l.strip_prefix('!') {
+                    Some(p) => (true, p.trim()),
+                    None => (false, l),
+                };
+                let pattern = pattern.trim_start_matches('/').trim_end_matches('/');
+                let pattern = pattern.strip_prefix("./").unwrap_or(pattern);
+                glob::Pattern::new(pattern).ok().map(|p| (p, negate))
+            })
+            .collect();
+        IgnoreRules { rules }
+    }
+
+    /// Whether a context-relative path (with `/` separators) is excluded. A path is also
+    /// excluded when one of its parent directories matches.
+    pub fn excluded(&self, rel: &str) -> bool {
+        let options = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: false,
+        };
+        let mut excluded = false;
+        for (pattern, negate) in &self.rules {
+            let mut prefix = String::new();
+            let mut matched = false;
+            for part in rel.split('/') {
+                if !prefix.is_empty() {
+                    prefix.push('/');
+                }
+                prefix.push_str(part);
+                if pattern.matches_with(&prefix, options) {
+                    matched = true;
+                    break;
+                }
+            }
+            if matched {
+                excluded = !negate;
+            }
+        }
+        excluded
+    }
+}
+
+/// Packs a build context into a tar, honouring `.dockerignore`.
+pub fn context_tar(dir: &Path) -> std::io::Result<Vec<u8>> {
+    let rules = match std::fs::read_to_string(dir.join(".dockerignore")) {
+        Ok(text) => IgnoreRules::parse(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => IgnoreRules::default(),
+        Err(e) => return Err(e),
+    };
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    let mut stack = vec![dir.to_path_buf()];
+    let mut files = Vec::new();
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(dir)
+                .expect("walked from dir")
+                .to_string_lossy()
+                .replace('\\', "/");
+            if rules.excluded(&rel) {
+                continue;
+            }
+            if entry.file_type()?.is_dir() {
+                stack.push(path.clone());
+            }
+            files.push((path, rel));
+        }
+    }
+    // stable order gives a stable context (and so a stable build cache)
+    files.sort_by(|a, b| a.1.cmp(&b.1));
+    for (path, rel) in files {
+        builder.append_path_with_name(&path, &rel)?;
+    }
+    builder.into_inner()
+}
+
+/// Builds one image; returns its content-tagged reference.
+pub async fn build(
+    engine: &Engine,
+    image: &ImageConfig,
+    base_dir: &Path,
+    reporter: &Reporter,
+) -> Result<BuiltImage, ImageError> {
+    let context = base_dir.join(&image.context);
+    let dockerfile = context.join(&image.dockerfile);
+    if !dockerfile.is_file() {
+        return Err(ImageError::NoDockerfile {
+            image: image.name.clone(),
+            path: dockerfile,
+        });
+    }
+    let step = reporter.step(format!("building image {}", image.name));
+    let context_dir = context.clone();
+    let tar = tokio::task::spawn_blocking(move || context_tar(&context_dir))
+        .await
+        .expect("context packing does not panic")
+        .map_err(|source| ImageError::Context {
+            image: image.name.clone(),
+            path: context.clone(),
+            source,
+        })?;
+    let build_args: std::collections::HashMap<String, String> = image
+        .args
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut options = bollard::query_parameters::BuildImageOptionsBuilder::new()
+        .dockerfile(&image.dockerfile)
+        .rm(true)
+        .forcerm(true)
+        .buildargs(&build_args)
+        .labels(&std::collections::HashMap::from([(
+            crate::plan::LABEL_SANDBOX.to_string(),
+            "image".to_string(),
+        )]));
+    if let Some(target) = &image.target {
+        options = options.target(target);
+    }
+    let mut log: Vec<String> = Vec::new();
+    let outcome = engine
+        .build_image(&image.name, options.build(), tar, |line| {
+            reporter.detail(format!("{}: {line}", image.name));
+            if line.starts_with("Step ") {
+                step.update(format!("building image {}: {line}", image.name));
+            }
+            log.push(line.to_string());
+        })
+        .await?;
+    let id = match outcome {
+        Ok(id) => id,
+        Err(message) => {
+            let start = log.len().saturating_sub(BUILD_LOG_TAIL);
+            return Err(ImageError::BuildFailed {
+                image: image.name.clone(),
+                dockerfile,
+                message: message.trim().to_string(),
+                log: log[start..].join("\n"),
+            });
+        }
+    };
+    let tag = content_tag(&id);
+    engine.tag(&id, &image.name, &tag).await?;
+    let reference = format!("{}:{tag}", image.name);
+    step.done(format!("built {reference}"));
+    Ok(BuiltImage {
+        name: image.name.clone(),
+        reference,
+        id,
+    })
+}
+
+/// Builds every configured image, in order.
+pub async fn build_all(
+    engine: &Engine,
+    images: &[ImageConfig],
+    base_dir: &Path,
+    reporter: &Reporter,
+) -> Result<Vec<BuiltImage>, ImageError> {
+    let mut built = Vec::new();
+    for image in images {
+        built.push(build(engine, image, base_dir, reporter).await?);
+    }
+    Ok(built)
+}
+
+/// The rewrite map for manifests: repository → content-tagged reference.
+pub fn rewrite_map(built: &[BuiltImage]) -> BTreeMap<String, String> {
+    built
+        .iter()
+        .map(|b| (b.name.clone(), b.reference.clone()))
+        .collect()
+}
+
+/// Loads images into the node unless it already holds them. Returns the references loaded.
+pub async fn load(
+    engine: &Engine,
+    node: &str,
+    profile: &Profile,
+    references: &[String],
+    reporter: &Reporter,
+) -> Result<Vec<String>, ImageError> {
+    if references.is_empty() {
+        return Ok(Vec::new());
+    }
+    let listed = engine.exec_simple(node, &profile.node.image_list).await?;
+    let held: Vec<&str> = listed.stdout.lines().map(str::trim).collect();
+    let mut loaded = Vec::new();
+    for reference in references {
+        if held.contains(&containerd_ref(reference).as_str()) {
+            continue;
+        }
+        let step = reporter.step(format!("loading {reference} into {node}"));
+        let out = engine
+            .exec(
+                node,
+                &profile.node.image_import,
+                Some(engine.export_image(reference)),
+            )
+            .await?;
+        if out.code != 0 {
+            return Err(ImageError::ImportFailed {
+                image: reference.clone(),
+                node: node.to_string(),
+                code: out.code,
+                stderr: out.stderr.trim().to_string(),
+            });
+        }
+        step.done(format!("loaded {reference}"));
+        loaded.push(reference.clone());
+    }
+    Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_tags_are_short_digests() {
+        assert_eq!(
+            content_tag("sha256:0123456789abcdef0123"),
+            "sandbox-0123456789ab"
+        );
+        assert_eq!(content_tag("abc"), "sandbox-abc");
+    }
+
+    #[test]
+    fn containerd_normalises_references() {
+        assert_eq!(containerd_ref("hello:1"), "docker.io/library/hello:1");
+        assert_eq!(containerd_ref("team/app:1"), "docker.io/team/app:1");
+        assert_eq!(containerd_ref("ghcr.io/a/b:1"), "ghcr.io/a/b:1");
+        assert_eq!(containerd_ref("localhost:5000/a:1"), "localhost:5000/a:1");
+        assert_eq!(containerd_ref("localhost/a:1"), "localhost/a:1");
+    }
+
+    #[test]
+    fn dockerignore_rules() {
+        let rules = IgnoreRules::parse(
+            "# comment\nnode_modules\n*.log\n!keep.log\n/build/\ndocs/**/*.md\n",
+        );
+        assert!(rules.excluded("node_modules"));
+        assert!(rules.excluded("node_modules/x/y.js"));
+        assert!(rules.excluded("app.log"));
+        assert!(!rules.excluded("keep.log"));
+        assert!(rules.excluded("build/out.bin"));
+        assert!(rules.excluded("docs/a/b.md"));
+        assert!(!rules.excluded("src/main.rs"));
+        assert!(
+            !rules.excluded("sub/app.log"),
+            "`*` does not cross directories"
+        );
+    }
+
+    #[test]
+    fn context_tar_skips_ignored_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        std::fs::write(dir.path().join(".dockerignore"), "secret\n").unwrap();
+        std::fs::write(dir.path().join("secret"), "x").unwrap();
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        std::fs::write(dir.path().join("src/a.txt"), "a").unwrap();
+        let tar = context_tar(dir.path()).unwrap();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let mut names: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                e.unwrap()
+                    .path()
+                    .unwrap()
+                    .to_string_lossy()
+                    .trim_end_matches('/')
+                    .to_string()
+            })
+            .collect();
+        names.sort();
+        assert_eq!(names, [".dockerignore", "Dockerfile", "src", "src/a.txt"]);
+    }
+}

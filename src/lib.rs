@@ -1,0 +1,21 @@
+//! `sandbox`: a production-shaped Kubernetes sandbox on one laptop, with one command.
+//!
+//! The modules read in the order `sandbox up` runs: [`config`] → [`profile`] → [`plan`]
+//! (pure) → [`docker`] and [`node`] (runtime) → [`images`] → [`kubeconfig`] →
+//! [`manifests`] → [`apply`] → [`wait`]; [`report`] carries progress and [`cli`] the verbs.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod apply;
+pub mod cli;
+pub mod config;
+pub mod docker;
+pub mod error;
+pub mod images;
+pub mod kubeconfig;
+pub mod manifests;
+pub mod node;
+pub mod plan;
+pub mod profile;
+pub mod report;
+pub mod wait;

@@ -1,0 +1,55 @@
+//! The `sandbox` binary: parse, run, print the error chain and map the exit code.
+
+use clap::Parser;
+use sandbox::cli::{self, Cli, Output};
+use sandbox::error::exit;
+
+fn main() {
+    let cli = Cli::parse();
+    let output = cli.global.output;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = cli::run(cli) => Some(result),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    let code = match result {
+        Some(Ok(())) => exit::OK,
+        Some(Err(e)) => {
+            let code = e.exit_code();
+            eprintln!("error: {e}");
+            for cause in e.chain() {
+                eprintln!("  caused by: {cause}");
+            }
+            if let Some(hint) = e.hint() {
+                eprintln!("hint: {hint}");
+            }
+            if output == Output::Json {
+                let doc = serde_json::json!({
+                    "apiVersion": sandbox::config::API_VERSION,
+                    "kind": "Error",
+                    "exitCode": code,
+                    "message": e.to_string(),
+                    "causes": e.chain(),
+                    "hint": e.hint(),
+                });
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&doc).expect("JSON values serialise")
+                );
+            }
+            code
+        }
+        None => {
+            eprintln!("interrupted");
+            130
+        }
+    };
+    // do not wait for background tasks (spinners, open connections)
+    runtime.shutdown_background();
+    std::process::exit(code);
+}

@@ -1,0 +1,642 @@
+//! Manifests: files, directories and globs; `${VAR}` substitution; multi-document YAML
+//! parsed with each document's file and line kept for errors. Pure except for reading files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// Variables sandbox defines itself; users cannot redefine them.
+pub const BUILTIN_VARIABLES: &[&str] = &[
+    "SANDBOX_NAME",
+    "SANDBOX_NAMESPACE",
+    "SANDBOX_DOMAIN",
+    "SANDBOX_IP",
+    "MINIKUBE_IP",
+    "SANDBOX_HTTP_PORT",
+    "SANDBOX_HTTPS_PORT",
+];
+
+/// Errors loading or parsing manifests.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// A file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `manifests:` entry matched no file.
+    #[error("manifests entry {entry:?} matches no .yaml/.yml/.json file (looked in {base})")]
+    NoMatch {
+        /// The entry as written.
+        entry: String,
+        /// The directory it is relative to.
+        base: PathBuf,
+    },
+    /// A glob pattern is malformed.
+    #[error("manifests entry {entry:?} is not a valid glob: {message}")]
+    BadGlob {
+        /// The entry.
+        entry: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// `${NAME}` names no variable.
+    #[error("{path}:{line}: unknown variable ${{{name}}} (define it under `variables:` in sandbox.yaml, or write $${{{name}}} for a literal)")]
+    UnknownVariable {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The variable name.
+        name: String,
+    },
+    /// A document is not valid YAML.
+    #[error("{path}:{line}:{column}: document {document}: {message}")]
+    Yaml {
+        /// The file.
+        path: PathBuf,
+        /// 1-based document index within the file.
+        document: usize,
+        /// 1-based line in the file.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// A document is YAML but not a Kubernetes object.
+    #[error("{path}:{line}: document {document}: {message}")]
+    NotAnObject {
+        /// The file.
+        path: PathBuf,
+        /// 1-based document index.
+        document: usize,
+        /// 1-based line where the document starts.
+        line: usize,
+        /// What is missing.
+        message: String,
+    },
+}
+
+/// One Kubernetes object read from a manifest, with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    /// Source file.
+    pub path: PathBuf,
+    /// 1-based document index within the file.
+    pub index: usize,
+    /// 1-based line where the document starts.
+    pub line: usize,
+    /// The object.
+    pub object: Value,
+}
+
+impl Document {
+    /// `apiVersion`.
+    pub fn api_version(&self) -> &str {
+        self.object["apiVersion"].as_str().unwrap_or_default()
+    }
+    /// `kind`.
+    pub fn kind(&self) -> &str {
+        self.object["kind"].as_str().unwrap_or_default()
+    }
+    /// `metadata.name`.
+    pub fn name(&self) -> &str {
+        self.object["metadata"]["name"].as_str().unwrap_or_default()
+    }
+    /// `metadata.namespace`, if set.
+    pub fn namespace(&self) -> Option<&str> {
+        self.object["metadata"]["namespace"].as_str()
+    }
+    /// `file:line (document N, Kind/name)` for messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}:{} (document {}, {}/{})",
+            self.path.display(),
+            self.line,
+            self.index,
+            self.kind(),
+            self.name()
+        )
+    }
+}
+
+/// The values of the built-in variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Builtins {
+    /// Sandbox name.
+    pub name: String,
+    /// Default namespace.
+    pub namespace: String,
+    /// The sandbox's wildcard domain (`127.0.0.1.nip.io`).
+    pub domain: String,
+    /// The address the laptop reaches the ingress on.
+    pub ip: String,
+    /// Host port of ingress HTTP.
+    pub http_port: u16,
+    /// Host port of ingress HTTPS.
+    pub https_port: u16,
+}
+
+/// Every variable available to `${VAR}`: built-ins plus the user's.
+pub fn variables(builtins: &Builtins, user: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut vars = user.clone();
+    for (k, v) in [
+        ("SANDBOX_NAME", builtins.name.clone()),
+        ("SANDBOX_NAMESPACE", builtins.namespace.clone()),
+        ("SANDBOX_DOMAIN", builtins.domain.clone()),
+        ("SANDBOX_IP", builtins.ip.clone()),
+        ("MINIKUBE_IP", builtins.ip.clone()),
+        ("SANDBOX_HTTP_PORT", builtins.http_port.to_string()),
+        ("SANDBOX_HTTPS_PORT", builtins.https_port.to_string()),
+    ] {
+        vars.insert(k.to_string(), v);
+    }
+    vars
+}
+
+fn is_manifest_file(p: &Path) -> bool {
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+/// Resolves `manifests:` entries to files, in order: a file as is, a directory's manifest
+/// files sorted by name (not recursive), a glob's matches sorted. Duplicates are dropped.
+pub fn resolve(entries: &[String], base: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for entry in entries {
+        let path = base.join(entry);
+        let mut found: Vec<PathBuf> = if entry.contains(['*', '?', '[']) {
+            let pattern = path.to_string_lossy().to_string();
+            glob::glob(&pattern)
+                .map_err(|e| ManifestError::BadGlob {
+                    entry: entry.clone(),
+                    message: e.to_string(),
+                })?
+                .filter_map(Result::ok)
+                .filter(|p| p.is_file() && is_manifest_file(p))
+                .collect()
+        } else if path.is_dir() {
+            let read = std::fs::read_dir(&path).map_err(|source| ManifestError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            read.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && is_manifest_file(p))
+                .collect()
+        } else if path.is_file() {
+            vec![path]
+        } else {
+            Vec::new()
+        };
+        if found.is_empty() {
+            return Err(ManifestError::NoMatch {
+                entry: entry.clone(),
+                base: base.to_path_buf(),
+            });
+        }
+        found.sort();
+        for f in found {
+            if !files.contains(&f) {
+                files.push(f);
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Replaces `${NAME}` with its value; `$${` stands for a literal `${`. Unknown names are
+/// errors carrying the line.
+pub fn substitute(
+    text: &str,
+    vars: &BTreeMap<String, String>,
+    path: &Path,
+) -> Result<String, ManifestError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut line = 1;
+    while let Some(i) = rest.find('$') {
+        let (before, after) = rest.split_at(i);
+        line += before.matches('\n').count();
+        out.push_str(before);
+        if let Some(tail) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix("${") {
+            match tail.find('}') {
+                Some(end) if crate::config::is_variable_name(&tail[..end]) => {
+                    let name = &tail[..end];
+                    let value = vars
+                        .get(name)
+                        .ok_or_else(|| ManifestError::UnknownVariable {
+                            path: path.to_path_buf(),
+                            line,
+                            name: name.to_string(),
+                        })?;
+                    out.push_str(value);
+                    rest = &tail[end + 1..];
+                }
+                // not a variable reference (e.g. `${ x }` in a script): keep as written
+                _ => {
+                    out.push_str("${");
+                    rest = tail;
+                }
+            }
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Splits YAML text into documents at `---` lines, returning each document's text and
+/// its 1-based starting line.
+fn split_documents(text: &str) -> Vec<(String, usize)> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut start = 1;
+    for (i, line) in text.lines().enumerate() {
+        let is_separator =
+            line.starts_with("---") && line[3..].chars().next().is_none_or(|c| c.is_whitespace());
+        if is_separator || line == "..." {
+            docs.push((std::mem::take(&mut current), start));
+            start = i + 2;
+            // `--- {inline}` keeps content after the marker
+            let inline = if is_separator { line[3..].trim() } else { "" };
+            if !inline.is_empty() && !inline.starts_with('#') {
+                current.push_str(inline);
+                current.push('\n');
+                start = i + 1;
+            }
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+    }
+    docs.push((current, start));
+    docs
+}
+
+/// Parses manifest text (already substituted) into objects. Empty documents are skipped;
+/// `kind: List` is expanded into its items.
+pub fn parse(text: &str, path: &Path) -> Result<Vec<Document>, ManifestError> {
+    let mut out = Vec::new();
+    let mut index = 0;
+    for (doc_text, start) in split_documents(text) {
+        if doc_text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            continue;
+        }
+        index += 1;
+        let value: Value = serde_yaml::from_str(&doc_text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            ManifestError::Yaml {
+                path: path.to_path_buf(),
+                document: index,
+                line: start + line - 1,
+                column,
+                message: e
+                    .to_string()
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            }
+        })?;
+        let not_object = |message: String| ManifestError::NotAnObject {
+            path: path.to_path_buf(),
+            document: index,
+            line: start,
+            message,
+        };
+        if value.is_null() {
+            continue;
+        }
+        if !value.is_object() {
+            return Err(not_object(
+                "expected a Kubernetes object (a mapping)".into(),
+            ));
+        }
+        let items = if value["kind"] == "List" {
+            value["items"]
+                .as_array()
+                .cloned()
+                .ok_or_else(|| not_object("`kind: List` without `items`".into()))?
+        } else {
+            vec![value]
+        };
+        for object in items {
+            for field in ["apiVersion", "kind"] {
+                if !object[field].is_string() {
+                    return Err(not_object(format!("missing `{field}`")));
+                }
+            }
+            if !object["metadata"]["name"].is_string() {
+                let what = if object["metadata"]["generateName"].is_string() {
+                    "`metadata.generateName` cannot be applied declaratively; set `metadata.name`"
+                } else {
+                    "missing `metadata.name`"
+                };
+                return Err(not_object(format!(
+                    "{} {what}",
+                    object["kind"].as_str().unwrap_or_default()
+                )));
+            }
+            out.push(Document {
+                path: path.to_path_buf(),
+                index,
+                line: start,
+                object,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Reads, substitutes and parses every manifest of the project.
+pub fn load(
+    entries: &[String],
+    base: &Path,
+    vars: &BTreeMap<String, String>,
+) -> Result<Vec<Document>, ManifestError> {
+    let mut docs = Vec::new();
+    for path in resolve(entries, base)? {
+        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let text = substitute(&text, vars, &path)?;
+        docs.extend(parse(&text, &path)?);
+    }
+    Ok(docs)
+}
+
+/// The pod spec inside a workload object, by kind.
+fn pod_spec_mut(object: &mut Value) -> Option<&mut Value> {
+    let kind = object["kind"].as_str()?.to_string();
+    let spec = object.get_mut("spec")?;
+    match kind.as_str() {
+        "Pod" => Some(spec),
+        "Deployment"
+        | "ReplicaSet"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "Job"
+        | "ReplicationController" => spec.get_mut("template")?.get_mut("spec"),
+        "CronJob" => spec
+            .get_mut("jobTemplate")?
+            .get_mut("spec")?
+            .get_mut("template")?
+            .get_mut("spec"),
+        _ => None,
+    }
+}
+
+/// The repository part of an image reference (no tag, no digest).
+pub fn repository(image: &str) -> &str {
+    let no_digest = image.split('@').next().unwrap_or(image);
+    crate::docker::split_tag(no_digest).0
+}
+
+fn same_repository(reference: &str, configured: &str) -> bool {
+    let repo = repository(reference);
+    repo == configured
+        || repo.strip_prefix("docker.io/") == Some(configured)
+        || repo.strip_prefix("docker.io/library/") == Some(configured)
+}
+
+/// Points every container image that names a configured image (`repo` → full reference
+/// with sandbox's tag) at sandbox's tag, with a pull policy that never pulls it. Returns
+/// the references rewritten, as `(before, after)`.
+pub fn rewrite_images(
+    object: &mut Value,
+    images: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut changed = Vec::new();
+    let Some(spec) = pod_spec_mut(object) else {
+        return changed;
+    };
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for c in containers {
+            let Some(current) = c["image"].as_str().map(str::to_string) else {
+                continue;
+            };
+            if let Some((_, target)) = images
+                .iter()
+                .find(|(repo, _)| same_repository(&current, repo))
+            {
+                c["image"] = Value::String(target.clone());
+                c["imagePullPolicy"] = Value::String("Never".into());
+                changed.push((current, target.clone()));
+            }
+        }
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> BTreeMap<String, String> {
+        variables(
+            &Builtins {
+                name: "demo".into(),
+                namespace: "default".into(),
+                domain: "127.0.0.1.nip.io".into(),
+                ip: "127.0.0.1".into(),
+                http_port: 80,
+                https_port: 443,
+            },
+            &BTreeMap::from([("GREETING".to_string(), "hi".to_string())]),
+        )
+    }
+
+    #[test]
+    fn substitutes_builtins_aliases_and_user_variables() {
+        let out = substitute(
+            "host: app.${SANDBOX_DOMAIN}\nip: ${MINIKUBE_IP}\nmsg: ${GREETING}\n",
+            &vars(),
+            Path::new("a.yaml"),
+        )
+        .unwrap();
+        assert_eq!(out, "host: app.127.0.0.1.nip.io\nip: 127.0.0.1\nmsg: hi\n");
+    }
+
+    #[test]
+    fn unknown_variable_names_line() {
+        let err = substitute(
+            "a: 1\nb: 2\nc: ${NOPE}\n",
+            &vars(),
+            Path::new("k8s/app.yaml"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "k8s/app.yaml:3: unknown variable ${NOPE} (define it under `variables:` in sandbox.yaml, or write $${NOPE} for a literal)"
+        );
+    }
+
+    #[test]
+    fn escapes_and_shell_forms_are_kept() {
+        let out = substitute(
+            "a: $${HOME} $HOME ${ not a var } $",
+            &vars(),
+            Path::new("a"),
+        )
+        .unwrap();
+        assert_eq!(out, "a: ${HOME} $HOME ${ not a var } $");
+    }
+
+    #[test]
+    fn parses_multi_document_yaml_with_lines() {
+        let text = "# leading comment\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: b\n  namespace: web\n";
+        let docs = parse(text, Path::new("all.yaml")).unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(
+            (docs[0].kind(), docs[0].name(), docs[0].line, docs[0].index),
+            ("ConfigMap", "a", 3, 1)
+        );
+        assert_eq!(
+            (
+                docs[1].kind(),
+                docs[1].namespace(),
+                docs[1].line,
+                docs[1].index
+            ),
+            ("Service", Some("web"), 8, 2)
+        );
+        assert_eq!(docs[1].describe(), "all.yaml:8 (document 2, Service/b)");
+    }
+
+    #[test]
+    fn yaml_errors_carry_file_line_and_document() {
+        let text =
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: [\n";
+        let err = parse(text, Path::new("bad.yaml")).unwrap_err().to_string();
+        assert!(err.starts_with("bad.yaml:"), "{err}");
+        assert!(err.contains("document 2"), "{err}");
+        let line: usize = err.split(':').nth(1).unwrap().parse().unwrap();
+        assert!(line >= 5, "{err}");
+    }
+
+    #[test]
+    fn objects_need_kind_and_name() {
+        let err = parse("apiVersion: v1\nmetadata: {name: a}\n", Path::new("x.yaml")).unwrap_err();
+        assert!(err.to_string().contains("missing `kind`"), "{err}");
+        let err = parse(
+            "apiVersion: v1\nkind: Pod\nmetadata: {generateName: a-}\n",
+            Path::new("x.yaml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("generateName"), "{err}");
+        let err = parse("- a\n- b\n", Path::new("x.yaml")).unwrap_err();
+        assert!(err.to_string().contains("mapping"), "{err}");
+    }
+
+    #[test]
+    fn lists_are_expanded() {
+        let docs = parse(
+            "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: a}}\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: b}}\n",
+            Path::new("l.yaml"),
+        )
+        .unwrap();
+        assert_eq!(
+            docs.iter().map(Document::name).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+    }
+
+    #[test]
+    fn resolve_files_dirs_and_globs() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        std::fs::create_dir(base.join("k8s")).unwrap();
+        for f in [
+            "k8s/b.yaml",
+            "k8s/a.yml",
+            "k8s/readme.md",
+            "one.yaml",
+            "two.json",
+        ] {
+            std::fs::write(base.join(f), "").unwrap();
+        }
+        let files = resolve(
+            &[
+                "one.yaml".into(),
+                "k8s".into(),
+                "*.json".into(),
+                "k8s/a.yml".into(),
+            ],
+            base,
+        )
+        .unwrap();
+        let names: Vec<_> = files
+            .iter()
+            .map(|p| p.strip_prefix(base).unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(names, ["one.yaml", "k8s/a.yml", "k8s/b.yaml", "two.json"]);
+        let err = resolve(&["missing.yaml".into()], base).unwrap_err();
+        assert!(err.to_string().contains("matches no"), "{err}");
+    }
+
+    #[test]
+    fn rewrites_configured_images_only() {
+        let mut deploy: Value = serde_yaml::from_str(
+            "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  template:
+    spec:
+      initContainers: [{name: migrate, image: 'hello:0.0.1'}]
+      containers:
+      - {name: web, image: hello, imagePullPolicy: Always}
+      - {name: side, image: 'docker.io/library/redis:7'}
+",
+        )
+        .unwrap();
+        let images = BTreeMap::from([(
+            "hello".to_string(),
+            "hello:sandbox-0123456789ab".to_string(),
+        )]);
+        let changed = rewrite_images(&mut deploy, &images);
+        assert_eq!(changed.len(), 2);
+        let spec = &deploy["spec"]["template"]["spec"];
+        assert_eq!(spec["containers"][0]["image"], "hello:sandbox-0123456789ab");
+        assert_eq!(spec["containers"][0]["imagePullPolicy"], "Never");
+        assert_eq!(
+            spec["initContainers"][0]["image"],
+            "hello:sandbox-0123456789ab"
+        );
+        assert_eq!(spec["containers"][1]["image"], "docker.io/library/redis:7");
+        let mut cm: Value =
+            serde_yaml::from_str("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n").unwrap();
+        assert!(rewrite_images(&mut cm, &images).is_empty());
+    }
+
+    #[test]
+    fn repository_strips_tag_and_digest() {
+        assert_eq!(repository("hello:1"), "hello");
+        assert_eq!(repository("reg:5000/a/b:2"), "reg:5000/a/b");
+        assert_eq!(repository("a@sha256:abc"), "a");
+    }
+}

@@ -1,0 +1,499 @@
+//! The node's lifecycle: find it through its labels, create it (with the privilege
+//! fallback), start it, judge it ready through the API, and remove it.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node as KubeNode, ServiceAccount};
+use kube::api::{Api, ListParams};
+
+use crate::docker::{DockerError, Engine, NodeInfo};
+use crate::kubeconfig::{self, KubeconfigError};
+use crate::plan::{self, HostPorts, Names, Security};
+use crate::profile::{self, Profile, ProfileError};
+use crate::report::Reporter;
+
+/// How long to try pulling the preferred node image before falling back.
+const PULL_DEADLINE: Duration = Duration::from_secs(300);
+/// Log lines shown when the node fails.
+const LOG_TAIL: usize = 40;
+
+/// Errors bringing a node up or down.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A Docker operation failed.
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    /// The profile is unknown.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// The node image is neither present nor pullable.
+    #[error("node image {image} is not in the Docker engine and cannot be pulled; {hint}")]
+    ImageUnavailable {
+        /// Image reference.
+        image: String,
+        /// What to do.
+        hint: String,
+        /// The pull failure.
+        #[source]
+        source: DockerError,
+    },
+    /// The sandbox runs a different profile than requested.
+    #[error("sandbox {sandbox} runs profile {running}, not {requested}; run `sandbox down --name {sandbox}` first to switch")]
+    ProfileMismatch {
+        /// Sandbox name.
+        sandbox: String,
+        /// Profile of the running node.
+        running: String,
+        /// Requested profile.
+        requested: String,
+    },
+    /// The node container stopped while booting.
+    #[error("node container {name} exited while booting; its last log lines:\n{logs}")]
+    Exited {
+        /// Container name.
+        name: String,
+        /// Log tail.
+        logs: String,
+    },
+    /// The node did not become ready in time.
+    #[error("node {name} was not ready within {seconds} s (last seen: {last}); its last log lines:\n{logs}")]
+    BootTimeout {
+        /// Container name.
+        name: String,
+        /// The deadline.
+        seconds: u64,
+        /// The last observation.
+        last: String,
+        /// Log tail.
+        logs: String,
+    },
+    /// Choosing host ports failed.
+    #[error("cannot choose free host ports")]
+    Ports(#[source] std::io::Error),
+    /// The kubeconfig could not be built or merged.
+    #[error(transparent)]
+    Kubeconfig(#[from] KubeconfigError),
+    /// The node's kubeconfig gives no working client.
+    #[error("cannot build a Kubernetes client for {context}: {message}")]
+    Client {
+        /// Context name.
+        context: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// A running, ready node and how to reach it.
+#[derive(Clone)]
+pub struct Node {
+    /// The container as Docker sees it.
+    pub info: NodeInfo,
+    /// Its profile.
+    pub profile: Profile,
+    /// Host ports.
+    pub ports: HostPorts,
+    /// The node's address on its Docker network (reachable from a Linux host).
+    pub ip: Option<String>,
+    /// Standalone host kubeconfig (context `sandbox-<name>`).
+    pub kubeconfig: serde_yaml::Value,
+    /// A client for the node's API server.
+    pub client: kube::Client,
+    /// Whether this run created the container.
+    pub created: bool,
+}
+
+/// Picks the profile for a new node: the requested one, else k3s when its image is in the
+/// engine, else the offline profile when its image is, else k3s pulled.
+pub async fn choose_profile(
+    engine: &Engine,
+    requested: Option<&str>,
+    reporter: &Reporter,
+) -> Result<Profile, NodeError> {
+    if let Some(name) = requested {
+        let profile = Profile::named(name)?;
+        ensure_image(engine, &profile, reporter).await?;
+        return Ok(profile);
+    }
+    let preferred = Profile::named(profile::PREFERRED)?;
+    if engine.image_id(&preferred.node.image).await?.is_some() {
+        return Ok(preferred);
+    }
+    let fallback = Profile::named(profile::FALLBACK)?;
+    if engine.image_id(&fallback.node.image).await?.is_some() {
+        reporter.info(format!(
+            "{} is not in the Docker engine; using profile {} ({})",
+            preferred.node.image, fallback.name, fallback.node.image
+        ));
+        return Ok(fallback);
+    }
+    ensure_image(engine, &preferred, reporter).await?;
+    Ok(preferred)
+}
+
+async fn ensure_image(
+    engine: &Engine,
+    profile: &Profile,
+    reporter: &Reporter,
+) -> Result<(), NodeError> {
+    let image = &profile.node.image;
+    if engine.image_id(image).await?.is_some() {
+        return Ok(());
+    }
+    let step = reporter.step(format!("pulling {image}"));
+    match engine.pull(image, PULL_DEADLINE).await {
+        Ok(()) => {
+            step.done(format!("pulled {image}"));
+            Ok(())
+        }
+        Err(source) => Err(NodeError::ImageUnavailable {
+            image: image.clone(),
+            hint: profile.node.build_hint.clone().unwrap_or_else(|| {
+                "check the registry is reachable, or use `--profile offline`".to_string()
+            }),
+            source,
+        }),
+    }
+}
+
+/// Finds sandbox `sandbox`'s node, starting it when stopped or creating it when absent,
+/// then waits until it is ready.
+pub async fn ensure(
+    engine: &Engine,
+    sandbox: &str,
+    requested_profile: Option<&str>,
+    boot_timeout: Option<Duration>,
+    reporter: &Reporter,
+) -> Result<Node, NodeError> {
+    let names = Names::of(sandbox);
+    let existing = engine.list_nodes(Some(sandbox)).await?.into_iter().next();
+    let (profile, created) = match existing {
+        Some(info) => {
+            if let Some(requested) = requested_profile {
+                if requested != info.profile {
+                    return Err(NodeError::ProfileMismatch {
+                        sandbox: sandbox.to_string(),
+                        running: info.profile,
+                        requested: requested.to_string(),
+                    });
+                }
+            }
+            let profile = Profile::named(&info.profile)?;
+            if !info.running() {
+                let step = reporter.step(format!("starting stopped node {}", info.name));
+                engine.start(&info.name).await?;
+                step.done(format!("started node {}", info.name));
+            }
+            (profile, false)
+        }
+        None => {
+            let profile = choose_profile(engine, requested_profile, reporter).await?;
+            create(engine, sandbox, &profile, reporter).await?;
+            (profile, true)
+        }
+    };
+    let deadline = boot_timeout.unwrap_or(profile.node.boot_timeout);
+    let step = reporter.step(format!(
+        "waiting for node {} ({})",
+        names.node, profile.name
+    ));
+    let ready = wait_ready(engine, &names, &profile, deadline, &step).await;
+    let node = match ready {
+        Ok(node) => node,
+        Err(e) => {
+            if created {
+                // a node this run created and that never worked is not worth keeping
+                let _ = engine.remove_container(&names.node).await;
+            }
+            return Err(e);
+        }
+    };
+    step.done(format!("node {} ready", names.node));
+    Ok(Node { created, ..node })
+}
+
+/// Creates and starts the node container with `--privileged`, falling back to the explicit
+/// capability set when the engine refuses it.
+async fn create(
+    engine: &Engine,
+    sandbox: &str,
+    profile: &Profile,
+    reporter: &Reporter,
+) -> Result<(), NodeError> {
+    let names = Names::of(sandbox);
+    let step = reporter.step(format!(
+        "creating node {} from {}",
+        names.node, profile.node.image
+    ));
+    engine
+        .ensure_network(&names.network, &plan::labels(sandbox, "network"))
+        .await?;
+    engine
+        .ensure_volume(&names.data_volume, &plan::labels(sandbox, "data"))
+        .await?;
+    let ports = plan::choose_host_ports().map_err(NodeError::Ports)?;
+    if ports.http != plan::INGRESS_HTTP_PORT || ports.https != plan::INGRESS_HTTPS_PORT {
+        reporter.info(format!(
+            "host ports 80/443 are taken; ingress is published on 127.0.0.1:{} (http) and 127.0.0.1:{} (https)",
+            ports.http, ports.https
+        ));
+    }
+    let spec = plan::node_spec(sandbox, profile, ports, Security::Privileged);
+    match engine.run_node(&spec).await {
+        Ok(()) => {}
+        Err(DockerError::StartContainer { ref source, .. })
+            if crate::docker::is_privilege_refusal(source) =>
+        {
+            reporter.info(
+                "the Docker engine refused --privileged (the host cannot grant every capability); \
+                 using all capabilities but SYS_RESOURCE instead",
+            );
+            let spec = plan::node_spec(sandbox, profile, ports, Security::fallback());
+            engine.run_node(&spec).await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    step.done(format!("created node {}", names.node));
+    Ok(())
+}
+
+async fn wait_ready(
+    engine: &Engine,
+    names: &Names,
+    profile: &Profile,
+    deadline: Duration,
+    step: &crate::report::Step,
+) -> Result<Node, NodeError> {
+    let start = Instant::now();
+    let mut last = "container starting".to_string();
+    let mut client: Option<(kube::Client, serde_yaml::Value)> = None;
+    loop {
+        let state = engine.container_state(&names.node).await?;
+        if state.as_deref() != Some("running") {
+            let logs = engine
+                .logs_tail(&names.node, LOG_TAIL)
+                .await
+                .unwrap_or_default();
+            return Err(NodeError::Exited {
+                name: names.node.clone(),
+                logs,
+            });
+        }
+        if client.is_none() {
+            match connect(engine, names, profile).await {
+                Ok(Some(c)) => client = Some(c),
+                Ok(None) => last = format!("{} not written yet", profile.node.kubeconfig_path),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        if let Some((c, _)) = &client {
+            match probe(c, &names.node).await {
+                Ok(()) => {
+                    let (client, kubeconfig) = client.expect("checked");
+                    let info = engine
+                        .list_nodes(Some(&names.sandbox))
+                        .await?
+                        .into_iter()
+                        .find(|n| n.name == names.node)
+                        .ok_or_else(|| NodeError::Exited {
+                            name: names.node.clone(),
+                            logs: String::new(),
+                        })?;
+                    let ports = ports_of(&info, profile);
+                    let ip = engine.container_ip(&names.node, &names.network).await?;
+                    return Ok(Node {
+                        info,
+                        profile: profile.clone(),
+                        ports,
+                        ip,
+                        kubeconfig,
+                        client,
+                        created: false,
+                    });
+                }
+                Err(observed) => {
+                    if observed != last {
+                        step.update(format!("waiting for node {}: {observed}", names.node));
+                    }
+                    last = observed;
+                }
+            }
+        }
+        if start.elapsed() > deadline {
+            let logs = engine
+                .logs_tail(&names.node, LOG_TAIL)
+                .await
+                .unwrap_or_default();
+            return Err(NodeError::BootTimeout {
+                name: names.node.clone(),
+                seconds: deadline.as_secs(),
+                last,
+                logs,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The host ports a node publishes.
+pub fn ports_of(info: &NodeInfo, profile: &Profile) -> HostPorts {
+    HostPorts {
+        api: info.host_port(profile.node.api_port).unwrap_or_default(),
+        http: info.host_port(plan::INGRESS_HTTP_PORT).unwrap_or_default(),
+        https: info.host_port(plan::INGRESS_HTTPS_PORT).unwrap_or_default(),
+    }
+}
+
+/// Reads the node's admin kubeconfig and rewrites it for the host. `None` until the node
+/// has written it.
+pub async fn host_kubeconfig(
+    engine: &Engine,
+    info: &NodeInfo,
+    profile: &Profile,
+) -> Result<Option<serde_yaml::Value>, NodeError> {
+    let names = Names::of(&info.sandbox);
+    let Some(admin) = engine
+        .read_file(&info.name, &profile.node.kubeconfig_path)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Some(api) = info.host_port(profile.node.api_port) else {
+        return Ok(None);
+    };
+    let admin = String::from_utf8_lossy(&admin);
+    let server = format!("https://127.0.0.1:{api}");
+    Ok(Some(kubeconfig::for_host(&admin, &names.context, &server)?))
+}
+
+/// A Kubernetes client from a host kubeconfig made by [`host_kubeconfig`].
+pub async fn client_for(
+    kubeconfig: &serde_yaml::Value,
+    context: &str,
+) -> Result<kube::Client, NodeError> {
+    let client_error = |message: String| NodeError::Client {
+        context: context.to_string(),
+        message,
+    };
+    let parsed: kube::config::Kubeconfig =
+        serde_yaml::from_value(kubeconfig.clone()).map_err(|e| client_error(e.to_string()))?;
+    let options = kube::config::KubeConfigOptions {
+        context: Some(context.to_string()),
+        ..Default::default()
+    };
+    let mut config = kube::Config::from_custom_kubeconfig(parsed, &options)
+        .await
+        .map_err(|e| client_error(e.to_string()))?;
+    config.connect_timeout = Some(Duration::from_secs(5));
+    config.read_timeout = Some(Duration::from_secs(30));
+    kube::Client::try_from(config).map_err(|e| client_error(e.to_string()))
+}
+
+async fn connect(
+    engine: &Engine,
+    names: &Names,
+    profile: &Profile,
+) -> Result<Option<(kube::Client, serde_yaml::Value)>, NodeError> {
+    let Some(info) = engine
+        .list_nodes(Some(&names.sandbox))
+        .await?
+        .into_iter()
+        .find(|n| n.name == names.node)
+    else {
+        return Ok(None);
+    };
+    let Some(kubeconfig) = host_kubeconfig(engine, &info, profile).await? else {
+        return Ok(None);
+    };
+    let client = client_for(&kubeconfig, &names.context).await?;
+    Ok(Some((client, kubeconfig)))
+}
+
+/// One readiness probe through the API: `/readyz`, node Ready, default ServiceAccount.
+/// `Err` carries what was observed.
+async fn probe(client: &kube::Client, node_name: &str) -> Result<(), String> {
+    let request = http::Request::get("/readyz")
+        .body(Vec::new())
+        .expect("static request");
+    client
+        .request_text(request)
+        .await
+        .map_err(|e| format!("API server not ready: {}", short_error(&e)))?;
+    let nodes: Api<KubeNode> = Api::all(client.clone());
+    let list = nodes
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| format!("cannot list nodes: {}", short_error(&e)))?;
+    let node = list
+        .items
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(node_name))
+        .ok_or_else(|| format!("node {node_name} not registered yet"))?;
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+    match ready {
+        Some(c) if c.status == "True" => {}
+        Some(c) => {
+            return Err(format!(
+                "node {node_name} not Ready: {}",
+                c.message
+                    .clone()
+                    .unwrap_or_else(|| c.reason.clone().unwrap_or_default())
+            ))
+        }
+        None => return Err(format!("node {node_name} has no Ready condition yet")),
+    }
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    match accounts.get_opt("default").await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("default ServiceAccount not created yet".to_string()),
+        Err(e) => Err(format!("cannot read ServiceAccounts: {}", short_error(&e))),
+    }
+}
+
+fn short_error(e: &kube::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text.chars().take(200).collect()
+}
+
+/// What `down` removed.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Removed {
+    /// Containers.
+    pub containers: Vec<String>,
+    /// Networks.
+    pub networks: Vec<String>,
+    /// Volumes (the data volume only with purge).
+    pub volumes: Vec<String>,
+    /// Whether the kube context was removed.
+    pub context: bool,
+}
+
+/// Removes everything sandbox `sandbox` made; the data volume only when `purge`.
+pub async fn remove(engine: &Engine, sandbox: &str, purge: bool) -> Result<Removed, NodeError> {
+    let names = Names::of(sandbox);
+    let mut removed = Removed::default();
+    for container in engine.list_containers(sandbox).await? {
+        engine.remove_container(&container).await?;
+        removed.containers.push(container);
+    }
+    for network in engine.list_networks(sandbox).await? {
+        engine.remove_network(&network).await?;
+        removed.networks.push(network);
+    }
+    if purge {
+        for volume in engine.list_volumes(sandbox).await? {
+            engine.remove_volume(&volume).await?;
+            removed.volumes.push(volume);
+        }
+    }
+    removed.context = kubeconfig::uninstall(&kubeconfig::user_kubeconfig_path(), &names.context)?;
+    Ok(removed)
+}

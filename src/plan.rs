@@ -1,0 +1,297 @@
+//! Pure planning: every Docker object of a sandbox, named and labelled, decided before
+//! anything runs. `docker.rs` translates these plans to the engine's types.
+
+use std::collections::BTreeMap;
+
+use crate::profile::Profile;
+
+/// Label prefix of every object sandbox creates.
+pub const LABEL_PREFIX: &str = "dev.sandbox";
+/// Label holding the sandbox name.
+pub const LABEL_SANDBOX: &str = "dev.sandbox/sandbox";
+/// Label holding the object's role (`node`, `network`, `data`).
+pub const LABEL_ROLE: &str = "dev.sandbox/role";
+/// Label holding the node's profile name.
+pub const LABEL_PROFILE: &str = "dev.sandbox/profile";
+/// Label holding how the node was granted its privileges (`privileged` or `capabilities`).
+pub const LABEL_SECURITY: &str = "dev.sandbox/security";
+/// Label holding the sandbox version that created the object.
+pub const LABEL_VERSION: &str = "dev.sandbox/version";
+
+/// Capabilities the engine may refuse to grant (absent from the host's bounding set).
+/// `--privileged` asks for all of them, so a host lacking one refuses it outright.
+pub const DROPPABLE_CAPABILITIES: &[&str] = &["SYS_RESOURCE"];
+
+/// How the node gets the powers a Kubernetes node needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Security {
+    /// `--privileged`.
+    Privileged,
+    /// Everything `--privileged` gives, minus capabilities the engine cannot grant.
+    Capabilities {
+        /// Capabilities dropped from ALL.
+        drop: Vec<String>,
+    },
+}
+
+impl Security {
+    /// The fallback used when the engine refuses `--privileged`.
+    pub fn fallback() -> Security {
+        Security::Capabilities {
+            drop: DROPPABLE_CAPABILITIES
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+        }
+    }
+
+    /// The label value recorded on the node.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Security::Privileged => "privileged",
+            Security::Capabilities { .. } => "capabilities",
+        }
+    }
+}
+
+/// A host port binding on 127.0.0.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortBinding {
+    /// Port inside the node.
+    pub container: u16,
+    /// Port on the host's loopback.
+    pub host: u16,
+}
+
+/// Host ports chosen for a new node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostPorts {
+    /// Kubernetes API.
+    pub api: u16,
+    /// Ingress HTTP (80 when it was free).
+    pub http: u16,
+    /// Ingress HTTPS (443 when it was free).
+    pub https: u16,
+}
+
+/// Everything needed to create a sandbox's node container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// Container name, also its hostname and the Kubernetes node name.
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// Arguments to the image's entrypoint.
+    pub args: Vec<String>,
+    /// Environment as `KEY=value`.
+    pub env: Vec<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Network the node joins.
+    pub network: String,
+    /// Named data volume and where it is mounted.
+    pub data_volume: String,
+    /// Mount point of the data volume.
+    pub data_path: String,
+    /// tmpfs mounts.
+    pub tmpfs: Vec<String>,
+    /// Ports published on 127.0.0.1.
+    pub ports: Vec<PortBinding>,
+    /// Privileges.
+    pub security: Security,
+    /// Run Docker's init.
+    pub init: bool,
+}
+
+/// Names of a sandbox's Docker objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// The sandbox's own name.
+    pub sandbox: String,
+    /// Node container.
+    pub node: String,
+    /// Network.
+    pub network: String,
+    /// Data volume (kept across `down` unless `--purge`).
+    pub data_volume: String,
+    /// Kube context merged into the user's kubeconfig.
+    pub context: String,
+}
+
+impl Names {
+    /// The names for sandbox `sandbox`.
+    pub fn of(sandbox: &str) -> Names {
+        Names {
+            sandbox: sandbox.to_string(),
+            node: format!("sandbox-{sandbox}-node"),
+            network: format!("sandbox-{sandbox}"),
+            data_volume: format!("sandbox-{sandbox}-data"),
+            context: format!("sandbox-{sandbox}"),
+        }
+    }
+}
+
+/// Labels every object of sandbox `sandbox` carries, with its role.
+pub fn labels(sandbox: &str, role: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_SANDBOX.to_string(), sandbox.to_string()),
+        (LABEL_ROLE.to_string(), role.to_string()),
+        (
+            LABEL_VERSION.to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+    ])
+}
+
+/// Container ports the ingress listens on inside the node.
+pub const INGRESS_HTTP_PORT: u16 = 80;
+/// Container HTTPS ingress port.
+pub const INGRESS_HTTPS_PORT: u16 = 443;
+
+/// Plans the node container of sandbox `sandbox` running `profile`.
+pub fn node_spec(
+    sandbox: &str,
+    profile: &Profile,
+    ports: HostPorts,
+    security: Security,
+) -> NodeSpec {
+    let names = Names::of(sandbox);
+    let mut labels = labels(sandbox, "node");
+    labels.insert(LABEL_PROFILE.to_string(), profile.name.clone());
+    labels.insert(LABEL_SECURITY.to_string(), security.label().to_string());
+    let mut env: Vec<String> = profile
+        .node
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    env.push(format!("NODE_NAME={}", names.node));
+    NodeSpec {
+        name: names.node,
+        image: profile.node.image.clone(),
+        args: profile.node.args.clone(),
+        env,
+        labels,
+        network: names.network,
+        data_volume: names.data_volume,
+        data_path: profile.node.data_path.clone(),
+        tmpfs: profile.node.tmpfs.clone(),
+        ports: vec![
+            PortBinding {
+                container: profile.node.api_port,
+                host: ports.api,
+            },
+            PortBinding {
+                container: INGRESS_HTTP_PORT,
+                host: ports.http,
+            },
+            PortBinding {
+                container: INGRESS_HTTPS_PORT,
+                host: ports.https,
+            },
+        ],
+        security,
+        init: profile.node.init,
+    }
+}
+
+/// Picks host ports: `preferred` when it can be bound on 127.0.0.1, else a free one.
+/// `taken` lists ports already promised in this plan.
+pub fn pick_port(preferred: Option<u16>, taken: &[u16]) -> std::io::Result<u16> {
+    if let Some(p) = preferred {
+        if !taken.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return Ok(p);
+        }
+    }
+    loop {
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
+            .local_addr()?
+            .port();
+        if !taken.contains(&port) {
+            return Ok(port);
+        }
+    }
+}
+
+/// Chooses the host ports of a new node: API on a free port, 80/443 when free.
+pub fn choose_host_ports() -> std::io::Result<HostPorts> {
+    let api = pick_port(None, &[])?;
+    let http = pick_port(Some(80), &[api])?;
+    let https = pick_port(Some(443), &[api, http])?;
+    Ok(HostPorts { api, http, https })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ports() -> HostPorts {
+        HostPorts {
+            api: 40001,
+            http: 80,
+            https: 443,
+        }
+    }
+
+    #[test]
+    fn names_are_namespaced_by_sandbox() {
+        let n = Names::of("demo");
+        assert_eq!(n.node, "sandbox-demo-node");
+        assert_eq!(n.network, "sandbox-demo");
+        assert_eq!(n.data_volume, "sandbox-demo-data");
+        assert_eq!(n.context, "sandbox-demo");
+    }
+
+    #[test]
+    fn node_spec_from_offline_profile() {
+        let p = Profile::named("offline").unwrap();
+        let s = node_spec("demo", &p, ports(), Security::Privileged);
+        assert_eq!(s.name, "sandbox-demo-node");
+        assert_eq!(s.image, p.node.image);
+        assert_eq!(s.labels[LABEL_SANDBOX], "demo");
+        assert_eq!(s.labels[LABEL_ROLE], "node");
+        assert_eq!(s.labels[LABEL_PROFILE], "offline");
+        assert_eq!(s.labels[LABEL_SECURITY], "privileged");
+        assert_eq!(s.data_path, "/var/lib/sandbox");
+        assert!(s.env.contains(&"NODE_NAME=sandbox-demo-node".to_string()));
+        assert_eq!(
+            s.ports[0],
+            PortBinding {
+                container: 6443,
+                host: 40001
+            }
+        );
+        assert!(s.tmpfs.contains(&"/tmp".to_string()));
+    }
+
+    #[test]
+    fn node_spec_from_k3s_profile() {
+        let p = Profile::named("k3s").unwrap();
+        let s = node_spec("demo", &p, ports(), Security::fallback());
+        assert_eq!(s.args[0], "server");
+        assert!(s.init);
+        assert!(s.env.contains(&"K3S_KUBECONFIG_MODE=644".to_string()));
+        assert_eq!(s.labels[LABEL_SECURITY], "capabilities");
+        assert_eq!(s.data_path, "/var/lib/rancher/k3s");
+    }
+
+    #[test]
+    fn fallback_drops_sys_resource() {
+        assert_eq!(
+            Security::fallback(),
+            Security::Capabilities {
+                drop: vec!["SYS_RESOURCE".to_string()]
+            }
+        );
+    }
+
+    #[test]
+    fn taken_preferred_port_is_replaced() {
+        let held = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let busy = held.local_addr().unwrap().port();
+        let got = pick_port(Some(busy), &[]).unwrap();
+        assert_ne!(got, busy);
+        let free = pick_port(None, &[got]).unwrap();
+        assert_ne!(free, got);
+    }
+}

@@ -1,0 +1,424 @@
+//! Readiness of applied workloads: pure judgement of an object's status, and a poll loop
+//! under one deadline that reports what it last saw.
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DynamicObject, ListParams};
+use serde_json::Value;
+
+use crate::apply::Applied;
+use crate::report::Step;
+
+/// An object's readiness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Done: rolled out, complete, running.
+    Ready,
+    /// Not yet, with what is awaited.
+    Pending(String),
+    /// Will not become ready (failed Job, exceeded progress deadline).
+    Failed(String),
+}
+
+/// Errors waiting for workloads.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// Some workloads failed or did not become ready in time.
+    #[error("{summary}\n{details}")]
+    NotReady {
+        /// One line.
+        summary: String,
+        /// One block per failing resource.
+        details: String,
+    },
+}
+
+fn int(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+fn generation_observed(object: &Value) -> bool {
+    int(&object["status"]["observedGeneration"]) >= int(&object["metadata"]["generation"])
+}
+
+/// Judges the readiness of a workload object; `None` for kinds that are ready once applied.
+pub fn judge(object: &Value) -> Option<Readiness> {
+    let kind = object["kind"].as_str()?;
+    let status = &object["status"];
+    let spec = &object["spec"];
+    let replicas = spec["replicas"].as_i64().unwrap_or(1);
+    Some(match kind {
+        "Deployment" => {
+            if let Some(c) = condition(object, "Progressing") {
+                if c["reason"] == "ProgressDeadlineExceeded" {
+                    return Some(Readiness::Failed(format!(
+                        "rollout exceeded its progress deadline: {}",
+                        c["message"].as_str().unwrap_or_default()
+                    )));
+                }
+            }
+            let updated = int(&status["updatedReplicas"]);
+            let total = int(&status["replicas"]);
+            let available = int(&status["availableReplicas"]);
+            if !generation_observed(object) {
+                Readiness::Pending("waiting for the controller to see the new spec".into())
+            } else if updated < replicas {
+                Readiness::Pending(format!("{updated} of {replicas} replicas updated"))
+            } else if total > updated {
+                Readiness::Pending(format!("{} old replicas terminating", total - updated))
+            } else if available < updated {
+                Readiness::Pending(format!("{available} of {replicas} replicas available"))
+            } else {
+                Readiness::Ready
+            }
+        }
+        "StatefulSet" => {
+            let ready = int(&status["readyReplicas"]);
+            let updated = int(&status["updatedReplicas"]);
+            let rolling = spec["updateStrategy"]["type"]
+                .as_str()
+                .unwrap_or("RollingUpdate")
+                == "RollingUpdate";
+            if !generation_observed(object) {
+                Readiness::Pending("waiting for the controller to see the new spec".into())
+            } else if rolling
+                && (updated < replicas || status["updateRevision"] != status["currentRevision"])
+            {
+                Readiness::Pending(format!("{updated} of {replicas} replicas updated"))
+            } else if ready < replicas {
+                Readiness::Pending(format!("{ready} of {replicas} replicas ready"))
+            } else {
+                Readiness::Ready
+            }
+        }
+        "DaemonSet" => {
+            let desired = int(&status["desiredNumberScheduled"]);
+            let updated = int(&status["updatedNumberScheduled"]);
+            let available = int(&status["numberAvailable"]);
+            if !generation_observed(object) {
+                Readiness::Pending("waiting for the controller to see the new spec".into())
+            } else if updated < desired {
+                Readiness::Pending(format!("{updated} of {desired} pods updated"))
+            } else if available < desired {
+                Readiness::Pending(format!("{available} of {desired} pods available"))
+            } else {
+                Readiness::Ready
+            }
+        }
+        "Job" => {
+            if condition(object, "Complete").is_some_and(|c| c["status"] == "True") {
+                Readiness::Ready
+            } else if let Some(c) = condition(object, "Failed").filter(|c| c["status"] == "True") {
+                Readiness::Failed(format!(
+                    "job failed: {} {}",
+                    c["reason"].as_str().unwrap_or_default(),
+                    c["message"].as_str().unwrap_or_default()
+                ))
+            } else {
+                let completions = spec["completions"].as_i64().unwrap_or(1);
+                Readiness::Pending(format!(
+                    "{} of {completions} completions ({} failed attempts)",
+                    int(&status["succeeded"]),
+                    int(&status["failed"])
+                ))
+            }
+        }
+        "Pod" => match status["phase"].as_str() {
+            Some("Succeeded") => Readiness::Ready,
+            Some("Failed") => Readiness::Failed(format!(
+                "pod failed: {}",
+                status["message"].as_str().unwrap_or_default()
+            )),
+            Some("Running")
+                if condition(object, "Ready").is_some_and(|c| c["status"] == "True") =>
+            {
+                Readiness::Ready
+            }
+            phase => Readiness::Pending(format!("pod {}", phase.unwrap_or("Pending"))),
+        },
+        _ => return None,
+    })
+}
+
+/// Why a pod's containers are not running, e.g. `web: CrashLoopBackOff (back-off 10s ...)`.
+pub fn pod_problems(pod: &Pod) -> Vec<String> {
+    let Some(status) = &pod.status else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for cs in status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+    {
+        let Some(state) = &cs.state else { continue };
+        if let Some(w) = &state.waiting {
+            let reason = w.reason.clone().unwrap_or_default();
+            if reason != "ContainerCreating" && reason != "PodInitializing" {
+                out.push(format!(
+                    "container {}: {reason} {}",
+                    cs.name,
+                    w.message.clone().unwrap_or_default()
+                ));
+            }
+        } else if let Some(t) = &state.terminated {
+            if t.exit_code != 0 {
+                out.push(format!(
+                    "container {}: exited {} ({})",
+                    cs.name,
+                    t.exit_code,
+                    t.reason.clone().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    for c in status.conditions.iter().flatten() {
+        if c.type_ == "PodScheduled" && c.status == "False" {
+            out.push(format!(
+                "unschedulable: {}",
+                c.message.clone().unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
+/// Waits until every applied workload is ready, failing fast on failed ones, under
+/// `deadline`.
+pub async fn wait_all(
+    client: &kube::Client,
+    applied: &[Applied],
+    deadline: Duration,
+    step: &Step,
+) -> Result<(), WaitError> {
+    let start = Instant::now();
+    let mut pending: Vec<(&Applied, Readiness)> = applied
+        .iter()
+        .filter_map(|a| judge(&a.object).map(|r| (a, r)))
+        .collect();
+    let total = pending.len();
+    loop {
+        let checks = pending.iter().map(|(a, _)| async move {
+            let api: Api<DynamicObject> = match &a.namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &a.resource),
+                None => Api::all_with(client.clone(), &a.resource),
+            };
+            match api.get(&a.name).await {
+                Ok(o) => serde_json::to_value(&o)
+                    .ok()
+                    .and_then(|v| judge(&v))
+                    .unwrap_or(Readiness::Ready),
+                Err(e) => {
+                    Readiness::Pending(format!("cannot read it: {}", crate::apply::api_message(&e)))
+                }
+            }
+        });
+        let states = join_all(checks).await;
+        for (slot, state) in pending.iter_mut().zip(states) {
+            slot.1 = state;
+        }
+        pending.retain(|(_, r)| *r != Readiness::Ready);
+        let failed: Vec<_> = pending
+            .iter()
+            .filter(|(_, r)| matches!(r, Readiness::Failed(_)))
+            .collect();
+        if !failed.is_empty() {
+            let details = describe_all(
+                client,
+                &failed
+                    .iter()
+                    .map(|(a, r)| (*a, r.clone()))
+                    .collect::<Vec<_>>(),
+            )
+            .await;
+            return Err(WaitError::NotReady {
+                summary: format!("{} of {total} workloads failed", failed.len()),
+                details,
+            });
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let (first, state) = &pending[0];
+        step.update(format!(
+            "waiting for {} of {total} workloads: {} ({})",
+            pending.len(),
+            first.id(),
+            match state {
+                Readiness::Pending(m) | Readiness::Failed(m) => m.as_str(),
+                Readiness::Ready => "ready",
+            }
+        ));
+        if start.elapsed() > deadline {
+            let details = describe_all(
+                client,
+                &pending
+                    .iter()
+                    .map(|(a, r)| (*a, r.clone()))
+                    .collect::<Vec<_>>(),
+            )
+            .await;
+            return Err(WaitError::NotReady {
+                summary: format!(
+                    "{} of {total} workloads not ready within {} s",
+                    pending.len(),
+                    deadline.as_secs()
+                ),
+                details,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn describe_all(client: &kube::Client, items: &[(&Applied, Readiness)]) -> String {
+    let mut out = String::new();
+    for (a, state) in items {
+        let text = match state {
+            Readiness::Pending(m) | Readiness::Failed(m) => m.clone(),
+            Readiness::Ready => "ready".into(),
+        };
+        out.push_str(&format!("  {} ({}): {text}\n", a.id(), a.document));
+        for problem in pod_problems_of(client, a).await {
+            out.push_str(&format!("    {problem}\n"));
+        }
+    }
+    out
+}
+
+/// Problems of the pods a workload owns, found through its selector (or job name).
+async fn pod_problems_of(client: &kube::Client, a: &Applied) -> Vec<String> {
+    let Some(ns) = &a.namespace else {
+        return Vec::new();
+    };
+    let selector = match a.resource.kind.as_str() {
+        "Job" => Some(format!("job-name={}", a.name)),
+        _ => a.object["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
+    };
+    let Some(selector) = selector else {
+        return Vec::new();
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await else {
+        return Vec::new();
+    };
+    list.items
+        .iter()
+        .flat_map(|p| {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            pod_problems(p)
+                .into_iter()
+                .map(move |m| format!("pod {name}: {m}"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn deployment_rollout_states() {
+        let d = |gen: i64, observed: i64, updated: i64, total: i64, available: i64| {
+            json!({"kind": "Deployment", "metadata": {"generation": gen}, "spec": {"replicas": 2},
+                   "status": {"observedGeneration": observed, "updatedReplicas": updated,
+                              "replicas": total, "availableReplicas": available}})
+        };
+        assert!(matches!(
+            judge(&d(2, 1, 2, 2, 2)),
+            Some(Readiness::Pending(_))
+        ));
+        assert_eq!(
+            judge(&d(2, 2, 1, 2, 2)),
+            Some(Readiness::Pending("1 of 2 replicas updated".into()))
+        );
+        assert_eq!(
+            judge(&d(2, 2, 2, 3, 2)),
+            Some(Readiness::Pending("1 old replicas terminating".into()))
+        );
+        assert_eq!(
+            judge(&d(2, 2, 2, 2, 1)),
+            Some(Readiness::Pending("1 of 2 replicas available".into()))
+        );
+        assert_eq!(judge(&d(2, 2, 2, 2, 2)), Some(Readiness::Ready));
+        let stuck = json!({"kind": "Deployment", "metadata": {"generation": 1}, "spec": {},
+            "status": {"conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "too slow"}]}});
+        assert!(matches!(judge(&stuck), Some(Readiness::Failed(m)) if m.contains("too slow")));
+    }
+
+    #[test]
+    fn fresh_deployment_without_status_is_pending() {
+        let d =
+            json!({"kind": "Deployment", "metadata": {"generation": 1}, "spec": {"replicas": 1}});
+        assert!(matches!(judge(&d), Some(Readiness::Pending(_))));
+    }
+
+    #[test]
+    fn job_states() {
+        let done = json!({"kind": "Job", "spec": {}, "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}});
+        assert_eq!(judge(&done), Some(Readiness::Ready));
+        let failed = json!({"kind": "Job", "spec": {}, "status": {"failed": 6, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}});
+        assert!(
+            matches!(judge(&failed), Some(Readiness::Failed(m)) if m.contains("BackoffLimitExceeded"))
+        );
+        let running =
+            json!({"kind": "Job", "spec": {"completions": 3}, "status": {"succeeded": 1}});
+        assert_eq!(
+            judge(&running),
+            Some(Readiness::Pending(
+                "1 of 3 completions (0 failed attempts)".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn statefulset_and_daemonset_states() {
+        let sts = json!({"kind": "StatefulSet", "metadata": {"generation": 1}, "spec": {"replicas": 1},
+            "status": {"observedGeneration": 1, "readyReplicas": 1, "updatedReplicas": 1, "currentRevision": "a", "updateRevision": "a"}});
+        assert_eq!(judge(&sts), Some(Readiness::Ready));
+        let ds = json!({"kind": "DaemonSet", "metadata": {"generation": 1}, "spec": {},
+            "status": {"observedGeneration": 1, "desiredNumberScheduled": 1, "updatedNumberScheduled": 1, "numberAvailable": 0}});
+        assert_eq!(
+            judge(&ds),
+            Some(Readiness::Pending("0 of 1 pods available".into()))
+        );
+    }
+
+    #[test]
+    fn other_kinds_are_not_waited_on() {
+        assert_eq!(judge(&json!({"kind": "ConfigMap"})), None);
+        assert_eq!(judge(&json!({"kind": "Service"})), None);
+    }
+
+    #[test]
+    fn pod_problems_name_the_container() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "status": {"containerStatuses": [{"name": "web", "ready": false, "restartCount": 3, "image": "x", "imageID": "",
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}}}]}
+        }))
+        .unwrap();
+        assert_eq!(
+            pod_problems(&pod),
+            vec!["container web: CrashLoopBackOff back-off 20s".to_string()]
+        );
+    }
+}
