@@ -82,7 +82,12 @@ macro_rules! boxed_from {
         }
     )*};
 }
-boxed_from!(Docker(DockerError), Node(NodeError), Image(ImageError), Apply(ApplyError));
+boxed_from!(
+    Docker(DockerError),
+    Node(NodeError),
+    Image(ImageError),
+    Apply(ApplyError)
+);
 
 impl Error {
     /// The process exit code for this error.
