@@ -150,8 +150,9 @@ impl IgnoreRules {
     }
 }
 
-/// Packs a build context into a tar, honouring `.dockerignore`.
-pub fn context_tar(dir: &Path) -> std::io::Result<Vec<u8>> {
+/// Packs a build context into a tar, honouring `.dockerignore`; the Dockerfile and
+/// `.dockerignore` are always sent (the engine needs the first, as the docker CLI does).
+pub fn context_tar(dir: &Path, dockerfile: &str) -> std::io::Result<Vec<u8>> {
     let rules = match std::fs::read_to_string(dir.join(".dockerignore")) {
         Ok(text) => IgnoreRules::parse(&text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => IgnoreRules::default(),
@@ -170,7 +171,7 @@ pub fn context_tar(dir: &Path) -> std::io::Result<Vec<u8>> {
                 .expect("walked from dir")
                 .to_string_lossy()
                 .replace('\\', "/");
-            if rules.excluded(&rel) {
+            if rules.excluded(&rel) && rel != dockerfile && rel != ".dockerignore" {
                 continue;
             }
             if entry.file_type()?.is_dir() {
@@ -204,7 +205,8 @@ pub async fn build(
     }
     let step = reporter.step(format!("building image {}", image.name));
     let context_dir = context.clone();
-    let tar = tokio::task::spawn_blocking(move || context_tar(&context_dir))
+    let dockerfile_rel = image.dockerfile.trim_start_matches("./").to_string();
+    let tar = tokio::task::spawn_blocking(move || context_tar(&context_dir, &dockerfile_rel))
         .await
         .expect("context packing does not panic")
         .map_err(|source| ImageError::Context {
@@ -368,11 +370,11 @@ mod tests {
     fn context_tar_skips_ignored_files() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
-        std::fs::write(dir.path().join(".dockerignore"), "secret\n").unwrap();
+        std::fs::write(dir.path().join(".dockerignore"), "secret\nDockerfile\n").unwrap();
         std::fs::write(dir.path().join("secret"), "x").unwrap();
         std::fs::create_dir(dir.path().join("src")).unwrap();
         std::fs::write(dir.path().join("src/a.txt"), "a").unwrap();
-        let tar = context_tar(dir.path()).unwrap();
+        let tar = context_tar(dir.path(), "Dockerfile").unwrap();
         let mut archive = tar::Archive::new(tar.as_slice());
         let mut names: Vec<String> = archive
             .entries()

@@ -97,6 +97,10 @@ impl Context {
         if let Some(profile) = &self.global.profile {
             config.profile = Some(profile.clone());
         }
+        if let Some(profile) = &config.profile {
+            // an unknown profile is bad input: say so before touching Docker
+            crate::profile::Profile::named(profile)?;
+        }
         Ok(config)
     }
 

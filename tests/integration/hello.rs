@@ -1,0 +1,47 @@
+//! The guestbook-style fixture: image built locally, Deployment + NodePort Service, URL
+//! answering from the host; a second `up` changes nothing.
+
+use std::time::Duration;
+
+use crate::support::{copy_dir, eventually, http_get, root, TestSandbox};
+
+#[test]
+fn hello_fixture_answers_and_second_up_changes_nothing() {
+    let sb = TestSandbox::new("hello");
+    let project = sb.cwd().join("hello");
+    copy_dir(&root().join("fixtures/apps/hello"), &project);
+    let file = project.join("sandbox.yaml");
+    let file = file.to_str().unwrap();
+
+    let up = sb.run_json(&["up", "-f", file]);
+    let url = up["urls"][0]["url"].as_str().unwrap_or_else(|| panic!("no URL in {up}")).to_string();
+    assert_eq!(up["urls"][0]["kind"], "NodePort");
+    assert_eq!(up["images"][0]["loaded"], true);
+    let reference = up["images"][0]["reference"].as_str().unwrap().to_string();
+    assert!(reference.starts_with("hello:sandbox-"), "{reference}");
+
+    // kube-proxy programs the NodePort shortly after the rollout: poll, do not sleep
+    let body = eventually("hello answers 200", Duration::from_secs(60), || match http_get(&url) {
+        Ok((200, body)) => Ok(body),
+        Ok((code, _)) => Err(format!("HTTP {code}")),
+        Err(e) => Err(e.to_string()),
+    });
+    assert_eq!(body.trim(), "hello from sandbox");
+
+    // the rewritten reference is what runs, and it never pulls
+    let image = sb.kubectl(&["get", "deploy", "hello", "-o", "jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].imagePullPolicy}"]);
+    assert_eq!(String::from_utf8_lossy(&image.stdout), format!("{reference} Never"));
+
+    // a second up on the running sandbox: nothing rebuilt differently, loaded or changed
+    let again = sb.run_json(&["up", "-f", file]);
+    assert_eq!(again["node"]["created"], false);
+    assert_eq!(again["images"][0]["reference"], reference.as_str());
+    assert_eq!(again["images"][0]["loaded"], false);
+    let changed: Vec<_> = again["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["changed"] == true)
+        .collect();
+    assert!(changed.is_empty(), "second up changed {changed:?}");
+}

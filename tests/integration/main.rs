@@ -1,0 +1,8 @@
+//! Integration and end-to-end tests: the real `sandbox` binary against the real Docker
+//! engine and the real offline node (`profiles/offline/build.sh` builds it; `./install.sh
+//! --for-tests` does everything a fresh machine needs).
+
+mod bad_input;
+mod hello;
+mod lifecycle;
+mod support;

@@ -1,0 +1,262 @@
+//! Shared support for the integration tests: unique sandbox names, an isolated kubeconfig
+//! and working directory per test, a guard that tears down before and after, bounded
+//! parallelism for node boots, and a failure dump.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// At most this many nodes boot at once (2 cores: more only slows every test down).
+const NODE_SLOTS: usize = 2;
+static SLOTS: Mutex<usize> = Mutex::new(0);
+static SLOT_FREED: Condvar = Condvar::new();
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The project root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A test's own sandbox: unique name, private kubeconfig and working directory.
+pub struct TestSandbox {
+    /// Sandbox name.
+    pub name: String,
+    /// Private directory (kubeconfig, cwd, XDG dirs).
+    pub dir: tempfile::TempDir,
+    slot: bool,
+}
+
+impl TestSandbox {
+    /// A new sandbox named after the test; waits for a node slot.
+    pub fn new(test: &str) -> TestSandbox {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("t{}-{}-{}", std::process::id() % 100000, n, test)
+            .chars()
+            .take(40)
+            .collect::<String>()
+            .trim_end_matches('-')
+            .to_string();
+        let mut taken = SLOTS.lock().unwrap();
+        while *taken >= NODE_SLOTS {
+            taken = SLOT_FREED.wait(taken).unwrap();
+        }
+        *taken += 1;
+        drop(taken);
+        let sandbox = TestSandbox {
+            name,
+            dir: tempfile::tempdir().expect("temp dir"),
+            slot: true,
+        };
+        std::fs::create_dir_all(sandbox.cwd()).unwrap();
+        sandbox.teardown();
+        sandbox
+    }
+
+    /// The working directory commands run in (no sandbox.yaml unless a test puts one).
+    pub fn cwd(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    /// The test's kubeconfig file.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kube").join("config")
+    }
+
+    /// The kube context of this sandbox.
+    pub fn context(&self) -> String {
+        format!("sandbox-{}", self.name)
+    }
+
+    /// A `sandbox` command with this test's name, kubeconfig and environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandbox"));
+        cmd.args(args)
+            .arg("--name")
+            .arg(&self.name)
+            .current_dir(self.cwd())
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("XDG_DATA_HOME", self.dir.path().join("data"))
+            .env("XDG_STATE_HOME", self.dir.path().join("state"))
+            .env("CI", "true")
+            .env_remove("SANDBOX_NAME")
+            .env_remove("SANDBOX_FILE")
+            .env_remove("SANDBOX_PROFILE");
+        cmd
+    }
+
+    /// Runs `sandbox ARGS` and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("the sandbox binary runs")
+    }
+
+    /// Runs `sandbox ARGS -o json`, requires success and parses stdout.
+    pub fn run_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.run(&all);
+        assert_success(&out, &format!("sandbox {}", all.join(" ")));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("stdout is not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout))
+        })
+    }
+
+    /// `kubectl --context sandbox-<name> ARGS` with this test's kubeconfig.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(kubectl())
+            .arg("--context")
+            .arg(self.context())
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .output()
+            .expect("kubectl runs")
+    }
+
+    /// Removes every Docker object of this sandbox, whatever state it is in.
+    pub fn teardown(&self) {
+        let _ = self.command(&["down", "--purge"]).output();
+        let label = format!("label=dev.sandbox/sandbox={}", self.name);
+        for (kind, list) in [
+            ("container", vec!["ps", "-aq", "--filter", &label]),
+            ("network", vec!["network", "ls", "-q", "--filter", &label]),
+            ("volume", vec!["volume", "ls", "-q", "--filter", &label]),
+        ] {
+            for id in docker_lines(&list) {
+                let rm: Vec<&str> = match kind {
+                    "container" => vec!["rm", "-f", "-v", &id],
+                    "network" => vec!["network", "rm", &id],
+                    _ => vec!["volume", "rm", "-f", &id],
+                };
+                let _ = Command::new("docker").args(&rm).output();
+            }
+        }
+    }
+
+    /// Names of Docker objects of `kind` (`container`, `network`, `volume`) carrying this
+    /// sandbox's label.
+    pub fn leftovers(&self, kind: &str) -> Vec<String> {
+        let label = format!("label=dev.sandbox/sandbox={}", self.name);
+        let args: Vec<&str> = match kind {
+            "container" => vec!["ps", "-a", "--format", "{{.Names}}", "--filter", &label],
+            "network" => vec!["network", "ls", "--format", "{{.Name}}", "--filter", &label],
+            _ => vec!["volume", "ls", "--format", "{{.Name}}", "--filter", &label],
+        };
+        docker_lines(&args)
+    }
+}
+
+impl Drop for TestSandbox {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            dump(&self.name);
+        }
+        self.teardown();
+        if self.slot {
+            *SLOTS.lock().unwrap() -= 1;
+            SLOT_FREED.notify_one();
+        }
+    }
+}
+
+fn docker_lines(args: &[&str]) -> Vec<String> {
+    let out = Command::new("docker").args(args).output().expect("docker CLI runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The kubectl the tests use: `SANDBOX_TEST_KUBECTL`, else `kubectl` on PATH.
+pub fn kubectl() -> String {
+    std::env::var("SANDBOX_TEST_KUBECTL").unwrap_or_else(|_| "kubectl".to_string())
+}
+
+/// Prints what a failing test needs to be understood: the sandbox's containers and the
+/// node's last log lines.
+pub fn dump(name: &str) {
+    let label = format!("label=dev.sandbox/sandbox={name}");
+    let ps = Command::new("docker").args(["ps", "-a", "--filter", &label]).output();
+    if let Ok(ps) = ps {
+        eprintln!("--- docker ps (sandbox {name})\n{}", String::from_utf8_lossy(&ps.stdout));
+    }
+    let logs = Command::new("docker")
+        .args(["logs", "--tail", "30", &format!("sandbox-{name}-node")])
+        .output();
+    if let Ok(logs) = logs {
+        eprintln!(
+            "--- node logs\n{}{}",
+            String::from_utf8_lossy(&logs.stdout),
+            String::from_utf8_lossy(&logs.stderr)
+        );
+    }
+}
+
+/// Fails the test with the command's output unless it succeeded.
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed with {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A plain HTTP/1.0 GET; returns the status code and body.
+pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| std::io::Error::other(format!("not an http URL: {url}")))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut stream = TcpStream::connect(authority)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {response:.80}")))?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    Ok((status, body))
+}
+
+/// Polls `check` until it returns `Some`, failing after `deadline` with the last
+/// observation.
+pub fn eventually<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) if start.elapsed() > deadline => {
+                panic!("{what}: not true within {deadline:?}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Copies a fixture directory into `dest` (tests edit their copy, never the original).
+pub fn copy_dir(src: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let target = dest.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
