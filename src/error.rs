@@ -68,6 +68,9 @@ pub enum Error {
     /// Waiting.
     #[error(transparent)]
     Wait(#[from] WaitError),
+    /// The sandbox's lock.
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     /// No such sandbox.
     #[error("sandbox {0} does not exist or is not running (`sandbox up` creates it)")]
     NotFound(String),
@@ -96,7 +99,7 @@ impl Error {
             Error::Usage(_) | Error::Config(_) | Error::Profile(_) | Error::Manifest(_) => {
                 exit::USAGE
             }
-            Error::Cwd(_) | Error::Kubeconfig(_) => exit::FAILURE,
+            Error::Cwd(_) | Error::Kubeconfig(_) | Error::Lock(_) => exit::FAILURE,
             Error::Docker(_) => exit::DOCKER,
             Error::Node(e) => match **e {
                 NodeError::Docker(_) => exit::DOCKER,

@@ -13,6 +13,7 @@ pub mod docker;
 pub mod error;
 pub mod images;
 pub mod kubeconfig;
+pub mod lock;
 pub mod manifests;
 pub mod node;
 pub mod plan;

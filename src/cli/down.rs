@@ -20,6 +20,7 @@ pub struct DownArgs {
 pub async fn run(ctx: &Context, args: DownArgs) -> Result<(), Error> {
     let sandbox = ctx.sandbox_name()?;
     let engine = Engine::connect().await?;
+    let _lock = crate::lock::acquire(&sandbox, &ctx.reporter).await?;
     let step = ctx.reporter.step(format!("removing sandbox {sandbox}"));
     let removed = node::remove(&engine, &sandbox, args.purge).await?;
     step.done(format!("removed sandbox {sandbox}"));

@@ -34,6 +34,7 @@ pub async fn run(ctx: &Context, _args: UpArgs) -> Result<(), Error> {
     // bad manifests fail before anything is booted or built
     validate_manifests(&config)?;
     let engine = Engine::connect().await?;
+    let _lock = crate::lock::acquire(&config.name, &ctx.reporter).await?;
     let (node, built) = tokio::try_join!(
         node::ensure(
             &engine,
