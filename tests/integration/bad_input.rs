@@ -12,7 +12,10 @@ fn fails_with(sb: &TestSandbox, config: &str, expected: &[&str]) {
     for e in expected {
         assert!(stderr.contains(e), "expected {e:?} in: {stderr}");
     }
-    assert!(sb.leftovers("container").is_empty(), "bad input must create nothing");
+    assert!(
+        sb.leftovers("container").is_empty(),
+        "bad input must create nothing"
+    );
 }
 
 #[test]
@@ -28,7 +31,11 @@ fn bad_config_and_manifests_fail_before_anything_is_created() {
         "apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nprofile: minikube\n",
         &["unknown profile \"minikube\""],
     );
-    std::fs::write(sb.cwd().join("app.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  x: ${UNDEFINED}\n").unwrap();
+    std::fs::write(
+        sb.cwd().join("app.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  x: ${UNDEFINED}\n",
+    )
+    .unwrap();
     fails_with(
         &sb,
         "apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nmanifests: [app.yaml]\n",

@@ -14,23 +14,33 @@ fn hello_fixture_answers_and_second_up_changes_nothing() {
     let file = file.to_str().unwrap();
 
     let up = sb.run_json(&["up", "-f", file]);
-    let url = up["urls"][0]["url"].as_str().unwrap_or_else(|| panic!("no URL in {up}")).to_string();
+    let url = up["urls"][0]["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no URL in {up}"))
+        .to_string();
     assert_eq!(up["urls"][0]["kind"], "NodePort");
     assert_eq!(up["images"][0]["loaded"], true);
     let reference = up["images"][0]["reference"].as_str().unwrap().to_string();
     assert!(reference.starts_with("hello:sandbox-"), "{reference}");
 
     // kube-proxy programs the NodePort shortly after the rollout: poll, do not sleep
-    let body = eventually("hello answers 200", Duration::from_secs(60), || match http_get(&url) {
-        Ok((200, body)) => Ok(body),
-        Ok((code, _)) => Err(format!("HTTP {code}")),
-        Err(e) => Err(e.to_string()),
-    });
+    let body = eventually(
+        "hello answers 200",
+        Duration::from_secs(60),
+        || match http_get(&url) {
+            Ok((200, body)) => Ok(body),
+            Ok((code, _)) => Err(format!("HTTP {code}")),
+            Err(e) => Err(e.to_string()),
+        },
+    );
     assert_eq!(body.trim(), "hello from sandbox");
 
     // the rewritten reference is what runs, and it never pulls
     let image = sb.kubectl(&["get", "deploy", "hello", "-o", "jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].imagePullPolicy}"]);
-    assert_eq!(String::from_utf8_lossy(&image.stdout), format!("{reference} Never"));
+    assert_eq!(
+        String::from_utf8_lossy(&image.stdout),
+        format!("{reference} Never")
+    );
 
     // a second up on the running sandbox: nothing rebuilt differently, loaded or changed
     let again = sb.run_json(&["up", "-f", file]);

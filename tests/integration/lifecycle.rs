@@ -38,14 +38,28 @@ fn default_sandbox_boots_reuses_and_tears_down_cleanly() {
     assert_success(&kubeconfig, "sandbox kubeconfig");
     let text = String::from_utf8_lossy(&kubeconfig.stdout);
     let api_port = up["ports"]["api"].as_u64().unwrap();
-    assert!(text.contains(&format!("server: https://127.0.0.1:{api_port}")), "{text}");
+    assert!(
+        text.contains(&format!("server: https://127.0.0.1:{api_port}")),
+        "{text}"
+    );
 
     // down: no container, network or context left; the data volume stays
     let down = sb.run_json(&["down"]);
     assert_eq!(down["removed"]["context"], true);
-    assert!(sb.leftovers("container").is_empty(), "{:?}", sb.leftovers("container"));
-    assert!(sb.leftovers("network").is_empty(), "{:?}", sb.leftovers("network"));
-    assert_eq!(sb.leftovers("volume"), vec![format!("sandbox-{}-data", sb.name)]);
+    assert!(
+        sb.leftovers("container").is_empty(),
+        "{:?}",
+        sb.leftovers("container")
+    );
+    assert!(
+        sb.leftovers("network").is_empty(),
+        "{:?}",
+        sb.leftovers("network")
+    );
+    assert_eq!(
+        sb.leftovers("volume"),
+        vec![format!("sandbox-{}-data", sb.name)]
+    );
     let contexts = sb.kubectl(&["config", "get-contexts", "-o", "name"]);
     assert!(
         !String::from_utf8_lossy(&contexts.stdout).contains(&sb.context()),
@@ -69,7 +83,11 @@ fn default_sandbox_boots_reuses_and_tears_down_cleanly() {
     let purged = sb.run_json(&["down", "--purge"]);
     assert_eq!(purged["purged"], true);
     for kind in ["container", "network", "volume"] {
-        assert!(sb.leftovers(kind).is_empty(), "{kind}: {:?}", sb.leftovers(kind));
+        assert!(
+            sb.leftovers(kind).is_empty(),
+            "{kind}: {:?}",
+            sb.leftovers(kind)
+        );
     }
 
     // down of a sandbox that does not exist is not an error

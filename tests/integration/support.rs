@@ -92,7 +92,9 @@ impl TestSandbox {
 
     /// Runs `sandbox ARGS` and returns its output.
     pub fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("the sandbox binary runs")
+        self.command(args)
+            .output()
+            .expect("the sandbox binary runs")
     }
 
     /// Runs `sandbox ARGS -o json`, requires success and parses stdout.
@@ -102,7 +104,10 @@ impl TestSandbox {
         let out = self.run(&all);
         assert_success(&out, &format!("sandbox {}", all.join(" ")));
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("stdout is not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout))
+            panic!(
+                "stdout is not JSON ({e}):\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            )
         })
     }
 
@@ -164,7 +169,10 @@ impl Drop for TestSandbox {
 }
 
 fn docker_lines(args: &[&str]) -> Vec<String> {
-    let out = Command::new("docker").args(args).output().expect("docker CLI runs");
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI runs");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::trim)
@@ -182,9 +190,14 @@ pub fn kubectl() -> String {
 /// node's last log lines.
 pub fn dump(name: &str) {
     let label = format!("label=dev.sandbox/sandbox={name}");
-    let ps = Command::new("docker").args(["ps", "-a", "--filter", &label]).output();
+    let ps = Command::new("docker")
+        .args(["ps", "-a", "--filter", &label])
+        .output();
     if let Ok(ps) = ps {
-        eprintln!("--- docker ps (sandbox {name})\n{}", String::from_utf8_lossy(&ps.stdout));
+        eprintln!(
+            "--- docker ps (sandbox {name})\n{}",
+            String::from_utf8_lossy(&ps.stdout)
+        );
     }
     let logs = Command::new("docker")
         .args(["logs", "--tail", "30", &format!("sandbox-{name}-node")])
@@ -228,13 +241,21 @@ pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response: {response:.80}")))?;
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
     Ok((status, body))
 }
 
 /// Polls `check` until it returns `Some`, failing after `deadline` with the last
 /// observation.
-pub fn eventually<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+pub fn eventually<T>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
     let start = Instant::now();
     loop {
         match check() {
