@@ -1,7 +1,9 @@
 //! The command line: one file per verb, each `run()` a short list of named calls.
 
+pub mod build;
 pub mod down;
 pub mod kubeconfig;
+pub mod load;
 pub mod status;
 pub mod up;
 
@@ -64,6 +66,10 @@ pub enum Command {
     Up(up::UpArgs),
     /// Remove the sandbox's containers, network and kube context (data only with --purge).
     Down(down::DownArgs),
+    /// Build the configured images and load them into the running node.
+    Build(build::BuildArgs),
+    /// Load images from the local Docker engine into the running node.
+    Load(load::LoadArgs),
     /// Show sandboxes and their health.
     Status(status::StatusArgs),
     /// Print the sandbox's kubeconfig (for KUBECONFIG=...).
@@ -127,6 +133,8 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Up(args) => up::run(&ctx, args).await,
         Command::Down(args) => down::run(&ctx, args).await,
+        Command::Build(args) => build::run(&ctx, args).await,
+        Command::Load(args) => load::run(&ctx, args).await,
         Command::Status(args) => status::run(&ctx, args).await,
         Command::Kubeconfig(args) => kubeconfig::run(&ctx, args).await,
     }

@@ -1,0 +1,64 @@
+//! `sandbox build`: build the configured images and load them into the running node.
+
+use clap::Args;
+use serde_json::json;
+
+use super::Context;
+use crate::docker::Engine;
+use crate::error::Error;
+use crate::images;
+use crate::profile::Profile;
+
+/// Options of `sandbox build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {}
+
+/// Runs `sandbox build`.
+pub async fn run(ctx: &Context, _args: BuildArgs) -> Result<(), Error> {
+    let config = ctx.config()?;
+    let engine = Engine::connect().await?;
+    let built = images::build_all(&engine, &config.images, &config.base_dir, &ctx.reporter).await?;
+    let node = engine
+        .list_nodes(Some(&config.name))
+        .await?
+        .into_iter()
+        .find(|n| n.running());
+    let references: Vec<String> = built.iter().map(|b| b.reference.clone()).collect();
+    let loaded = match &node {
+        Some(info) => {
+            let profile = Profile::named(&info.profile)?;
+            images::load(&engine, &info.name, &profile, &references, &ctx.reporter).await?
+        }
+        None => {
+            ctx.reporter.info(format!(
+                "sandbox {} is not running: images built, not loaded",
+                config.name
+            ));
+            Vec::new()
+        }
+    };
+    let mut text = String::new();
+    for b in &built {
+        let state = if loaded.contains(&b.reference) {
+            "loaded"
+        } else if node.is_some() {
+            "already in the node"
+        } else {
+            "built"
+        };
+        text.push_str(&format!("{}  {state}\n", b.reference));
+    }
+    ctx.print(
+        &json!({
+            "apiVersion": crate::config::API_VERSION,
+            "kind": "BuildResult",
+            "sandbox": config.name,
+            "images": built.iter().map(|b| json!({
+                "name": b.name, "reference": b.reference, "id": b.id,
+                "loaded": loaded.contains(&b.reference),
+            })).collect::<Vec<_>>(),
+        }),
+        &text,
+    );
+    Ok(())
+}
