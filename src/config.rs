@@ -73,6 +73,8 @@ struct RawConfig {
     #[serde(default)]
     images: Vec<ImageConfig>,
     #[serde(default)]
+    secrets: Vec<SecretConfig>,
+    #[serde(default)]
     timeouts: RawTimeouts,
 }
 
@@ -113,6 +115,31 @@ fn default_dockerfile() -> String {
     "Dockerfile".to_string()
 }
 
+/// A Secret made from local files or environment variables (`secrets:` entry). Its values
+/// are read at `up` time and never printed.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecretConfig {
+    /// Secret name.
+    pub name: String,
+    /// Namespace (default: the sandbox's namespace).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Secret type (default `Opaque`).
+    #[serde(default = "default_secret_type", rename = "type")]
+    pub kind: String,
+    /// Keys read from files, relative to the config file.
+    #[serde(default)]
+    pub from_file: BTreeMap<String, PathBuf>,
+    /// Keys read from environment variables.
+    #[serde(default)]
+    pub from_env: BTreeMap<String, String>,
+}
+
+fn default_secret_type() -> String {
+    "Opaque".to_string()
+}
+
 /// Deadlines the user may tune.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -141,6 +168,8 @@ pub struct SandboxConfig {
     pub variables: BTreeMap<String, String>,
     /// Images to build and load.
     pub images: Vec<ImageConfig>,
+    /// Secrets from local files and environment variables.
+    pub secrets: Vec<SecretConfig>,
     /// Deadlines.
     pub timeouts: Timeouts,
 }
@@ -160,6 +189,7 @@ impl SandboxConfig {
             manifests: Vec::new(),
             variables: BTreeMap::new(),
             images: Vec::new(),
+            secrets: Vec::new(),
             timeouts: Timeouts {
                 boot: None,
                 ready: DEFAULT_READY_TIMEOUT,
@@ -240,6 +270,43 @@ impl SandboxConfig {
                 ));
             }
         }
+        for (i, secret) in raw.secrets.iter().enumerate() {
+            let field = format!("secrets[{i}]");
+            validate_dns_subdomain(&secret.name)
+                .map_err(|m| invalid(&format!("{field}.name"), m))?;
+            if let Some(ns) = &secret.namespace {
+                validate_dns_label(ns, 63)
+                    .map_err(|m| invalid(&format!("{field}.namespace"), m))?;
+            }
+            if secret.from_file.is_empty() && secret.from_env.is_empty() {
+                return Err(invalid(
+                    &field,
+                    "give `fromFile` or `fromEnv` (or both)".to_string(),
+                ));
+            }
+            for key in secret.from_file.keys().chain(secret.from_env.keys()) {
+                let ok = !key.is_empty()
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+                if !ok {
+                    return Err(invalid(
+                        &format!("{field}: key {key:?}"),
+                        "Secret keys are letters, digits, `-`, `_` and `.`".to_string(),
+                    ));
+                }
+            }
+            if let Some(key) = secret
+                .from_file
+                .keys()
+                .find(|k| secret.from_env.contains_key(*k))
+            {
+                return Err(invalid(
+                    &format!("{field}: key {key:?}"),
+                    "given both in `fromFile` and `fromEnv`".to_string(),
+                ));
+            }
+        }
         for key in raw.variables.keys() {
             if !is_variable_name(key) {
                 return Err(invalid(
@@ -287,6 +354,7 @@ impl SandboxConfig {
             manifests: raw.manifests,
             variables: raw.variables,
             images: raw.images,
+            secrets: raw.secrets,
             timeouts: Timeouts { boot, ready },
         })
     }
@@ -329,6 +397,21 @@ fn validate_dns_label(value: &str, max: usize) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+fn validate_dns_subdomain(value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= 253
+        && value
+            .split('.')
+            .all(|label| validate_dns_label(label, 63).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{value:?} is not a valid Kubernetes object name (lowercase DNS subdomain)"
+        ))
+    }
 }
 
 fn validate_image_name(name: &str) -> Result<(), String> {
@@ -492,6 +575,23 @@ timeouts: {boot: 2m, ready: 90s}
         )
         .unwrap_err();
         assert!(err.to_string().contains("built-in"), "{err}");
+    }
+
+    #[test]
+    fn secrets_need_a_source_and_valid_keys() {
+        let c = parse(
+            "apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nsecrets:\n  - name: db\n    fromFile: {password: secrets/db.txt}\n    fromEnv: {token: API_TOKEN}\n",
+        )
+        .unwrap();
+        assert_eq!(c.secrets[0].kind, "Opaque");
+        assert_eq!(c.secrets[0].from_env["token"], "API_TOKEN");
+        let err = parse("apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nsecrets: [{name: db}]\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("secrets[0]"), "{err}");
+        let err = parse("apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nsecrets: [{name: db, fromEnv: {'a b': X}}]\n").unwrap_err();
+        assert!(err.to_string().contains("key"), "{err}");
+        let err = parse("apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nsecrets: [{name: Db, fromEnv: {a: X}}]\n").unwrap_err();
+        assert!(err.to_string().contains("secrets[0].name"), "{err}");
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub enum Error {
     /// Manifests.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// Secrets from sandbox.yaml.
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
     /// Docker.
     #[error(transparent)]
     Docker(Box<DockerError>),
@@ -96,9 +99,11 @@ impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) | Error::Config(_) | Error::Profile(_) | Error::Manifest(_) => {
-                exit::USAGE
-            }
+            Error::Usage(_)
+            | Error::Config(_)
+            | Error::Profile(_)
+            | Error::Manifest(_)
+            | Error::Secret(_) => exit::USAGE,
             Error::Cwd(_) | Error::Kubeconfig(_) | Error::Lock(_) => exit::FAILURE,
             Error::Docker(_) => exit::DOCKER,
             Error::Node(e) => match **e {

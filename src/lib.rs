@@ -19,4 +19,5 @@ pub mod node;
 pub mod plan;
 pub mod profile;
 pub mod report;
+pub mod secrets;
 pub mod wait;

@@ -115,6 +115,10 @@ impl Document {
     }
     /// `file:line (document N, Kind/name)` for messages.
     pub fn describe(&self) -> String {
+        if self.line == 0 {
+            // made from sandbox.yaml (secrets), not read from a manifest
+            return format!("{} ({}/{})", self.path.display(), self.kind(), self.name());
+        }
         format!(
             "{}:{} (document {}, {}/{})",
             self.path.display(),

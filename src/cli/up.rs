@@ -16,7 +16,7 @@ use crate::images::{self, BuiltImage};
 use crate::manifests::{self, Builtins, Document};
 use crate::node::{self, Node};
 use crate::plan::Names;
-use crate::{kubeconfig, wait};
+use crate::{kubeconfig, secrets, wait};
 
 /// The wildcard domain of the laptop's loopback.
 pub const DEFAULT_DOMAIN: &str = "127.0.0.1.nip.io";
@@ -87,7 +87,17 @@ fn builtins(config: &SandboxConfig, http_port: u16, https_port: u16) -> Builtins
 fn validate_manifests(config: &SandboxConfig) -> Result<(), Error> {
     let vars = manifests::variables(&builtins(config, 80, 443), &config.variables);
     manifests::load(&config.manifests, &config.base_dir, &vars)?;
+    secret_documents(config)?;
     Ok(())
+}
+
+fn secret_documents(config: &SandboxConfig) -> Result<Vec<Document>, Error> {
+    Ok(secrets::documents(
+        &config.secrets,
+        &config.origin(),
+        &config.base_dir,
+        |var| std::env::var(var).ok(),
+    )?)
 }
 
 fn install_context(node: &Node) -> Result<PathBuf, Error> {
@@ -105,7 +115,8 @@ fn load_manifests(
         &builtins(config, node.ports.http, node.ports.https),
         &config.variables,
     );
-    let mut docs = manifests::load(&config.manifests, &config.base_dir, &vars)?;
+    let mut docs = secret_documents(config)?;
+    docs.extend(manifests::load(&config.manifests, &config.base_dir, &vars)?);
     let rewrite = images::rewrite_map(built);
     for doc in &mut docs {
         manifests::rewrite_images(&mut doc.object, &rewrite);
