@@ -16,6 +16,9 @@ use crate::manifests::Document;
 pub const FIELD_MANAGER: &str = "sandbox";
 /// Label marking objects applied by sandbox, with the sandbox name.
 pub const OWNER_LABEL: &str = "dev.sandbox/sandbox";
+/// Name of the ConfigMap (in the sandbox's namespace) listing what the last `up` applied,
+/// so that objects removed from the manifests can be pruned.
+pub const INVENTORY: &str = "sandbox-inventory";
 /// How many objects are applied at once.
 const PARALLEL: usize = 8;
 
@@ -98,6 +101,65 @@ impl Applied {
             None => format!("{} {}", self.resource.kind, self.name),
         }
     }
+}
+
+/// One object recorded in the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryEntry {
+    /// apiVersion.
+    pub api_version: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespace, for namespaced objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+}
+
+impl InventoryEntry {
+    /// The entry of an applied object.
+    pub fn of(a: &Applied) -> InventoryEntry {
+        InventoryEntry {
+            api_version: a.resource.api_version.clone(),
+            kind: a.resource.kind.clone(),
+            namespace: a.namespace.clone(),
+            name: a.name.clone(),
+        }
+    }
+
+    /// `Kind namespace/name`.
+    pub fn id(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} {ns}/{}", self.kind, self.name),
+            None => format!("{} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// Entries of `previous` that `current` no longer has (same group, kind, namespace and
+/// name; the version may differ), in reverse order of application.
+pub fn stale(previous: &[InventoryEntry], current: &[InventoryEntry]) -> Vec<InventoryEntry> {
+    let group = |e: &InventoryEntry| {
+        e.api_version
+            .split_once('/')
+            .map(|(g, _)| g.to_string())
+            .unwrap_or_default()
+    };
+    previous
+        .iter()
+        .rev()
+        .filter(|p| {
+            !current.iter().any(|c| {
+                group(c) == group(p)
+                    && c.kind == p.kind
+                    && c.namespace == p.namespace
+                    && c.name == p.name
+            })
+        })
+        .cloned()
+        .collect()
 }
 
 /// Apply phase of a kind: namespaces and CRDs before everything that may live in them.
@@ -307,6 +369,82 @@ impl Applier {
         Ok(applied)
     }
 
+    /// Deletes objects the previous `up` applied that are no longer in the manifests (only
+    /// when they still carry this sandbox's label), then records `applied` as the new
+    /// inventory. Returns the pruned objects.
+    pub async fn prune(&mut self, applied: &[Applied]) -> Result<Vec<InventoryEntry>, ApplyError> {
+        let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(self.client.clone(), &self.default_namespace);
+        let previous: Vec<InventoryEntry> = configmaps
+            .get_opt(INVENTORY)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|cm| cm.data)
+            .and_then(|d| d.get("objects").cloned())
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default();
+        let current: Vec<InventoryEntry> = applied.iter().map(InventoryEntry::of).collect();
+        let mut pruned = Vec::new();
+        for entry in stale(&previous, &current) {
+            let (group, version) = entry
+                .api_version
+                .split_once('/')
+                .unwrap_or(("", entry.api_version.as_str()));
+            let gvk = GroupVersionKind::gvk(group, version, &entry.kind);
+            let Ok((resource, caps)) = kube::discovery::pinned_kind(&self.client, &gvk).await
+            else {
+                continue; // the kind is gone (its CRD was removed): nothing left to delete
+            };
+            let api = self.api(&resource, &caps, entry.namespace.as_deref());
+            let owned = match api.get_opt(&entry.name).await {
+                Ok(Some(o)) => {
+                    o.metadata.labels.unwrap_or_default().get(OWNER_LABEL) == Some(&self.sandbox)
+                }
+                _ => false,
+            };
+            if !owned {
+                continue;
+            }
+            match api
+                .delete(&entry.name, &kube::api::DeleteParams::background())
+                .await
+            {
+                Ok(_) => pruned.push(entry),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => {
+                    return Err(ApplyError::Rejected {
+                        document: entry.id(),
+                        phase: "prune",
+                        message: api_message(&e),
+                    })
+                }
+            }
+        }
+        let inventory = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": INVENTORY, "namespace": self.default_namespace,
+                         "labels": {OWNER_LABEL: self.sandbox}},
+            "data": {"objects": serde_json::to_string(&current).expect("entries serialise")},
+        });
+        configmaps
+            .patch(
+                INVENTORY,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&inventory),
+            )
+            .await
+            .map_err(|e| ApplyError::Rejected {
+                document: format!(
+                    "ConfigMap {}/{INVENTORY} (sandbox's inventory)",
+                    self.default_namespace
+                ),
+                phase: "apply",
+                message: api_message(&e),
+            })?;
+        Ok(pruned)
+    }
+
     async fn existing_namespaces(&self) -> Vec<String> {
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
         api.list(&Default::default())
@@ -496,6 +634,40 @@ mod tests {
         );
         let d = doc("apiVersion: v1\nkind: Service\nmetadata: {name: a}\n");
         assert_eq!(gvk_of(&d), GroupVersionKind::gvk("", "v1", "Service"));
+    }
+
+    fn entry(api_version: &str, kind: &str, ns: Option<&str>, name: &str) -> InventoryEntry {
+        InventoryEntry {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            namespace: ns.map(Into::into),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn stale_entries_are_those_no_longer_applied() {
+        let previous = vec![
+            entry("v1", "Namespace", None, "web"),
+            entry("apps/v1", "Deployment", Some("web"), "a"),
+            entry("apps/v1", "Deployment", Some("web"), "b"),
+            entry("batch/v1beta1", "CronJob", Some("web"), "c"),
+        ];
+        let current = vec![
+            entry("v1", "Namespace", None, "web"),
+            entry("apps/v1", "Deployment", Some("web"), "a"),
+            entry("batch/v1", "CronJob", Some("web"), "c"),
+            entry("apps/v1", "Deployment", Some("other"), "b"),
+        ];
+        assert_eq!(
+            stale(&previous, &current),
+            vec![entry("apps/v1", "Deployment", Some("web"), "b")]
+        );
+        assert!(stale(&[], &current).is_empty());
+        // reverse order: dependants go before what they live in
+        let gone = stale(&previous, &[]);
+        assert_eq!(gone.first().unwrap().name, "c");
+        assert_eq!(gone.last().unwrap().kind, "Namespace");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use futures_util::TryFutureExt;
 use serde_json::json;
 
 use super::Context;
-use crate::apply::{Applied, Applier};
+use crate::apply::{Applied, Applier, InventoryEntry};
 use crate::config::SandboxConfig;
 use crate::docker::Engine;
 use crate::error::Error;
@@ -58,7 +58,7 @@ pub async fn run(ctx: &Context, _args: UpArgs) -> Result<(), Error> {
     )
     .await?;
     let docs = load_manifests(&config, &node, &built)?;
-    let applied = apply(ctx, &config, &node, &docs).await?;
+    let (applied, pruned) = apply(ctx, &config, &node, &docs).await?;
     wait_ready(ctx, &config, &node, &applied).await?;
     let summary = Summary {
         config: &config,
@@ -67,6 +67,7 @@ pub async fn run(ctx: &Context, _args: UpArgs) -> Result<(), Error> {
         built: &built,
         loaded: &loaded,
         applied: &applied,
+        pruned: &pruned,
         seconds: started.elapsed().as_secs_f64(),
     };
     ctx.print(&summary.json(), &summary.text());
@@ -129,21 +130,27 @@ async fn apply(
     config: &SandboxConfig,
     node: &Node,
     docs: &[Document],
-) -> Result<Vec<Applied>, Error> {
-    if docs.is_empty() {
-        return Ok(Vec::new());
+) -> Result<(Vec<Applied>, Vec<InventoryEntry>), Error> {
+    // the built-in default owns no objects: it must never prune a project's
+    if config.source.is_none() {
+        return Ok((Vec::new(), Vec::new()));
     }
     let step = ctx
         .reporter
         .step(format!("applying {} objects", docs.len()));
     let mut applier = Applier::new(node.client.clone(), &config.name, &config.namespace);
     let applied = applier.apply_all(docs).await?;
+    let pruned = applier.prune(&applied).await?;
     let changed = applied.iter().filter(|a| a.changed).count();
     step.done(format!(
         "applied {} objects ({changed} changed)",
         applied.len()
     ));
-    Ok(applied)
+    for p in &pruned {
+        ctx.reporter
+            .info(format!("pruned {} (no longer in the manifests)", p.id()));
+    }
+    Ok((applied, pruned))
 }
 
 async fn wait_ready(
@@ -210,6 +217,7 @@ struct Summary<'a> {
     built: &'a [BuiltImage],
     loaded: &'a [String],
     applied: &'a [Applied],
+    pruned: &'a [InventoryEntry],
     seconds: f64,
 }
 
@@ -238,6 +246,9 @@ impl Summary<'_> {
             })).collect::<Vec<_>>(),
             "objects": self.applied.iter().map(|a| json!({
                 "kind": a.resource.kind, "namespace": a.namespace, "name": a.name, "changed": a.changed,
+            })).collect::<Vec<_>>(),
+            "pruned": self.pruned.iter().map(|p| json!({
+                "kind": p.kind, "namespace": p.namespace, "name": p.name,
             })).collect::<Vec<_>>(),
             "urls": service_urls(self.applied, self.node.ip.as_deref()),
             "elapsedSeconds": (self.seconds * 10.0).round() / 10.0,
