@@ -74,6 +74,9 @@ pub enum Error {
     /// The sandbox's lock.
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
+    /// A Kubernetes API call of a command failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(String),
     /// No such sandbox.
     #[error("sandbox {0} does not exist or is not running (`sandbox up` creates it)")]
     NotFound(String),
@@ -115,6 +118,7 @@ impl Error {
             Error::Apply(_) => exit::APPLY,
             Error::Wait(_) => exit::NOT_READY,
             Error::NotFound(_) => exit::NOT_FOUND,
+            Error::Kube(_) => exit::FAILURE,
         }
     }
 

@@ -4,6 +4,7 @@ pub mod build;
 pub mod down;
 pub mod kubeconfig;
 pub mod load;
+pub mod logs;
 pub mod status;
 pub mod up;
 
@@ -70,6 +71,8 @@ pub enum Command {
     Build(build::BuildArgs),
     /// Load images from the local Docker engine into the running node.
     Load(load::LoadArgs),
+    /// Print (or follow) the logs of a workload's pods.
+    Logs(logs::LogsArgs),
     /// Show sandboxes and their health.
     Status(status::StatusArgs),
     /// Print the sandbox's kubeconfig (for KUBECONFIG=...).
@@ -127,6 +130,26 @@ impl Context {
     }
 }
 
+/// The running node of sandbox `name` and a client for its API server.
+pub async fn connect(
+    engine: &crate::docker::Engine,
+    name: &str,
+) -> Result<(crate::docker::NodeInfo, kube::Client), Error> {
+    let info = engine
+        .list_nodes(Some(name))
+        .await?
+        .into_iter()
+        .find(|n| n.running())
+        .ok_or_else(|| Error::NotFound(name.to_string()))?;
+    let profile = crate::profile::Profile::named(&info.profile)?;
+    let kubeconfig = crate::node::host_kubeconfig(engine, &info, &profile)
+        .await?
+        .ok_or_else(|| Error::NotFound(name.to_string()))?;
+    let context = crate::plan::Names::of(name).context;
+    let client = crate::node::client_for(&kubeconfig, &context).await?;
+    Ok((info, client))
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<(), Error> {
     let ctx = Context::new(cli.global);
@@ -135,6 +158,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Down(args) => down::run(&ctx, args).await,
         Command::Build(args) => build::run(&ctx, args).await,
         Command::Load(args) => load::run(&ctx, args).await,
+        Command::Logs(args) => logs::run(&ctx, args).await,
         Command::Status(args) => status::run(&ctx, args).await,
         Command::Kubeconfig(args) => kubeconfig::run(&ctx, args).await,
     }
