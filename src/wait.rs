@@ -204,25 +204,12 @@ pub async fn wait_all(
     let start = Instant::now();
     let mut pending: Vec<(&Applied, Readiness)> = applied
         .iter()
-        .filter_map(|a| judge(&a.object).map(|r| (a, r)))
+        .filter(|a| waits_on(&a.object))
+        .map(|a| (a, Readiness::Pending("not checked yet".into())))
         .collect();
     let total = pending.len();
     loop {
-        let checks = pending.iter().map(|(a, _)| async move {
-            let api: Api<DynamicObject> = match &a.namespace {
-                Some(ns) => Api::namespaced_with(client.clone(), ns, &a.resource),
-                None => Api::all_with(client.clone(), &a.resource),
-            };
-            match api.get(&a.name).await {
-                Ok(o) => serde_json::to_value(&o)
-                    .ok()
-                    .and_then(|v| judge(&v))
-                    .unwrap_or(Readiness::Ready),
-                Err(e) => {
-                    Readiness::Pending(format!("cannot read it: {}", crate::apply::api_message(&e)))
-                }
-            }
-        });
+        let checks = pending.iter().map(|(a, _)| check(client, a));
         let states = join_all(checks).await;
         for (slot, state) in pending.iter_mut().zip(states) {
             slot.1 = state;
@@ -278,6 +265,58 @@ pub async fn wait_all(
             });
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Whether `up` waits for this object: workloads, and Services that select pods.
+pub fn waits_on(object: &Value) -> bool {
+    judge(object).is_some() || selects_pods(object)
+}
+
+fn selects_pods(object: &Value) -> bool {
+    object["kind"] == "Service"
+        && object["spec"]["type"] != "ExternalName"
+        && object["spec"]["selector"]
+            .as_object()
+            .is_some_and(|s| !s.is_empty())
+}
+
+/// Judges a Service by its Endpoints: ready when at least one address is ready.
+pub fn judge_endpoints(endpoints: Option<&Value>) -> Readiness {
+    let subsets = endpoints.and_then(|e| e["subsets"].as_array());
+    let ready = subsets
+        .into_iter()
+        .flatten()
+        .any(|s| s["addresses"].as_array().is_some_and(|a| !a.is_empty()));
+    if ready {
+        Readiness::Ready
+    } else {
+        Readiness::Pending("no ready endpoints (no pod behind the Service is ready)".into())
+    }
+}
+
+async fn check(client: &kube::Client, a: &Applied) -> Readiness {
+    let cannot = |e: kube::Error| {
+        Readiness::Pending(format!("cannot read it: {}", crate::apply::api_message(&e)))
+    };
+    if selects_pods(&a.object) {
+        let ns = a.namespace.as_deref().unwrap_or("default");
+        let api: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), ns);
+        return match api.get_opt(&a.name).await {
+            Ok(e) => judge_endpoints(e.and_then(|e| serde_json::to_value(e).ok()).as_ref()),
+            Err(e) => cannot(e),
+        };
+    }
+    let api: Api<DynamicObject> = match &a.namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &a.resource),
+        None => Api::all_with(client.clone(), &a.resource),
+    };
+    match api.get(&a.name).await {
+        Ok(o) => serde_json::to_value(&o)
+            .ok()
+            .and_then(|v| judge(&v))
+            .unwrap_or(Readiness::Ready),
+        Err(e) => cannot(e),
     }
 }
 
@@ -400,6 +439,24 @@ mod tests {
             judge(&ds),
             Some(Readiness::Pending("0 of 1 pods available".into()))
         );
+    }
+
+    #[test]
+    fn services_wait_for_endpoints() {
+        let svc = json!({"kind": "Service", "spec": {"selector": {"app": "a"}}});
+        assert!(waits_on(&svc));
+        assert!(!waits_on(
+            &json!({"kind": "Service", "spec": {"type": "ExternalName", "selector": {"a": "b"}}})
+        ));
+        assert!(!waits_on(&json!({"kind": "Service", "spec": {}})));
+        assert!(matches!(judge_endpoints(None), Readiness::Pending(_)));
+        let not_ready = json!({"subsets": [{"notReadyAddresses": [{"ip": "10.244.0.5"}]}]});
+        assert!(matches!(
+            judge_endpoints(Some(&not_ready)),
+            Readiness::Pending(_)
+        ));
+        let ready = json!({"subsets": [{"addresses": [{"ip": "10.244.0.5"}]}]});
+        assert_eq!(judge_endpoints(Some(&ready)), Readiness::Ready);
     }
 
     #[test]

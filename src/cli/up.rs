@@ -159,7 +159,7 @@ async fn wait_ready(
     node: &Node,
     applied: &[Applied],
 ) -> Result<(), Error> {
-    if !applied.iter().any(|a| wait::judge(&a.object).is_some()) {
+    if !applied.iter().any(|a| wait::waits_on(&a.object)) {
         return Ok(());
     }
     let step = ctx.reporter.step("waiting for workloads");
