@@ -114,6 +114,7 @@ impl Error {
                 NodeError::Profile(_) | NodeError::ProfileMismatch { .. } => exit::USAGE,
                 _ => exit::NODE,
             },
+            Error::Image(e) if matches!(**e, ImageError::NoDockerfile { .. }) => exit::USAGE,
             Error::Image(_) => exit::IMAGE,
             Error::Apply(_) => exit::APPLY,
             Error::Wait(_) => exit::NOT_READY,

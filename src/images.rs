@@ -188,6 +188,18 @@ pub fn context_tar(dir: &Path, dockerfile: &str) -> std::io::Result<Vec<u8>> {
     builder.into_inner()
 }
 
+/// Checks that an image's Dockerfile exists (before anything is started).
+pub fn check(image: &ImageConfig, base_dir: &Path) -> Result<(), ImageError> {
+    let dockerfile = base_dir.join(&image.context).join(&image.dockerfile);
+    if !dockerfile.is_file() {
+        return Err(ImageError::NoDockerfile {
+            image: image.name.clone(),
+            path: dockerfile,
+        });
+    }
+    Ok(())
+}
+
 /// Builds one image; returns its content-tagged reference.
 pub async fn build(
     engine: &Engine,
@@ -195,14 +207,9 @@ pub async fn build(
     base_dir: &Path,
     reporter: &Reporter,
 ) -> Result<BuiltImage, ImageError> {
+    check(image, base_dir)?;
     let context = base_dir.join(&image.context);
     let dockerfile = context.join(&image.dockerfile);
-    if !dockerfile.is_file() {
-        return Err(ImageError::NoDockerfile {
-            image: image.name.clone(),
-            path: dockerfile,
-        });
-    }
     let step = reporter.step(format!("building image {}", image.name));
     let context_dir = context.clone();
     let dockerfile_rel = image.dockerfile.trim_start_matches("./").to_string();

@@ -336,37 +336,69 @@ async fn describe_all(client: &kube::Client, items: &[(&Applied, Readiness)]) ->
 }
 
 /// Problems of the pods a workload owns, found through its selector (or job name).
+/// The label selector of the pods a workload (or Service) owns.
+pub fn pod_selector(kind: &str, object: &Value, name: &str) -> Option<String> {
+    let labels = match kind {
+        "Job" => return Some(format!("job-name={name}")),
+        "Service" => object["spec"]["selector"].as_object()?,
+        _ => object["spec"]["selector"]["matchLabels"].as_object()?,
+    };
+    Some(
+        labels
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+/// Lines of a failing container's log shown with its problem.
+const FAILING_LOG_LINES: i64 = 5;
+
+/// Problems of the pods a workload owns, each with the last log lines of the failing
+/// containers.
 async fn pod_problems_of(client: &kube::Client, a: &Applied) -> Vec<String> {
     let Some(ns) = &a.namespace else {
         return Vec::new();
     };
-    let selector = match a.resource.kind.as_str() {
-        "Job" => Some(format!("job-name={}", a.name)),
-        _ => a.object["spec"]["selector"]["matchLabels"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            }),
-    };
-    let Some(selector) = selector else {
+    let Some(selector) = pod_selector(&a.resource.kind, &a.object, &a.name) else {
         return Vec::new();
     };
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await else {
         return Vec::new();
     };
-    list.items
-        .iter()
-        .flat_map(|p| {
-            let name = p.metadata.name.clone().unwrap_or_default();
-            pod_problems(p)
-                .into_iter()
-                .map(move |m| format!("pod {name}: {m}"))
-        })
-        .collect()
+    let mut out = Vec::new();
+    for pod in &list.items {
+        let problems = pod_problems(pod);
+        if problems.is_empty() {
+            continue;
+        }
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        out.extend(problems.iter().map(|m| format!("pod {name}: {m}")));
+        let statuses = pod.status.iter().flat_map(|s| {
+            s.init_container_statuses
+                .iter()
+                .flatten()
+                .chain(s.container_statuses.iter().flatten())
+        });
+        for cs in statuses.filter(|cs| !cs.ready) {
+            let crashed_before =
+                cs.restart_count > 0 && cs.state.as_ref().is_some_and(|s| s.waiting.is_some());
+            let params = kube::api::LogParams {
+                container: Some(cs.name.clone()),
+                tail_lines: Some(FAILING_LOG_LINES),
+                previous: crashed_before,
+                ..Default::default()
+            };
+            if let Ok(text) = pods.logs(&name, &params).await {
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    out.push(format!("  [{name}/{}] {line}", cs.name));
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -29,21 +29,6 @@ pub struct LogsArgs {
     pub follow: bool,
 }
 
-/// Resolves a target to a label selector, or a single pod name.
-pub fn selector_of(kind: &str, object: &serde_json::Value, name: &str) -> Option<String> {
-    if kind == "Job" {
-        return Some(format!("job-name={name}"));
-    }
-    let labels = object["spec"]["selector"]["matchLabels"].as_object()?;
-    Some(
-        labels
-            .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-            .collect::<Vec<_>>()
-            .join(","),
-    )
-}
-
 fn kind_of(short: &str) -> Option<(&'static str, &'static str, &'static str)> {
     Some(match short {
         "deploy" | "deployment" | "deployments" => ("apps", "v1", "Deployment"),
@@ -91,7 +76,7 @@ pub async fn run(ctx: &Context, args: LogsArgs) -> Result<(), Error> {
                         Error::Usage(format!("{kind} {namespace}/{name} does not exist"))
                     })?;
                 let object = serde_json::to_value(&object).expect("objects serialise");
-                let selector = selector_of(kind, &object, name).ok_or_else(|| {
+                let selector = crate::wait::pod_selector(kind, &object, name).ok_or_else(|| {
                     Error::Usage(format!("{kind} {name} has no matchLabels selector"))
                 })?;
                 pods_api

@@ -89,6 +89,9 @@ fn validate_manifests(config: &SandboxConfig) -> Result<(), Error> {
     let vars = manifests::variables(&builtins(config, 80, 443), &config.variables);
     manifests::load(&config.manifests, &config.base_dir, &vars)?;
     secret_documents(config)?;
+    for image in &config.images {
+        images::check(image, &config.base_dir)?;
+    }
     Ok(())
 }
 

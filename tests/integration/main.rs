@@ -2,7 +2,7 @@
 //! engine and the real offline node (`profiles/offline/build.sh` builds it; `./install.sh
 //! --for-tests` does everything a fresh machine needs).
 
-mod bad_input;
+mod broken;
 mod hello;
 mod lifecycle;
 mod support;
