@@ -74,6 +74,9 @@ pub enum Error {
     /// The sandbox's lock.
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
+    /// `sandbox exec`'s command exited with this non-zero code (passed through, no message).
+    #[error("the command exited with code {0}")]
+    Exit(i32),
     /// A Kubernetes API call of a command failed.
     #[error("Kubernetes API: {0}")]
     Kube(String),
@@ -120,6 +123,7 @@ impl Error {
             Error::Wait(_) => exit::NOT_READY,
             Error::NotFound(_) => exit::NOT_FOUND,
             Error::Kube(_) => exit::FAILURE,
+            Error::Exit(code) => *code,
         }
     }
 

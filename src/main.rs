@@ -19,6 +19,8 @@ fn main() {
     });
     let code = match result {
         Some(Ok(())) => exit::OK,
+        // `sandbox exec`: the command's own exit code, its output already said why
+        Some(Err(sandbox::error::Error::Exit(code))) => code,
         Some(Err(e)) => {
             let code = e.exit_code();
             eprintln!("error: {e}");

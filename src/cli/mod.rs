@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod down;
+pub mod exec;
 pub mod kubeconfig;
 pub mod load;
 pub mod logs;
@@ -75,6 +76,8 @@ pub enum Command {
     Logs(logs::LogsArgs),
     /// Show sandboxes and their health.
     Status(status::StatusArgs),
+    /// Bring the sandbox up, run a command against it and return its exit code.
+    Exec(exec::ExecArgs),
     /// Print the sandbox's kubeconfig (for KUBECONFIG=...).
     Kubeconfig(kubeconfig::KubeconfigArgs),
 }
@@ -160,6 +163,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Load(args) => load::run(&ctx, args).await,
         Command::Logs(args) => logs::run(&ctx, args).await,
         Command::Status(args) => status::run(&ctx, args).await,
+        Command::Exec(args) => exec::run(&ctx, args).await,
         Command::Kubeconfig(args) => kubeconfig::run(&ctx, args).await,
     }
 }

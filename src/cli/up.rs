@@ -29,10 +29,37 @@ pub struct UpArgs {}
 
 /// Runs `sandbox up`.
 pub async fn run(ctx: &Context, _args: UpArgs) -> Result<(), Error> {
-    let started = Instant::now();
     let config = ctx.config()?;
+    let outcome = bring_up(ctx, &config).await?;
+    ctx.print(&outcome.json(), &outcome.text());
+    Ok(())
+}
+
+/// Everything `up` did, for its summary and for `exec`.
+pub struct Outcome {
+    /// The config used.
+    pub config: SandboxConfig,
+    /// The ready node.
+    pub node: Node,
+    /// The kubeconfig file the context was merged into.
+    pub kubeconfig: PathBuf,
+    /// Images built.
+    pub built: Vec<BuiltImage>,
+    /// References loaded into the node.
+    pub loaded: Vec<String>,
+    /// Objects applied.
+    pub applied: Vec<Applied>,
+    /// Objects pruned.
+    pub pruned: Vec<InventoryEntry>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// The whole of `up`: node → images → context → manifests → wait.
+pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, Error> {
+    let started = Instant::now();
     // bad manifests fail before anything is booted or built
-    validate_manifests(&config)?;
+    validate_manifests(config)?;
     let engine = Engine::connect().await?;
     let _lock = crate::lock::acquire(&config.name, &ctx.reporter).await?;
     let (node, built) = tokio::try_join!(
@@ -47,7 +74,7 @@ pub async fn run(ctx: &Context, _args: UpArgs) -> Result<(), Error> {
         images::build_all(&engine, &config.images, &config.base_dir, &ctx.reporter)
             .map_err(Error::from),
     )?;
-    let kubeconfig_path = install_context(&node)?;
+    let kubeconfig = install_context(&node)?;
     let references: Vec<String> = built.iter().map(|b| b.reference.clone()).collect();
     let loaded = images::load(
         &engine,
@@ -57,21 +84,19 @@ pub async fn run(ctx: &Context, _args: UpArgs) -> Result<(), Error> {
         &ctx.reporter,
     )
     .await?;
-    let docs = load_manifests(&config, &node, &built)?;
-    let (applied, pruned) = apply(ctx, &config, &node, &docs).await?;
-    wait_ready(ctx, &config, &node, &applied).await?;
-    let summary = Summary {
-        config: &config,
-        node: &node,
-        kubeconfig: kubeconfig_path,
-        built: &built,
-        loaded: &loaded,
-        applied: &applied,
-        pruned: &pruned,
+    let docs = load_manifests(config, &node, &built)?;
+    let (applied, pruned) = apply(ctx, config, &node, &docs).await?;
+    wait_ready(ctx, config, &node, &applied).await?;
+    Ok(Outcome {
+        config: config.clone(),
+        node,
+        kubeconfig,
+        built,
+        loaded,
+        applied,
+        pruned,
         seconds: started.elapsed().as_secs_f64(),
-    };
-    ctx.print(&summary.json(), &summary.text());
-    Ok(())
+    })
 }
 
 fn builtins(config: &SandboxConfig, http_port: u16, https_port: u16) -> Builtins {
@@ -213,19 +238,14 @@ pub fn service_urls(applied: &[Applied], node_ip: Option<&str>) -> Vec<Url> {
     urls
 }
 
-struct Summary<'a> {
-    config: &'a SandboxConfig,
-    node: &'a Node,
-    kubeconfig: PathBuf,
-    built: &'a [BuiltImage],
-    loaded: &'a [String],
-    applied: &'a [Applied],
-    pruned: &'a [InventoryEntry],
-    seconds: f64,
-}
+impl Outcome {
+    /// The URLs of the sandbox's Services.
+    pub fn urls(&self) -> Vec<Url> {
+        service_urls(&self.applied, self.node.ip.as_deref())
+    }
 
-impl Summary<'_> {
-    fn json(&self) -> serde_json::Value {
+    /// The `UpResult` document.
+    pub fn json(&self) -> serde_json::Value {
         let names = Names::of(&self.config.name);
         json!({
             "apiVersion": crate::config::API_VERSION,
@@ -253,12 +273,13 @@ impl Summary<'_> {
             "pruned": self.pruned.iter().map(|p| json!({
                 "kind": p.kind, "namespace": p.namespace, "name": p.name,
             })).collect::<Vec<_>>(),
-            "urls": service_urls(self.applied, self.node.ip.as_deref()),
+            "urls": self.urls(),
             "elapsedSeconds": (self.seconds * 10.0).round() / 10.0,
         })
     }
 
-    fn text(&self) -> String {
+    /// The text summary.
+    pub fn text(&self) -> String {
         let names = Names::of(&self.config.name);
         let mut out = format!(
             "sandbox {} is up ({:.1}s): profile {}, node {}\n",
@@ -292,7 +313,7 @@ impl Summary<'_> {
                 self.applied.len()
             ));
         }
-        let urls = service_urls(self.applied, self.node.ip.as_deref());
+        let urls = self.urls();
         if !urls.is_empty() {
             out.push_str("URLs\n");
             for u in urls {

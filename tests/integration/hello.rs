@@ -54,4 +54,24 @@ fn hello_fixture_answers_and_second_up_changes_nothing() {
         .filter(|o| o["changed"] == true)
         .collect();
     assert!(changed.is_empty(), "second up changed {changed:?}");
+
+    // exec: the command sees the sandbox's URLs and kubeconfig; its exit code is passed through
+    let ok = sb.run(&[
+        "-f",
+        file,
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        r#"curl --fail -s "$SANDBOX_URL_HELLO" && kubectl get deploy hello"#,
+    ]);
+    crate::support::assert_success(&ok, "sandbox exec curl");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("hello from sandbox"));
+    let failing = sb.run(&["-f", file, "exec", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(
+        failing.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&failing.stderr)
+    );
 }

@@ -76,9 +76,10 @@ impl TestSandbox {
     /// A `sandbox` command with this test's name, kubeconfig and environment.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandbox"));
-        cmd.args(args)
-            .arg("--name")
+        // global options first: `exec -- CMD` takes everything after `--`
+        cmd.arg("--name")
             .arg(&self.name)
+            .args(args)
             .current_dir(self.cwd())
             .env("KUBECONFIG", self.kubeconfig())
             .env("XDG_DATA_HOME", self.dir.path().join("data"))

@@ -1,0 +1,116 @@
+//! `sandbox exec -- CMD ARGS...`: bring the sandbox up, run CMD against it, return CMD's
+//! exit code (and tear down with `--down`).
+
+use std::collections::BTreeMap;
+
+use clap::Args;
+
+use super::Context;
+use crate::error::Error;
+
+/// Options of `sandbox exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Tear the sandbox down (keeping its data volume) after CMD, whatever its result.
+    #[arg(long)]
+    pub down: bool,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// `SANDBOX_URL_<NAME>` for a Service name: uppercase, `-` and `.` become `_`.
+pub fn url_variable(service: &str) -> String {
+    let name: String = service
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("SANDBOX_URL_{name}")
+}
+
+/// The environment CMD gets: the sandbox's kubeconfig and context, and its URLs.
+pub fn environment(
+    outcome: &super::up::Outcome,
+    kubeconfig: &std::path::Path,
+) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert("KUBECONFIG".to_string(), kubeconfig.display().to_string());
+    env.insert("SANDBOX_NAME".to_string(), outcome.config.name.clone());
+    env.insert(
+        "SANDBOX_CONTEXT".to_string(),
+        crate::plan::Names::of(&outcome.config.name).context,
+    );
+    env.insert(
+        "SANDBOX_NAMESPACE".to_string(),
+        outcome.config.namespace.clone(),
+    );
+    env.insert(
+        "SANDBOX_API_SERVER".to_string(),
+        format!("https://127.0.0.1:{}", outcome.node.ports.api),
+    );
+    for url in outcome.urls() {
+        let service = url.name.rsplit('/').next().unwrap_or_default();
+        // the first port of a Service is its URL
+        env.entry(url_variable(service)).or_insert(url.url.clone());
+    }
+    env
+}
+
+/// Runs `sandbox exec`; returns CMD's exit code through [`Error::Exit`] when non-zero.
+pub async fn run(ctx: &Context, args: ExecArgs) -> Result<(), Error> {
+    let config = ctx.config()?;
+    let outcome = super::up::bring_up(ctx, &config).await?;
+    // a kubeconfig of its own, so CMD's kubectl talks to this sandbox whatever the user's default
+    let dir = tempfile::tempdir().map_err(Error::Cwd)?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    crate::kubeconfig::write(&kubeconfig, &outcome.node.kubeconfig)?;
+    let env = environment(&outcome, &kubeconfig);
+    ctx.reporter
+        .info(format!("running {}", args.command.join(" ")));
+    let status = tokio::process::Command::new(&args.command[0])
+        .args(&args.command[1..])
+        .envs(&env)
+        .status()
+        .await;
+    let code = match status {
+        Ok(status) => status.code().unwrap_or(128),
+        Err(e) => {
+            ctx.reporter
+                .warn(format!("cannot run {}: {e}", args.command[0]));
+            if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            }
+        }
+    };
+    if args.down {
+        let engine = crate::docker::Engine::connect().await?;
+        let _lock = crate::lock::acquire(&config.name, &ctx.reporter).await?;
+        crate::node::remove(&engine, &config.name, false).await?;
+        ctx.reporter
+            .info(format!("sandbox {} removed", config.name));
+    }
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(Error::Exit(code))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_variables_are_shell_names() {
+        assert_eq!(url_variable("hello"), "SANDBOX_URL_HELLO");
+        assert_eq!(url_variable("demo-app.v2"), "SANDBOX_URL_DEMO_APP_V2");
+    }
+}
