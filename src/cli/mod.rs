@@ -1,6 +1,7 @@
 //! The command line: one file per verb, each `run()` a short list of named calls.
 
 pub mod build;
+pub mod completions;
 pub mod down;
 pub mod exec;
 pub mod kubeconfig;
@@ -78,6 +79,10 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Bring the sandbox up, run a command against it and return its exit code.
     Exec(exec::ExecArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff): `sandbox man > sandbox.1`.
+    Man,
     /// Print the sandbox's kubeconfig (for KUBECONFIG=...).
     Kubeconfig(kubeconfig::KubeconfigArgs),
 }
@@ -163,6 +168,8 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Load(args) => load::run(&ctx, args).await,
         Command::Logs(args) => logs::run(&ctx, args).await,
         Command::Status(args) => status::run(&ctx, args).await,
+        Command::Completions(args) => completions::completions(args),
+        Command::Man => completions::man(),
         Command::Exec(args) => exec::run(&ctx, args).await,
         Command::Kubeconfig(args) => kubeconfig::run(&ctx, args).await,
     }
