@@ -24,8 +24,8 @@ pub struct LogsArgs {
     /// Lines from the end of each log.
     #[arg(long, default_value_t = 50)]
     pub tail: i64,
-    /// Keep streaming new lines.
-    #[arg(short = 'f', long)]
+    /// Keep streaming new lines (`-f` is the global `--file`).
+    #[arg(long)]
     pub follow: bool,
 }
 

@@ -174,3 +174,27 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Kubeconfig(args) => kubeconfig::run(&ctx, args).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exec_takes_everything_after_the_separator() {
+        let cli = Cli::try_parse_from([
+            "sandbox", "--name", "a", "exec", "--", "sh", "-c", "exit 3", "--name", "b",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.name.as_deref(), Some("a"));
+        match cli.command {
+            Command::Exec(args) => assert_eq!(args.command, ["sh", "-c", "exit 3", "--name", "b"]),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}
