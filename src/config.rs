@@ -162,6 +162,9 @@ pub struct SandboxConfig {
     pub profile: Option<String>,
     /// Namespace for namespaced objects that name none.
     pub namespace: String,
+    /// The per-branch environment this run deploys, when one is selected (`namespace:
+    /// auto` or `--namespace`): its namespace, also the subdomain of its hosts.
+    pub environment: Option<String>,
     /// Manifest paths, directories or globs, relative to `base_dir`.
     pub manifests: Vec<String>,
     /// User variables for `${VAR}` substitution.
@@ -186,6 +189,7 @@ impl SandboxConfig {
             name: DEFAULT_NAME.to_string(),
             profile: None,
             namespace: "default".to_string(),
+            environment: None,
             manifests: Vec::new(),
             variables: BTreeMap::new(),
             images: Vec::new(),
@@ -258,7 +262,19 @@ impl SandboxConfig {
         }
         let name = raw.name.unwrap_or_else(|| DEFAULT_NAME.to_string());
         validate_name(&name).map_err(|m| invalid("name", m))?;
-        let namespace = raw.namespace.unwrap_or_else(|| "default".to_string());
+        let (namespace, environment) = match raw.namespace.as_deref() {
+            Some(AUTO_NAMESPACE) => {
+                let dir = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let branch = git_branch(dir).map_err(|m| invalid("namespace", m))?;
+                let env = environment_name(&branch);
+                (env.clone(), Some(env))
+            }
+            Some(ns) => (ns.to_string(), None),
+            None => ("default".to_string(), None),
+        };
         validate_dns_label(&namespace, 63).map_err(|m| invalid("namespace", m))?;
         for (i, image) in raw.images.iter().enumerate() {
             validate_image_name(&image.name)
@@ -351,6 +367,7 @@ impl SandboxConfig {
             name,
             profile: raw.profile,
             namespace,
+            environment,
             manifests: raw.manifests,
             variables: raw.variables,
             images: raw.images,
@@ -373,6 +390,51 @@ fn strip_location(message: &str) -> String {
     match message.find(" at line ") {
         Some(i) => message[..i].to_string(),
         None => message.to_string(),
+    }
+}
+
+/// `namespace: auto`: one namespace per git branch.
+pub const AUTO_NAMESPACE: &str = "auto";
+
+/// The current git branch of the checkout holding `dir`.
+pub fn git_branch(dir: &Path) -> Result<String, String> {
+    // symbolic-ref works before the first commit and fails on a detached HEAD
+    let out = std::process::Command::new("git")
+        .args(["symbolic-ref", "--short", "-q", "HEAD"])
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("`auto` needs git to find the branch: {e}"))?;
+    let branch = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || branch.is_empty() {
+        return Err(format!(
+            "`auto` needs a git checkout on a branch (not a checkout, or HEAD is detached; \
+             pass --namespace instead){}",
+            match String::from_utf8_lossy(&out.stderr).trim() {
+                "" => String::new(),
+                e => format!(": {e}"),
+            }
+        ));
+    }
+    Ok(branch)
+}
+
+/// A git branch as a DNS label: lowercase, other characters as `-`, at most 63.
+pub fn environment_name(branch: &str) -> String {
+    let mut out = String::new();
+    for c in branch.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let out: String = out.trim_matches('-').chars().take(63).collect();
+    let out = out.trim_end_matches('-').to_string();
+    if out.is_empty() {
+        "branch".to_string()
+    } else {
+        out
     }
 }
 
@@ -592,6 +654,54 @@ timeouts: {boot: 2m, ready: 90s}
         assert!(err.to_string().contains("key"), "{err}");
         let err = parse("apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nsecrets: [{name: Db, fromEnv: {a: X}}]\n").unwrap_err();
         assert!(err.to_string().contains("secrets[0].name"), "{err}");
+    }
+
+    #[test]
+    fn branches_become_dns_labels() {
+        assert_eq!(environment_name("feature/Login-Page"), "feature-login-page");
+        assert_eq!(environment_name("fix__#12"), "fix-12");
+        assert_eq!(environment_name("///"), "branch");
+        assert_eq!(environment_name(&"x".repeat(80)).len(), 63);
+        assert_eq!(
+            environment_name(&format!("{}-y", "x".repeat(62))),
+            "x".repeat(62)
+        );
+    }
+
+    #[test]
+    fn auto_namespace_follows_the_git_branch() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let ok = std::process::Command::new("git")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                ok.status.success(),
+                "{}",
+                String::from_utf8_lossy(&ok.stderr)
+            );
+        };
+        git(&["init", "-q", "-b", "feature/Sign-In"]);
+        let path = dir.path().join("sandbox.yaml");
+        std::fs::write(
+            &path,
+            "apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nnamespace: auto\n",
+        )
+        .unwrap();
+        let c = SandboxConfig::load(&path).unwrap();
+        assert_eq!(c.namespace, "feature-sign-in");
+        assert_eq!(c.environment.as_deref(), Some("feature-sign-in"));
+        let outside = tempfile::tempdir().unwrap();
+        let path = outside.path().join("sandbox.yaml");
+        std::fs::write(
+            &path,
+            "apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nnamespace: auto\n",
+        )
+        .unwrap();
+        let err = SandboxConfig::load(&path).unwrap_err();
+        assert!(err.to_string().contains("field `namespace`"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub struct DownArgs {
 
 /// Runs `sandbox down`.
 pub async fn run(ctx: &Context, args: DownArgs) -> Result<(), Error> {
+    if ctx.global.namespace.is_some() {
+        return remove_environment(ctx).await;
+    }
     let sandbox = ctx.sandbox_name()?;
     let engine = Engine::connect().await?;
     let _lock = crate::lock::acquire(&sandbox, &ctx.reporter).await?;
@@ -51,6 +54,55 @@ pub async fn run(ctx: &Context, args: DownArgs) -> Result<(), Error> {
             "sandbox": sandbox,
             "purged": args.purge,
             "removed": removed,
+        }),
+        &text,
+    );
+    Ok(())
+}
+
+/// `down --namespace NAME`: delete one environment's namespace, keep the cluster.
+async fn remove_environment(ctx: &Context) -> Result<(), Error> {
+    let config = ctx.config()?;
+    let namespace = config.namespace.clone();
+    let engine = Engine::connect().await?;
+    let (_, client) = super::connect(&engine, &config.name).await?;
+    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+    let owned = match api.get_opt(&namespace).await {
+        Ok(Some(ns)) => {
+            ns.metadata
+                .labels
+                .unwrap_or_default()
+                .get(crate::apply::OWNER_LABEL)
+                == Some(&config.name)
+        }
+        Ok(None) => false,
+        Err(e) => return Err(Error::Kube(crate::apply::api_message(&e))),
+    };
+    let text = if owned {
+        let step = ctx
+            .reporter
+            .step(format!("deleting environment {namespace}"));
+        api.delete(&namespace, &Default::default())
+            .await
+            .map_err(|e| Error::Kube(crate::apply::api_message(&e)))?;
+        step.done(format!("deleted namespace {namespace}"));
+        format!(
+            "environment {namespace} of sandbox {} removed\n",
+            config.name
+        )
+    } else {
+        format!(
+            "sandbox {} has no environment {namespace}; nothing to remove\n",
+            config.name
+        )
+    };
+    ctx.print(
+        &json!({
+            "apiVersion": crate::config::API_VERSION,
+            "kind": "DownResult",
+            "sandbox": config.name,
+            "environment": namespace,
+            "removed": {"namespace": owned},
         }),
         &text,
     );

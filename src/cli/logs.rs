@@ -15,9 +15,6 @@ pub struct LogsArgs {
     /// `POD`, or `KIND/NAME` for a workload (`deploy/web`, `job/setup`, `sts/db`, `ds/agent`).
     /// Default: every pod in the namespace.
     pub target: Option<String>,
-    /// Namespace (default: the sandbox's).
-    #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
     /// Only this container.
     #[arg(short = 'c', long)]
     pub container: Option<String>,
@@ -45,7 +42,7 @@ pub async fn run(ctx: &Context, args: LogsArgs) -> Result<(), Error> {
     let config = ctx.config()?;
     let engine = Engine::connect().await?;
     let (_, client) = super::connect(&engine, &config.name).await?;
-    let namespace = args.namespace.clone().unwrap_or(config.namespace.clone());
+    let namespace = config.namespace.clone();
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let pods: Vec<Pod> = match args.target.as_deref() {
         None => {

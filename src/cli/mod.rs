@@ -42,6 +42,10 @@ pub struct Global {
     /// Node profile: `k3s` or `offline` (default: k3s when its image is available).
     #[arg(long, global = true, env = "SANDBOX_PROFILE")]
     pub profile: Option<String>,
+    /// Deploy into this namespace as a per-branch environment, with its own subdomain
+    /// (`down --namespace` removes just it).
+    #[arg(short = 'n', long, global = true, env = "SANDBOX_NAMESPACE")]
+    pub namespace: Option<String>,
     /// Result format on stdout.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -113,6 +117,16 @@ impl Context {
         }
         if let Some(profile) = &self.global.profile {
             config.profile = Some(profile.clone());
+        }
+        if let Some(namespace) = &self.global.namespace {
+            let env = crate::config::environment_name(namespace);
+            if &env != namespace {
+                return Err(Error::Usage(format!(
+                    "--namespace {namespace:?} is not a DNS label (try {env:?})"
+                )));
+            }
+            config.namespace = env.clone();
+            config.environment = Some(env);
         }
         if let Some(profile) = &config.profile {
             // an unknown profile is bad input: say so before touching Docker

@@ -31,12 +31,12 @@ pub async fn run(ctx: &Context, args: StatusArgs) -> Result<(), Error> {
     for info in &nodes {
         let profile = Profile::named(&info.profile).ok();
         let ports = profile.as_ref().map(|p| node::ports_of(info, p));
-        let api = if !info.running() {
-            "stopped".to_string()
+        let (api, environments) = if !info.running() {
+            ("stopped".to_string(), Vec::new())
         } else {
             match &profile {
                 Some(p) => api_health(&engine, info, p).await,
-                None => format!("unknown profile {}", info.profile),
+                None => (format!("unknown profile {}", info.profile), Vec::new()),
             }
         };
         rows.push(json!({
@@ -47,6 +47,7 @@ pub async fn run(ctx: &Context, args: StatusArgs) -> Result<(), Error> {
             "api": api,
             "context": Names::of(&info.sandbox).context,
             "ports": ports.map(|p| json!({"api": p.api, "http": p.http, "https": p.https})),
+            "environments": environments,
         }));
     }
     let mut text = String::new();
@@ -57,20 +58,25 @@ pub async fn run(ctx: &Context, args: StatusArgs) -> Result<(), Error> {
         });
     } else {
         text.push_str(&format!(
-            "{:<20} {:<8} {:<9} {:<10} {}\n",
-            "SANDBOX", "PROFILE", "STATE", "API", "PORTS (api/http/https)"
+            "{:<20} {:<8} {:<9} {:<10} {:<24} {}\n",
+            "SANDBOX", "PROFILE", "STATE", "API", "PORTS (api/http/https)", "ENVIRONMENTS"
         ));
         for r in &rows {
             let ports = &r["ports"];
+            let environments: Vec<&str> = r["environments"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.as_str())
+                .collect();
             text.push_str(&format!(
-                "{:<20} {:<8} {:<9} {:<10} {}/{}/{}\n",
+                "{:<20} {:<8} {:<9} {:<10} {:<24} {}\n",
                 r["sandbox"].as_str().unwrap_or_default(),
                 r["profile"].as_str().unwrap_or_default(),
                 r["state"].as_str().unwrap_or_default(),
                 r["api"].as_str().unwrap_or_default(),
-                ports["api"],
-                ports["http"],
-                ports["https"],
+                format!("{}/{}/{}", ports["api"], ports["http"], ports["https"]),
+                environments.join(","),
             ));
         }
     }
@@ -84,19 +90,36 @@ pub async fn run(ctx: &Context, args: StatusArgs) -> Result<(), Error> {
     Ok(())
 }
 
-async fn api_health(engine: &Engine, info: &crate::docker::NodeInfo, profile: &Profile) -> String {
+/// The API's health and the sandbox's namespaces (its environments).
+async fn api_health(
+    engine: &Engine,
+    info: &crate::docker::NodeInfo,
+    profile: &Profile,
+) -> (String, Vec<String>) {
     let context = Names::of(&info.sandbox).context;
     let Ok(Some(kubeconfig)) = node::host_kubeconfig(engine, info, profile).await else {
-        return "starting".to_string();
+        return ("starting".to_string(), Vec::new());
     };
     let Ok(client) = node::client_for(&kubeconfig, &context).await else {
-        return "error".to_string();
+        return ("error".to_string(), Vec::new());
     };
     let request = http::Request::get("/readyz")
         .body(Vec::new())
         .expect("static request");
-    match client.request_text(request).await {
-        Ok(_) => "ready".to_string(),
-        Err(_) => "not-ready".to_string(),
+    if client.request_text(request).await.is_err() {
+        return ("not-ready".to_string(), Vec::new());
     }
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+    let selector = format!("{}={}", crate::apply::OWNER_LABEL, info.sandbox);
+    let environments = namespaces
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter_map(|n| n.metadata.name)
+                .collect()
+        })
+        .unwrap_or_default();
+    ("ready".to_string(), environments)
 }

@@ -99,11 +99,19 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
     })
 }
 
+/// The sandbox's wildcard domain: an environment gets its own subdomain.
+pub fn domain(config: &SandboxConfig) -> String {
+    match &config.environment {
+        Some(env) => format!("{env}.{DEFAULT_DOMAIN}"),
+        None => DEFAULT_DOMAIN.to_string(),
+    }
+}
+
 fn builtins(config: &SandboxConfig, http_port: u16, https_port: u16) -> Builtins {
     Builtins {
         name: config.name.clone(),
         namespace: config.namespace.clone(),
-        domain: DEFAULT_DOMAIN.to_string(),
+        domain: domain(config),
         ip: DEFAULT_IP.to_string(),
         http_port,
         https_port,
