@@ -20,4 +20,5 @@ pub mod plan;
 pub mod profile;
 pub mod report;
 pub mod secrets;
+pub mod urls;
 pub mod wait;

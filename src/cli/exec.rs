@@ -54,7 +54,7 @@ pub fn environment(
         "SANDBOX_API_SERVER".to_string(),
         format!("https://127.0.0.1:{}", outcome.node.ports.api),
     );
-    for url in outcome.urls() {
+    for url in &outcome.urls {
         let service = url.name.rsplit('/').next().unwrap_or_default();
         // the first port of a Service is its URL
         env.entry(url_variable(service)).or_insert(url.url.clone());

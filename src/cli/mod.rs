@@ -9,6 +9,7 @@ pub mod load;
 pub mod logs;
 pub mod status;
 pub mod up;
+pub mod urls;
 
 use std::path::PathBuf;
 
@@ -77,6 +78,8 @@ pub enum Command {
     Build(build::BuildArgs),
     /// Load images from the local Docker engine into the running node.
     Load(load::LoadArgs),
+    /// Print every URL of the sandbox: Ingress hosts, NodePort and LoadBalancer Services.
+    Urls(urls::UrlsArgs),
     /// Print (or follow) the logs of a workload's pods.
     Logs(logs::LogsArgs),
     /// Show sandboxes and their health.
@@ -180,6 +183,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Down(args) => down::run(&ctx, args).await,
         Command::Build(args) => build::run(&ctx, args).await,
         Command::Load(args) => load::run(&ctx, args).await,
+        Command::Urls(args) => urls::run(&ctx, args).await,
         Command::Logs(args) => logs::run(&ctx, args).await,
         Command::Status(args) => status::run(&ctx, args).await,
         Command::Completions(args) => completions::completions(args),

@@ -16,6 +16,7 @@ use crate::images::{self, BuiltImage};
 use crate::manifests::{self, Builtins, Document};
 use crate::node::{self, Node};
 use crate::plan::Names;
+use crate::urls::{self, Url};
 use crate::{kubeconfig, secrets, wait};
 
 /// The wildcard domain of the laptop's loopback.
@@ -51,6 +52,8 @@ pub struct Outcome {
     pub applied: Vec<Applied>,
     /// Objects pruned.
     pub pruned: Vec<InventoryEntry>,
+    /// What the laptop can open.
+    pub urls: Vec<Url>,
     /// Wall time.
     pub seconds: f64,
 }
@@ -87,6 +90,14 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
     let docs = load_manifests(config, &node, &built)?;
     let (applied, pruned) = apply(ctx, config, &node, &docs).await?;
     wait_ready(ctx, config, &node, &applied).await?;
+    let urls = urls::collect(
+        &node.client,
+        config.environment.as_deref(),
+        node.ip.as_deref(),
+        node.ports.https,
+    )
+    .await
+    .map_err(|e| Error::Kube(crate::apply::api_message(&e)))?;
     Ok(Outcome {
         config: config.clone(),
         node,
@@ -95,6 +106,7 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
         loaded,
         applied,
         pruned,
+        urls,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -204,54 +216,7 @@ async fn wait_ready(
     Ok(())
 }
 
-/// A URL the laptop can open.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Url {
-    /// `namespace/service`.
-    pub name: String,
-    /// How it is exposed.
-    pub kind: String,
-    /// The URL.
-    pub url: String,
-}
-
-/// URLs of NodePort and LoadBalancer Services among the applied objects, reached at the
-/// node's address.
-pub fn service_urls(applied: &[Applied], node_ip: Option<&str>) -> Vec<Url> {
-    let Some(ip) = node_ip else { return Vec::new() };
-    let mut urls = Vec::new();
-    for a in applied.iter().filter(|a| a.resource.kind == "Service") {
-        let kind = a.object["spec"]["type"].as_str().unwrap_or("ClusterIP");
-        if kind != "NodePort" && kind != "LoadBalancer" {
-            continue;
-        }
-        for port in a.object["spec"]["ports"].as_array().into_iter().flatten() {
-            let Some(node_port) = port["nodePort"].as_i64() else {
-                continue;
-            };
-            let scheme = if port["port"] == 443
-                || port["name"].as_str().is_some_and(|n| n.contains("https"))
-            {
-                "https"
-            } else {
-                "http"
-            };
-            urls.push(Url {
-                name: format!("{}/{}", a.namespace.as_deref().unwrap_or_default(), a.name),
-                kind: kind.to_string(),
-                url: format!("{scheme}://{ip}:{node_port}/"),
-            });
-        }
-    }
-    urls
-}
-
 impl Outcome {
-    /// The URLs of the sandbox's Services.
-    pub fn urls(&self) -> Vec<Url> {
-        service_urls(&self.applied, self.node.ip.as_deref())
-    }
-
     /// The `UpResult` document.
     pub fn json(&self) -> serde_json::Value {
         let names = Names::of(&self.config.name);
@@ -281,7 +246,7 @@ impl Outcome {
             "pruned": self.pruned.iter().map(|p| json!({
                 "kind": p.kind, "namespace": p.namespace, "name": p.name,
             })).collect::<Vec<_>>(),
-            "urls": self.urls(),
+            "urls": self.urls,
             "elapsedSeconds": (self.seconds * 10.0).round() / 10.0,
         })
     }
@@ -321,7 +286,7 @@ impl Outcome {
                 self.applied.len()
             ));
         }
-        let urls = self.urls();
+        let urls = &self.urls;
         if !urls.is_empty() {
             out.push_str("URLs\n");
             for u in urls {

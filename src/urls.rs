@@ -1,0 +1,153 @@
+//! The URL table: every Ingress host and every NodePort/LoadBalancer Service the laptop
+//! can reach, found through the API. Pure rendering from the objects, thin listing I/O.
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, ListParams};
+
+/// A URL the laptop can open.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Url {
+    /// `namespace/name` of the object.
+    pub name: String,
+    /// How it is exposed: `Ingress`, `NodePort`, `LoadBalancer`.
+    pub kind: String,
+    /// The URL.
+    pub url: String,
+}
+
+/// Namespaces whose objects are the cluster's own, not the project's.
+const SYSTEM_NAMESPACES: &[&str] = &["kube-system", "kube-public", "kube-node-lease"];
+
+/// URLs of a Service's node ports, at `node_ip` (the node's address on its network).
+pub fn service_urls(service: &Service, node_ip: &str) -> Vec<Url> {
+    let Some(spec) = &service.spec else {
+        return Vec::new();
+    };
+    let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if kind != "NodePort" && kind != "LoadBalancer" {
+        return Vec::new();
+    }
+    let name = format!(
+        "{}/{}",
+        service.metadata.namespace.as_deref().unwrap_or("default"),
+        service.metadata.name.as_deref().unwrap_or_default()
+    );
+    spec.ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            let node_port = p.node_port?;
+            let https = p.port == 443 || p.name.as_deref().is_some_and(|n| n.contains("https"));
+            let scheme = if https { "https" } else { "http" };
+            Some(Url {
+                name: name.clone(),
+                kind: kind.to_string(),
+                url: format!("{scheme}://{node_ip}:{node_port}/"),
+            })
+        })
+        .collect()
+}
+
+/// URLs of an Ingress's hosts, over HTTPS on the published port (shown unless 443).
+pub fn ingress_urls(ingress: &Ingress, https_port: u16) -> Vec<Url> {
+    let name = format!(
+        "{}/{}",
+        ingress.metadata.namespace.as_deref().unwrap_or("default"),
+        ingress.metadata.name.as_deref().unwrap_or_default()
+    );
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let mut urls: Vec<Url> = Vec::new();
+    for rule in ingress.spec.iter().flat_map(|s| s.rules.iter().flatten()) {
+        let Some(host) = rule.host.as_deref().filter(|h| !h.contains('*')) else {
+            continue;
+        };
+        let url = format!("https://{host}{port}/");
+        if !urls.iter().any(|u| u.url == url) {
+            urls.push(Url {
+                name: name.clone(),
+                kind: "Ingress".to_string(),
+                url,
+            });
+        }
+    }
+    urls
+}
+
+/// Every URL in the cluster's project namespaces (or only in `namespace`).
+pub async fn collect(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    node_ip: Option<&str>,
+    https_port: u16,
+) -> Result<Vec<Url>, kube::Error> {
+    let (services, ingresses): (Api<Service>, Api<Ingress>) = match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let project =
+        |ns: &Option<String>| !SYSTEM_NAMESPACES.contains(&ns.as_deref().unwrap_or_default());
+    let mut urls = Vec::new();
+    for ingress in ingresses.list(&ListParams::default()).await?.items {
+        if project(&ingress.metadata.namespace) {
+            urls.extend(ingress_urls(&ingress, https_port));
+        }
+    }
+    if let Some(ip) = node_ip {
+        for service in services.list(&ListParams::default()).await?.items {
+            if project(&service.metadata.namespace) {
+                urls.extend(service_urls(&service, ip));
+            }
+        }
+    }
+    Ok(urls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ports_become_urls() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"type": "NodePort", "ports": [
+                {"name": "http", "port": 80, "nodePort": 30080},
+                {"name": "https", "port": 443, "nodePort": 30443}]}
+        }))
+        .unwrap();
+        let urls = service_urls(&svc, "172.18.0.2");
+        assert_eq!(urls[0].url, "http://172.18.0.2:30080/");
+        assert_eq!(urls[1].url, "https://172.18.0.2:30443/");
+        assert_eq!(urls[0].name, "shop/web");
+        let cluster_ip: Service = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "db"}, "spec": {"ports": [{"port": 5432}]}}),
+        )
+        .unwrap();
+        assert!(service_urls(&cluster_ip, "172.18.0.2").is_empty());
+    }
+
+    #[test]
+    fn ingress_hosts_become_https_urls() {
+        let ing: Ingress = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"rules": [{"host": "app.127.0.0.1.nip.io"}, {"host": "*.127.0.0.1.nip.io"},
+                               {"host": "app.127.0.0.1.nip.io"}, {}]}
+        }))
+        .unwrap();
+        let urls = ingress_urls(&ing, 443);
+        assert_eq!(urls.len(), 1);
+        assert_eq!(urls[0].url, "https://app.127.0.0.1.nip.io/");
+        assert_eq!(
+            ingress_urls(&ing, 8443)[0].url,
+            "https://app.127.0.0.1.nip.io:8443/"
+        );
+    }
+}
