@@ -78,6 +78,16 @@ fi
 
 # --- the node image ------------------------------------------------------------------------
 k3s_image=$(sed -n 's/^  image: *\(rancher\/k3s:[^ ]*\).*/\1/p' "$ROOT/profiles/k3s.yaml" | head -n 1)
+if $FOR_TESTS && ! kubectl version --client >/dev/null 2>&1; then
+  # the tests check the merged context with a real kubectl: Debian's, unpacked (its package
+  # clashes with google-cloud-sdk's kubectl where that is installed)
+  say "installing kubectl from Debian's kubernetes-client"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download kubernetes-client >/dev/null 2>&1) || { root apt-get update -qq; (cd "$tmp" && apt-get download kubernetes-client >/dev/null); }
+  dpkg -x "$tmp"/kubernetes-client_*.deb "$tmp/x"
+  root install -m 0755 "$tmp/x/usr/bin/kubectl" /usr/local/bin/kubectl
+  rm -rf "$tmp"
+fi
 if $FOR_TESTS; then
   say "building the offline images the tests use"
   "$ROOT/profiles/offline/build.sh"

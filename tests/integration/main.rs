@@ -4,5 +4,6 @@
 
 mod broken;
 mod hello;
+mod images;
 mod lifecycle;
 mod support;

@@ -1,0 +1,163 @@
+//! Images built from a real (multi-stage) Dockerfile, loaded into the node; a change to one
+//! image's source rebuilds and rolls only its Deployment; no change builds, loads and rolls
+//! nothing.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{assert_success, copy_dir, eventually, http_get, root, TestSandbox};
+
+fn image<'a>(up: &'a Value, name: &str) -> &'a Value {
+    up["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no image {name} in {up}"))
+}
+
+fn url(up: &Value, service: &str) -> String {
+    up["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == format!("default/{service}"))
+        .unwrap_or_else(|| panic!("no URL for {service} in {up}"))["url"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `metadata.generation` and the ReplicaSet hash of a Deployment's current pods.
+fn rollout(sb: &TestSandbox, deploy: &str) -> (String, Vec<String>) {
+    let generation = sb.kubectl(&[
+        "get",
+        "deploy",
+        deploy,
+        "-o",
+        "jsonpath={.metadata.generation}",
+    ]);
+    let pods = sb.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("app={deploy}"),
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    let mut names: Vec<String> = String::from_utf8_lossy(&pods.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    (
+        String::from_utf8_lossy(&generation.stdout).to_string(),
+        names,
+    )
+}
+
+fn node_images(sb: &TestSandbox) -> String {
+    let out = std::process::Command::new("docker")
+        .args([
+            "exec",
+            &format!("sandbox-{}-node", sb.name),
+            "ctr",
+            "-n",
+            "k8s.io",
+            "images",
+            "ls",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn serves(url: &str, want: &str) {
+    let want = want.to_string();
+    eventually(
+        &format!("{url} serves {want:?}"),
+        Duration::from_secs(60),
+        || match http_get(url) {
+            Ok((200, body)) if body.trim() == want => Ok(()),
+            Ok((code, body)) => Err(format!("HTTP {code}: {}", body.trim())),
+            Err(e) => Err(e.to_string()),
+        },
+    );
+}
+
+#[test]
+fn changed_image_rolls_only_its_deployment_and_no_change_does_nothing() {
+    let sb = TestSandbox::new("rolling");
+    let project = sb.cwd().join("rolling");
+    copy_dir(&root().join("fixtures/apps/rolling"), &project);
+    let file = project.join("sandbox.yaml");
+    let file = file.to_str().unwrap();
+
+    let first = sb.run_json(&["up", "-f", file]);
+    serves(&url(&first, "web"), "web v1");
+    serves(&url(&first, "api"), "api v1");
+    let web_v1 = image(&first, "rolling-web")["reference"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let api_v1 = image(&first, "rolling-api")["reference"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let held = node_images(&sb);
+    assert!(
+        held.contains(&format!("docker.io/library/{web_v1}")),
+        "{held}"
+    );
+    let (web_gen, web_pods) = rollout(&sb, "web");
+    let (api_gen, api_pods) = rollout(&sb, "api");
+
+    // change one source file of one image
+    std::fs::write(project.join("web/www/index.html"), "web v2\n").unwrap();
+    let second = sb.run_json(&["up", "-f", file]);
+    let web_v2 = image(&second, "rolling-web");
+    assert_ne!(
+        web_v2["reference"],
+        web_v1.as_str(),
+        "web must get a new tag"
+    );
+    assert_eq!(web_v2["loaded"], true);
+    let api = image(&second, "rolling-api");
+    assert_eq!(api["reference"], api_v1.as_str(), "api did not change");
+    assert_eq!(api["loaded"], false);
+    serves(&url(&second, "web"), "web v2");
+    // web rolled: new generation, its old pod replaced; api untouched
+    let (web_gen2, web_pods2) = rollout(&sb, "web");
+    assert_ne!(web_gen2, web_gen);
+    assert!(
+        web_pods2.iter().all(|p| !web_pods.contains(p)),
+        "old web pods remain: {web_pods2:?}"
+    );
+    assert_eq!(rollout(&sb, "api"), (api_gen, api_pods));
+
+    // no change: nothing built anew, loaded or rolled
+    let before = (rollout(&sb, "web"), node_images(&sb));
+    let third = sb.run_json(&["up", "-f", file]);
+    for name in ["rolling-web", "rolling-api"] {
+        assert_eq!(
+            image(&third, name)["reference"],
+            image(&second, name)["reference"]
+        );
+        assert_eq!(image(&third, name)["loaded"], false);
+    }
+    let changed: Vec<_> = third["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["changed"] == true)
+        .collect();
+    assert!(changed.is_empty(), "{changed:?}");
+    assert_eq!((rollout(&sb, "web"), node_images(&sb)), before);
+
+    // `sandbox load` of an image the node holds loads nothing
+    let load = sb.run_json(&["load", &web_v1]);
+    assert_eq!(load["images"][0]["loaded"], false);
+    assert_success(&sb.run(&["build", "-f", file]), "sandbox build");
+}
