@@ -705,6 +705,44 @@ timeouts: {boot: 2m, ready: 90s}
     }
 
     #[test]
+    fn published_schema_matches_the_parser() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../schema/sandbox.v1alpha1.schema.json")).unwrap();
+        let properties = schema["properties"].as_object().unwrap();
+        // a config made of every property's example parses: the schema names no field the
+        // parser rejects
+        let mut doc = serde_json::Map::new();
+        for (key, spec) in properties {
+            let example = spec
+                .get("const")
+                .or_else(|| spec["examples"].get(0))
+                .unwrap_or_else(|| panic!("{key}: no example"));
+            doc.insert(key.clone(), example.clone());
+        }
+        let text = serde_yaml::to_string(&doc).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let c = SandboxConfig::parse(&text, &dir.path().join("sandbox.yaml"))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(c.name, "hello");
+        // and the parser accepts no top-level field the schema does not name
+        for field in [
+            "apiVersion",
+            "kind",
+            "name",
+            "profile",
+            "namespace",
+            "manifests",
+            "variables",
+            "images",
+            "secrets",
+            "timeouts",
+        ] {
+            assert!(properties.contains_key(field), "schema lacks {field}");
+        }
+        assert_eq!(properties.len(), 10);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));

@@ -1,0 +1,51 @@
+# Shared helpers for the benchmark scripts: timing with medians, and result tables.
+# Every figure is measured beside its peer in the same run, on the same machine.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SANDBOX=${SANDBOX:-$ROOT/target/release/sandbox}
+REPS=${REPS:-5}
+RESULTS=${RESULTS:-$ROOT/bench/results}
+mkdir -p "$RESULTS"
+
+# median_of CMD...: runs CMD $REPS times (with `prepare` before each run when defined), prints
+# the median wall time in seconds
+median_of() {
+  local times=()
+  for _ in $(seq "$REPS"); do
+    if declare -F prepare >/dev/null; then prepare >/dev/null 2>&1; fi
+    local s e
+    s=$(date +%s.%N)
+    "$@" >/dev/null 2>&1 || { echo "benchmark command failed: $*" >&2; return 1; }
+    e=$(date +%s.%N)
+    times+=("$(echo "$e - $s" | bc)")
+  done
+  printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f\n", m}'
+}
+
+# row NAME SANDBOX_SECONDS PEER_NAME PEER_SECONDS TARGET: one Markdown table row and one JSON line
+row() {
+  local ratio
+  ratio=$(awk -v a="$2" -v b="$4" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
+  printf '| %s | %.3f s | %s | %.3f s | %sx | %s |\n' "$1" "$2" "$3" "$4" "$ratio" "$5" >> "$TABLE"
+  printf '{"figure":"%s","sandbox_s":%s,"peer":"%s","peer_s":%s,"ratio":%s,"target":"%s"}\n' \
+    "$1" "$2" "$3" "$4" "$ratio" "$5" >> "$JSON"
+}
+
+# table_start FILE_STEM TITLE
+table_start() {
+  TABLE=$RESULTS/$1.md
+  JSON=$RESULTS/$1.jsonl
+  : > "$JSON"
+  {
+    echo "## $2"
+    echo
+    echo "$(date -u +%Y-%m-%d), $(nproc) cores, $(uname -r), Docker $(docker version --format '{{.Server.Version}}'), median of $REPS"
+    echo
+    echo "| figure | sandbox | peer | peer time | ratio | target |"
+    echo "|---|---|---|---|---|---|"
+  } > "$TABLE"
+}
+
+ensure_release_binary() {
+  [ -x "$SANDBOX" ] || (cd "$ROOT" && cargo build --release --locked -q)
+}
