@@ -235,6 +235,18 @@ pub fn is_privilege_refusal(e: &BollardError) -> bool {
     }
 }
 
+/// True when `e` is the engine failing to publish a port another process took between
+/// our check and the start (two sandboxes created at once).
+pub fn is_port_conflict(e: &BollardError) -> bool {
+    match e {
+        BollardError::DockerResponseServerError { message, .. } => {
+            message.contains("port is already allocated")
+                || message.contains("address already in use")
+        }
+        _ => false,
+    }
+}
+
 /// A node container as found through its labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -327,9 +339,9 @@ pub fn container_body(spec: &NodeSpec) -> ContainerCreateBody {
             // everything --privileged gives, spelled out, minus what the host cannot grant
             host.cap_add = Some(vec!["ALL".to_string()]);
             host.cap_drop = Some(drop.clone());
-            if let Some(opts) = host.security_opt.as_mut() {
-                opts.push("systempaths=unconfined".to_string());
-            }
+            // the CLI's `--security-opt systempaths=unconfined`: nothing masked or read-only
+            host.masked_paths = Some(Vec::new());
+            host.readonly_paths = Some(Vec::new());
             host.device_cgroup_rules = Some(vec!["a *:* rwm".to_string()]);
             host.devices = Some(vec![DeviceMapping {
                 path_on_host: Some("/dev/kmsg".to_string()),
@@ -1040,6 +1052,7 @@ mod tests {
             message: "port is already allocated".to_string(),
         };
         assert!(!is_privilege_refusal(&other));
+        assert!(is_port_conflict(&other));
     }
 
     #[test]

@@ -230,27 +230,35 @@ async fn create(
     engine
         .ensure_volume(&names.data_volume, &plan::labels(sandbox, "data"))
         .await?;
-    let ports = plan::choose_host_ports().map_err(NodeError::Ports)?;
+    let mut security = Security::Privileged;
+    let mut attempts = 0;
+    let ports = loop {
+        attempts += 1;
+        let ports = plan::choose_host_ports().map_err(NodeError::Ports)?;
+        let spec = plan::node_spec(sandbox, profile, ports, security.clone());
+        match engine.run_node(&spec).await {
+            Ok(()) => break ports,
+            Err(DockerError::StartContainer { ref source, .. })
+                if security == Security::Privileged
+                    && crate::docker::is_privilege_refusal(source) =>
+            {
+                reporter.info(
+                    "the Docker engine refused --privileged (the host cannot grant every capability); \
+                     using all capabilities but SYS_RESOURCE instead",
+                );
+                security = Security::fallback();
+            }
+            // another sandbox took a port between the check and the start: choose again
+            Err(DockerError::StartContainer { ref source, .. })
+                if crate::docker::is_port_conflict(source) && attempts < 5 => {}
+            Err(e) => return Err(e.into()),
+        }
+    };
     if ports.http != plan::INGRESS_HTTP_PORT || ports.https != plan::INGRESS_HTTPS_PORT {
         reporter.info(format!(
             "host ports 80/443 are taken; ingress is published on 127.0.0.1:{} (http) and 127.0.0.1:{} (https)",
             ports.http, ports.https
         ));
-    }
-    let spec = plan::node_spec(sandbox, profile, ports, Security::Privileged);
-    match engine.run_node(&spec).await {
-        Ok(()) => {}
-        Err(DockerError::StartContainer { ref source, .. })
-            if crate::docker::is_privilege_refusal(source) =>
-        {
-            reporter.info(
-                "the Docker engine refused --privileged (the host cannot grant every capability); \
-                 using all capabilities but SYS_RESOURCE instead",
-            );
-            let spec = plan::node_spec(sandbox, profile, ports, Security::fallback());
-            engine.run_node(&spec).await?;
-        }
-        Err(e) => return Err(e.into()),
     }
     step.done(format!("created node {}", names.node));
     Ok(())

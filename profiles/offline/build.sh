@@ -65,7 +65,7 @@ logged() {
 }
 # label IMAGE HASH: add the recipe label (docker import cannot set labels)
 label() {
-  printf 'FROM %s\nLABEL %s=%s\n' "$1" "$LABEL" "$2" | docker build -q -t "$1" - >/dev/null
+  printf 'FROM %s\nLABEL %s=%s\n' "$1" "$LABEL" "$2" | docker build -q -t "$1" - >/dev/null 2>&1
 }
 
 host_packages() {

@@ -29,7 +29,8 @@ fn url(up: &Value, service: &str) -> String {
         .to_string()
 }
 
-/// `metadata.generation` and the ReplicaSet hash of a Deployment's current pods.
+/// `metadata.generation` of a Deployment and the names of its pods that are not
+/// terminating.
 fn rollout(sb: &TestSandbox, deploy: &str) -> (String, Vec<String>) {
     let generation = sb.kubectl(&[
         "get",
@@ -38,17 +39,14 @@ fn rollout(sb: &TestSandbox, deploy: &str) -> (String, Vec<String>) {
         "-o",
         "jsonpath={.metadata.generation}",
     ]);
-    let pods = sb.kubectl(&[
-        "get",
-        "pods",
-        "-l",
-        &format!("app={deploy}"),
-        "-o",
-        "jsonpath={.items[*].metadata.name}",
-    ]);
-    let mut names: Vec<String> = String::from_utf8_lossy(&pods.stdout)
-        .split_whitespace()
-        .map(str::to_string)
+    let pods = sb.kubectl(&["get", "pods", "-l", &format!("app={deploy}"), "-o", "json"]);
+    let pods: Value = serde_json::from_slice(&pods.stdout).expect("kubectl prints JSON");
+    let mut names: Vec<String> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
         .collect();
     names.sort();
     (
@@ -133,7 +131,8 @@ fn changed_image_rolls_only_its_deployment_and_no_change_does_nothing() {
     assert_ne!(web_gen2, web_gen);
     assert!(
         web_pods2.iter().all(|p| !web_pods.contains(p)),
-        "old web pods remain: {web_pods2:?}"
+        "old web pods remain: {web_pods2:?}\nup: {second}\npods: {}",
+        String::from_utf8_lossy(&sb.kubectl(&["get", "rs,pods", "-o", "wide"]).stdout)
     );
     assert_eq!(rollout(&sb, "api"), (api_gen, api_pods));
 

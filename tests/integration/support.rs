@@ -104,6 +104,9 @@ impl TestSandbox {
         all.extend(["-o", "json"]);
         let out = self.run(&all);
         assert_success(&out, &format!("sandbox {}", all.join(" ")));
+        if std::env::var_os("SANDBOX_TEST_DEBUG").is_some() {
+            eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        }
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
                 "stdout is not JSON ({e}):\n{}",
