@@ -1016,13 +1016,12 @@ mod tests {
         assert_eq!(host.cap_add, Some(vec!["ALL".to_string()]));
         assert_eq!(host.cap_drop, Some(vec!["SYS_RESOURCE".to_string()]));
         let opts = host.security_opt.unwrap();
-        for o in [
-            "seccomp=unconfined",
-            "apparmor=unconfined",
-            "systempaths=unconfined",
-        ] {
+        for o in ["seccomp=unconfined", "apparmor=unconfined"] {
             assert!(opts.contains(&o.to_string()), "{o}");
         }
+        // the API's form of the CLI's `systempaths=unconfined`
+        assert_eq!(host.masked_paths, Some(Vec::new()));
+        assert_eq!(host.readonly_paths, Some(Vec::new()));
         assert_eq!(
             host.device_cgroup_rules,
             Some(vec!["a *:* rwm".to_string()])
