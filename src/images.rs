@@ -285,6 +285,17 @@ pub async fn build_all(
     Ok(built)
 }
 
+/// What to load for built images.
+pub fn load_requests(built: &[BuiltImage]) -> Vec<LoadRequest> {
+    built
+        .iter()
+        .map(|b| LoadRequest {
+            reference: b.reference.clone(),
+            id: b.id.clone(),
+        })
+        .collect()
+}
+
 /// The rewrite map for manifests: repository → content-tagged reference.
 pub fn rewrite_map(built: &[BuiltImage]) -> BTreeMap<String, String> {
     built
@@ -293,41 +304,96 @@ pub fn rewrite_map(built: &[BuiltImage]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Loads images into the node unless it already holds them. Returns the references loaded.
+/// Whether the node holds an image, judged by digest as kind does: containerd's CRI
+/// plugin names every image it manages by its ID (`sha256:<config digest>`) too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// The reference names exactly this image.
+    Held,
+    /// The content is there under another name: tagging it is enough.
+    ContentOnly,
+    /// Not there (or the reference names other content).
+    Absent,
+}
+
+/// Judges presence from the node's image table (`ctr images ls`: REF, TYPE, DIGEST, ...).
+pub fn presence(listing: &str, reference: &str, image_id: &str) -> Presence {
+    let digest_of = |name: &str| {
+        listing.lines().skip(1).find_map(|line| {
+            let mut cols = line.split_whitespace();
+            let r = cols.next()?;
+            let d = cols.nth(1)?;
+            (r == name).then_some(d)
+        })
+    };
+    let by_id = digest_of(image_id);
+    match (digest_of(&containerd_ref(reference)), by_id) {
+        (Some(a), Some(b)) if a == b => Presence::Held,
+        (_, Some(_)) => Presence::ContentOnly,
+        _ => Presence::Absent,
+    }
+}
+
+/// An image to load: its reference and its ID in the local engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadRequest {
+    /// Reference (`hello:sandbox-0123456789ab`).
+    pub reference: String,
+    /// Image ID (`sha256:...`).
+    pub id: String,
+}
+
+/// Loads images into the node unless it already holds them. Returns the references
+/// streamed or tagged in.
 pub async fn load(
     engine: &Engine,
     node: &str,
     profile: &Profile,
-    references: &[String],
+    images: &[LoadRequest],
     reporter: &Reporter,
 ) -> Result<Vec<String>, ImageError> {
-    if references.is_empty() {
+    if images.is_empty() {
         return Ok(Vec::new());
     }
-    let listed = engine.exec_simple(node, &profile.node.image_list).await?;
-    let held: Vec<&str> = listed.stdout.lines().map(str::trim).collect();
+    let listing = engine
+        .exec_simple(node, &profile.node.image_list)
+        .await?
+        .stdout;
     let mut loaded = Vec::new();
-    for reference in references {
-        if held.contains(&containerd_ref(reference).as_str()) {
-            continue;
+    for image in images {
+        let reference = &image.reference;
+        let failed = |out: crate::docker::ExecOutput| ImageError::ImportFailed {
+            image: reference.clone(),
+            node: node.to_string(),
+            code: out.code,
+            stderr: out.stderr.trim().to_string(),
+        };
+        match presence(&listing, reference, &image.id) {
+            Presence::Held => continue,
+            Presence::ContentOnly => {
+                let mut tag = profile.node.image_tag.clone();
+                tag.extend([image.id.clone(), containerd_ref(reference)]);
+                let out = engine.exec_simple(node, &tag).await?;
+                if out.code != 0 {
+                    return Err(failed(out));
+                }
+                reporter.info(format!("{reference}: content already in {node}, tagged"));
+            }
+            Presence::Absent => {
+                let step = reporter.step(format!("loading {reference} into {node}"));
+                let out = engine
+                    .exec(
+                        node,
+                        &profile.node.image_import,
+                        Some(engine.export_image(reference)),
+                    )
+                    .await?;
+                if out.code != 0 {
+                    return Err(failed(out));
+                }
+                step.done(format!("loaded {reference}"));
+            }
         }
-        let step = reporter.step(format!("loading {reference} into {node}"));
-        let out = engine
-            .exec(
-                node,
-                &profile.node.image_import,
-                Some(engine.export_image(reference)),
-            )
-            .await?;
-        if out.code != 0 {
-            return Err(ImageError::ImportFailed {
-                image: reference.clone(),
-                node: node.to_string(),
-                code: out.code,
-                stderr: out.stderr.trim().to_string(),
-            });
-        }
-        step.done(format!("loaded {reference}"));
         loaded.push(reference.clone());
     }
     Ok(loaded)
@@ -353,6 +419,31 @@ mod tests {
         assert_eq!(containerd_ref("ghcr.io/a/b:1"), "ghcr.io/a/b:1");
         assert_eq!(containerd_ref("localhost:5000/a:1"), "localhost:5000/a:1");
         assert_eq!(containerd_ref("localhost/a:1"), "localhost/a:1");
+    }
+
+    const LISTING: &str = "REF TYPE DIGEST SIZE PLATFORMS LABELS
+docker.io/library/hello:v1 application/vnd.docker.distribution.manifest.v2+json sha256:aaa 2.0 MiB linux/amd64 io.cri-containerd.image=managed
+sha256:1111 application/vnd.docker.distribution.manifest.v2+json sha256:aaa 2.0 MiB linux/amd64 io.cri-containerd.image=managed
+docker.io/library/hello:v2 application/vnd.docker.distribution.manifest.v2+json sha256:bbb 2.0 MiB linux/amd64 io.cri-containerd.image=managed
+";
+
+    #[test]
+    fn presence_compares_digests_not_names() {
+        assert_eq!(presence(LISTING, "hello:v1", "sha256:1111"), Presence::Held);
+        // same name, other content (rebuilt under the same tag): load it
+        assert_eq!(
+            presence(LISTING, "hello:v2", "sha256:2222"),
+            Presence::Absent
+        );
+        // same content, new name: tag it
+        assert_eq!(
+            presence(LISTING, "hello:v3", "sha256:1111"),
+            Presence::ContentOnly
+        );
+        assert_eq!(
+            presence("REF TYPE DIGEST\n", "hello:v1", "sha256:1111"),
+            Presence::Absent
+        );
     }
 
     #[test]

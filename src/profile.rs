@@ -83,8 +83,11 @@ pub struct NodeProfile {
     pub tmpfs: Vec<String>,
     /// Command that imports an image archive read from stdin.
     pub image_import: Vec<String>,
-    /// Command that lists image references held by the node, one per line.
+    /// Command that lists the node's images as a table with REF and DIGEST in the first
+    /// and third columns (`ctr images ls`).
     pub image_list: Vec<String>,
+    /// Command that gives an image held by the node another name: `... SOURCE TARGET`.
+    pub image_tag: Vec<String>,
     /// Default deadline from container start to node Ready.
     #[serde(with = "duration_text")]
     pub boot_timeout: Duration,

@@ -23,11 +23,11 @@ pub async fn run(ctx: &Context, _args: BuildArgs) -> Result<(), Error> {
         .await?
         .into_iter()
         .find(|n| n.running());
-    let references: Vec<String> = built.iter().map(|b| b.reference.clone()).collect();
+    let requests = images::load_requests(&built);
     let loaded = match &node {
         Some(info) => {
             let profile = Profile::named(&info.profile)?;
-            images::load(&engine, &info.name, &profile, &references, &ctx.reporter).await?
+            images::load(&engine, &info.name, &profile, &requests, &ctx.reporter).await?
         }
         None => {
             ctx.reporter.info(format!(

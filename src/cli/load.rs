@@ -27,15 +27,18 @@ pub async fn run(ctx: &Context, args: LoadArgs) -> Result<(), Error> {
         .into_iter()
         .find(|n| n.running())
         .ok_or_else(|| Error::NotFound(sandbox.clone()))?;
+    let mut requests = Vec::new();
     for image in &args.images {
-        if engine.image_id(image).await?.is_none() {
-            return Err(Error::Usage(format!(
-                "image {image} is not in the local Docker engine"
-            )));
-        }
+        let id = engine.image_id(image).await?.ok_or_else(|| {
+            Error::Usage(format!("image {image} is not in the local Docker engine"))
+        })?;
+        requests.push(images::LoadRequest {
+            reference: image.clone(),
+            id,
+        });
     }
     let profile = Profile::named(&info.profile)?;
-    let loaded = images::load(&engine, &info.name, &profile, &args.images, &ctx.reporter).await?;
+    let loaded = images::load(&engine, &info.name, &profile, &requests, &ctx.reporter).await?;
     let text: String = args
         .images
         .iter()

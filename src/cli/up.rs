@@ -78,12 +78,12 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
             .map_err(Error::from),
     )?;
     let kubeconfig = install_context(&node)?;
-    let references: Vec<String> = built.iter().map(|b| b.reference.clone()).collect();
+    let requests = images::load_requests(&built);
     let loaded = images::load(
         &engine,
         &node.info.name,
         &node.profile,
-        &references,
+        &requests,
         &ctx.reporter,
     )
     .await?;
