@@ -38,12 +38,15 @@ pub enum ImageError {
         path: PathBuf,
     },
     /// The build failed.
-    #[error("image {image}: build failed ({dockerfile}): {message}\nlast build output:\n{log}")]
+    #[error("image {image}: build failed at {dockerfile}{}: {message}\nlast build output:\n{log}",
+        line.map(|l| format!(":{l}")).unwrap_or_default())]
     BuildFailed {
         /// Image name.
         image: String,
         /// Dockerfile path.
         dockerfile: PathBuf,
+        /// Line of the failing instruction in the Dockerfile, when found.
+        line: Option<usize>,
         /// The engine's message.
         message: String,
         /// Tail of the build output.
@@ -252,8 +255,10 @@ pub async fn build(
         Ok(id) => id,
         Err(message) => {
             let start = log.len().saturating_sub(BUILD_LOG_TAIL);
+            let text = std::fs::read_to_string(&dockerfile).unwrap_or_default();
             return Err(ImageError::BuildFailed {
                 image: image.name.clone(),
+                line: failing_line(&log, &text),
                 dockerfile,
                 message: message.trim().to_string(),
                 log: log[start..].join("\n"),
@@ -269,6 +274,24 @@ pub async fn build(
         reference,
         id,
     })
+}
+
+/// The Dockerfile line of the step the classic builder was running when it failed: the
+/// last `Step N/M : INSTRUCTION` of the log, found in the Dockerfile's text.
+pub fn failing_line(log: &[String], dockerfile: &str) -> Option<usize> {
+    let step = log.iter().rev().find(|l| l.starts_with("Step "))?;
+    let instruction = step.split_once(" : ")?.1.trim();
+    let normalise = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let wanted = normalise(instruction);
+    dockerfile
+        .lines()
+        .position(|l| {
+            let l = normalise(l);
+            // the builder shows the instruction keyword upper-cased
+            l.eq_ignore_ascii_case(&wanted)
+                || (!l.is_empty() && wanted.starts_with(&l) && l.len() > 4)
+        })
+        .map(|i| i + 1)
 }
 
 /// Builds every configured image, in order.
@@ -444,6 +467,23 @@ docker.io/library/hello:v2 application/vnd.docker.distribution.manifest.v2+json 
             presence("REF TYPE DIGEST\n", "hello:v1", "sha256:1111"),
             Presence::Absent
         );
+    }
+
+    #[test]
+    fn failing_step_is_found_in_the_dockerfile() {
+        let log: Vec<String> = [
+            "Step 1/2 : FROM base",
+            " ---> abc",
+            "Step 2/2 : RUN echo compiling && exit 42",
+            "compiling",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let dockerfile = "# comment\nFROM base\n\nrun  echo compiling && exit 42\n";
+        assert_eq!(failing_line(&log, dockerfile), Some(4));
+        assert_eq!(failing_line(&log, "FROM base\n"), None);
+        assert_eq!(failing_line(&[], dockerfile), None);
     }
 
     #[test]
