@@ -856,6 +856,29 @@ impl Engine {
         }
     }
 
+    /// Tags of `repo` in the engine with their image IDs, newest first.
+    pub async fn repo_tags(&self, repo: &str) -> Result<Vec<(String, String)>, DockerError> {
+        let options = bollard::query_parameters::ListImagesOptionsBuilder::new()
+            .filters(&HashMap::from([("reference", vec![format!("{repo}:*")])]))
+            .build();
+        let mut images = self
+            .docker
+            .list_images(Some(options))
+            .await
+            .map_err(|source| DockerError::List {
+                what: "images",
+                source,
+            })?;
+        images.sort_by_key(|i| std::cmp::Reverse(i.created));
+        Ok(images
+            .into_iter()
+            .flat_map(|i| {
+                let id = i.id.clone();
+                i.repo_tags.into_iter().map(move |t| (t, id.clone()))
+            })
+            .collect())
+    }
+
     /// Pulls an image, giving up after `deadline`.
     pub async fn pull(&self, image: &str, deadline: Duration) -> Result<(), DockerError> {
         let (repo, tag) = split_tag(image);

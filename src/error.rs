@@ -115,9 +115,17 @@ impl Error {
             Error::Node(e) => match **e {
                 NodeError::Docker(_) => exit::DOCKER,
                 NodeError::Profile(_) | NodeError::ProfileMismatch { .. } => exit::USAGE,
+                NodeError::NotRunning { .. } => exit::NOT_FOUND,
                 _ => exit::NODE,
             },
-            Error::Image(e) if matches!(**e, ImageError::NoDockerfile { .. }) => exit::USAGE,
+            Error::Image(e)
+                if matches!(
+                    **e,
+                    ImageError::NoDockerfile { .. } | ImageError::NeverBuilt { .. }
+                ) =>
+            {
+                exit::USAGE
+            }
             Error::Image(_) => exit::IMAGE,
             Error::Apply(_) => exit::APPLY,
             Error::Wait(_) => exit::NOT_READY,

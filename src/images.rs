@@ -52,6 +52,12 @@ pub enum ImageError {
         /// Tail of the build output.
         log: String,
     },
+    /// `sandbox apply` needs an image that was never built.
+    #[error("image {image} has never been built here; run `sandbox build` or `sandbox up` first")]
+    NeverBuilt {
+        /// Image name.
+        image: String,
+    },
     /// The node's import command failed.
     #[error("image {image}: import into node {node} failed (exit {code}): {stderr}")]
     ImportFailed {
@@ -306,6 +312,35 @@ pub async fn build_all(
         built.push(build(engine, image, base_dir, reporter).await?);
     }
     Ok(built)
+}
+
+/// The most recent content-tagged build of each configured image, for commands that
+/// apply without building (`sandbox apply`).
+pub async fn latest_builds(
+    engine: &Engine,
+    images: &[ImageConfig],
+) -> Result<Vec<BuiltImage>, ImageError> {
+    let mut out = Vec::new();
+    for image in images {
+        let found = engine
+            .repo_tags(&image.name)
+            .await?
+            .into_iter()
+            .find(|(tag, id)| tag.ends_with(&format!(":{}", content_tag(id))));
+        match found {
+            Some((reference, id)) => out.push(BuiltImage {
+                name: image.name.clone(),
+                reference,
+                id,
+            }),
+            None => {
+                return Err(ImageError::NeverBuilt {
+                    image: image.name.clone(),
+                })
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// What to load for built images.

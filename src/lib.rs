@@ -20,5 +20,6 @@ pub mod plan;
 pub mod profile;
 pub mod report;
 pub mod secrets;
+pub mod tls;
 pub mod urls;
 pub mod wait;

@@ -67,6 +67,12 @@ pub enum NodeError {
         /// Log tail.
         logs: String,
     },
+    /// The command needs a running sandbox.
+    #[error("sandbox {sandbox} is not running (`sandbox up` starts it)")]
+    NotRunning {
+        /// Sandbox name.
+        sandbox: String,
+    },
     /// Choosing host ports failed.
     #[error("cannot choose free host ports")]
     Ports(#[source] std::io::Error),
@@ -209,6 +215,38 @@ pub async fn ensure(
     };
     step.done(format!("node {} ready", names.node));
     Ok(Node { created, ..node })
+}
+
+/// The running node of sandbox `sandbox`, connected, without creating or starting
+/// anything.
+pub async fn ensure_running(engine: &Engine, sandbox: &str) -> Result<Node, NodeError> {
+    let names = Names::of(sandbox);
+    let info = engine
+        .list_nodes(Some(sandbox))
+        .await?
+        .into_iter()
+        .find(|n| n.running())
+        .ok_or_else(|| NodeError::NotRunning {
+            sandbox: sandbox.to_string(),
+        })?;
+    let profile = Profile::named(&info.profile)?;
+    let kubeconfig = host_kubeconfig(engine, &info, &profile)
+        .await?
+        .ok_or_else(|| NodeError::NotRunning {
+            sandbox: sandbox.to_string(),
+        })?;
+    let client = client_for(&kubeconfig, &names.context).await?;
+    let ports = ports_of(&info, &profile);
+    let ip = engine.container_ip(&names.node, &names.network).await?;
+    Ok(Node {
+        info,
+        profile,
+        ports,
+        ip,
+        kubeconfig,
+        client,
+        created: false,
+    })
 }
 
 /// Creates and starts the node container with `--privileged`, falling back to the explicit

@@ -1,5 +1,6 @@
 //! The command line: one file per verb, each `run()` a short list of named calls.
 
+pub mod apply;
 pub mod build;
 pub mod completions;
 pub mod down;
@@ -74,6 +75,8 @@ pub enum Command {
     Up(up::UpArgs),
     /// Remove the sandbox's containers, network and kube context (data only with --purge).
     Down(down::DownArgs),
+    /// Apply the manifests to the running sandbox and wait, building nothing.
+    Apply(apply::ApplyArgs),
     /// Build the configured images and load them into the running node.
     Build(build::BuildArgs),
     /// Load images from the local Docker engine into the running node.
@@ -181,6 +184,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Up(args) => up::run(&ctx, args).await,
         Command::Down(args) => down::run(&ctx, args).await,
+        Command::Apply(args) => apply::run(&ctx, args).await,
         Command::Build(args) => build::run(&ctx, args).await,
         Command::Load(args) => load::run(&ctx, args).await,
         Command::Urls(args) => urls::run(&ctx, args).await,

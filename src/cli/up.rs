@@ -130,7 +130,7 @@ fn builtins(config: &SandboxConfig, http_port: u16, https_port: u16) -> Builtins
     }
 }
 
-fn validate_manifests(config: &SandboxConfig) -> Result<(), Error> {
+pub(crate) fn validate_manifests(config: &SandboxConfig) -> Result<(), Error> {
     let vars = manifests::variables(&builtins(config, 80, 443), &config.variables);
     manifests::load(&config.manifests, &config.base_dir, &vars)?;
     secret_documents(config)?;
@@ -155,7 +155,7 @@ fn install_context(node: &Node) -> Result<PathBuf, Error> {
     Ok(path)
 }
 
-fn load_manifests(
+pub(crate) fn load_manifests(
     config: &SandboxConfig,
     node: &Node,
     built: &[BuiltImage],
@@ -173,7 +173,7 @@ fn load_manifests(
     Ok(docs)
 }
 
-async fn apply(
+pub(crate) async fn apply(
     ctx: &Context,
     config: &SandboxConfig,
     node: &Node,
@@ -201,7 +201,7 @@ async fn apply(
     Ok((applied, pruned))
 }
 
-async fn wait_ready(
+pub(crate) async fn wait_ready(
     ctx: &Context,
     config: &SandboxConfig,
     node: &Node,

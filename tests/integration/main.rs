@@ -6,4 +6,5 @@ mod broken;
 mod hello;
 mod images;
 mod lifecycle;
+mod prune;
 mod support;

@@ -1,0 +1,58 @@
+//! `sandbox apply`: apply the manifests to the running sandbox and wait, building nothing.
+
+use clap::Args;
+use serde_json::json;
+
+use super::Context;
+use crate::docker::Engine;
+use crate::error::Error;
+use crate::images;
+
+/// Options of `sandbox apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {}
+
+/// Runs `sandbox apply`.
+pub async fn run(ctx: &Context, _args: ApplyArgs) -> Result<(), Error> {
+    let started = std::time::Instant::now();
+    let config = ctx.config()?;
+    super::up::validate_manifests(&config)?;
+    let engine = Engine::connect().await?;
+    let _lock = crate::lock::acquire(&config.name, &ctx.reporter).await?;
+    // the node is neither created nor waited for: apply is for a running sandbox
+    let node = crate::node::ensure_running(&engine, &config.name).await?;
+    let built = images::latest_builds(&engine, &config.images).await?;
+    let loaded = images::load(
+        &engine,
+        &node.info.name,
+        &node.profile,
+        &images::load_requests(&built),
+        &ctx.reporter,
+    )
+    .await?;
+    let docs = super::up::load_manifests(&config, &node, &built)?;
+    let (applied, pruned) = super::up::apply(ctx, &config, &node, &docs).await?;
+    super::up::wait_ready(ctx, &config, &node, &applied).await?;
+    let changed = applied.iter().filter(|a| a.changed).count();
+    let seconds = started.elapsed().as_secs_f64();
+    ctx.print(
+        &json!({
+            "apiVersion": crate::config::API_VERSION,
+            "kind": "ApplyResult",
+            "sandbox": config.name,
+            "loaded": loaded,
+            "objects": applied.iter().map(|a| json!({
+                "kind": a.resource.kind, "namespace": a.namespace, "name": a.name, "changed": a.changed,
+            })).collect::<Vec<_>>(),
+            "pruned": pruned.iter().map(|p| json!({"kind": p.kind, "namespace": p.namespace, "name": p.name})).collect::<Vec<_>>(),
+            "elapsedSeconds": (seconds * 10.0).round() / 10.0,
+        }),
+        &format!(
+            "applied {} objects to sandbox {} ({changed} changed, {} pruned) in {seconds:.1}s\n",
+            applied.len(),
+            config.name,
+            pruned.len()
+        ),
+    );
+    Ok(())
+}
