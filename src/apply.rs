@@ -170,6 +170,49 @@ pub fn phase(kind: &str) -> u8 {
     }
 }
 
+/// Install order of kinds (Helm's, which operators know): configuration and storage,
+/// then RBAC, Services, workloads, Jobs, Ingresses. Unknown kinds (custom resources) last.
+const KIND_ORDER: &[&str] = &[
+    "Namespace",
+    "NetworkPolicy",
+    "ResourceQuota",
+    "LimitRange",
+    "PodSecurityPolicy",
+    "PodDisruptionBudget",
+    "ServiceAccount",
+    "Secret",
+    "ConfigMap",
+    "StorageClass",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+    "Service",
+    "DaemonSet",
+    "Pod",
+    "ReplicationController",
+    "ReplicaSet",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "StatefulSet",
+    "Job",
+    "CronJob",
+    "IngressClass",
+    "Ingress",
+    "APIService",
+];
+
+/// The wave a kind is applied in (see [`KIND_ORDER`]).
+pub fn kind_rank(kind: &str) -> usize {
+    KIND_ORDER
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(KIND_ORDER.len())
+}
+
 /// Prepares an object for apply: ownership label and default namespace (when namespaced).
 pub fn prepare(object: &Value, sandbox: &str, namespace: Option<&str>) -> Value {
     let mut object = object.clone();
@@ -365,7 +408,19 @@ impl Applier {
             .cloned()
             .collect();
         self.apply_set(&late, true).await?;
-        applied.extend(self.apply_set(&rest, false).await?);
+        // in waves by kind, so that what pods use exists before them (a Service's
+        // environment variables, a ConfigMap they mount, the PVC they claim)
+        let mut ranks: Vec<usize> = rest.iter().map(|(d, _)| kind_rank(d.kind())).collect();
+        ranks.sort_unstable();
+        ranks.dedup();
+        for rank in ranks {
+            let wave: Vec<_> = rest
+                .iter()
+                .filter(|(d, _)| kind_rank(d.kind()) == rank)
+                .cloned()
+                .collect();
+            applied.extend(self.apply_set(&wave, false).await?);
+        }
         Ok(applied)
     }
 
@@ -623,6 +678,11 @@ mod tests {
         assert_eq!(phase("Namespace"), 0);
         assert_eq!(phase("CustomResourceDefinition"), 0);
         assert_eq!(phase("Deployment"), 1);
+        assert!(kind_rank("ConfigMap") < kind_rank("Service"));
+        assert!(kind_rank("PersistentVolumeClaim") < kind_rank("Deployment"));
+        assert!(kind_rank("Service") < kind_rank("Deployment"));
+        assert!(kind_rank("Deployment") < kind_rank("Job"));
+        assert!(kind_rank("Ingress") < kind_rank("Widget"));
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! entities (`pathlen:0`), and it carries a critical X.509 *name constraints* extension:
 //! it can only vouch for the sandbox zones ([`BASE_ZONES`] plus the custom domains the
 //! caller asks for) and for private/loopback addresses ([`PERMITTED_IP_RANGES`]). Even if
-//! its key leaks, verifiers that honour name constraints (OpenSSL, rustls/webpki, Go,
-//! NSS, Chrome, macOS) refuse a certificate it signs for a real site.
+//! its key leaks, verifiers that honour name constraints refuse a certificate it signs
+//! for a real site (OpenSSL and rustls/webpki are checked by the tests below).
 //!
 //! Leaf certificates ([`Ca::issue`]) are ECDSA P-256 with the `serverAuth` extended key
 //! usage and are valid [`LEAF_VALIDITY_DAYS`] days, under the 825-day ceiling macOS and iOS
@@ -685,10 +685,16 @@ fn ip_within(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
 /// An IP subtree (address followed by mask, RFC 5280 4.2.1.10) as network and prefix.
 fn cidr_from_bytes(bytes: &[u8]) -> Option<(IpAddr, u8)> {
     let (addr, mask) = bytes.split_at(bytes.len() / 2);
-    let prefix = mask.iter().map(|b| b.leading_ones()).sum::<u32>() as u8;
-    let contiguous = mask.iter().map(|b| b.count_ones()).sum::<u32>() == u32::from(prefix);
-    if !contiguous {
-        return None;
+    let mut prefix = 0u8;
+    let mut ended = false;
+    for &b in mask {
+        let ones = b.leading_ones();
+        // Once a byte is not all ones, the mask must be zero from there on.
+        if (ended && b != 0) || b.count_ones() != ones {
+            return None;
+        }
+        ended |= ones < 8;
+        prefix += ones as u8;
     }
     let ip = match addr.len() {
         4 => IpAddr::from(<[u8; 4]>::try_from(addr).ok()?),
@@ -1016,9 +1022,11 @@ mod tests {
         ));
 
         // A key from another CA is a mismatch, not a silent replacement.
-        let other = tmp.path().join("other");
-        Ca::load_or_create(&other, &[]).unwrap();
-        fs::copy(other.join(CA_CERT_FILE), dir.join(CA_CERT_FILE)).unwrap();
+        let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+        Ca::load_or_create(&one, &[]).unwrap();
+        Ca::load_or_create(&two, &[]).unwrap();
+        fs::copy(one.join(CA_CERT_FILE), dir.join(CA_CERT_FILE)).unwrap();
+        fs::copy(two.join(CA_KEY_FILE), dir.join(CA_KEY_FILE)).unwrap();
         let err = Ca::load_or_create(&dir, &[]).unwrap_err();
         assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err:?}");
         fs::remove_file(dir.join(CA_KEY_FILE)).unwrap();
@@ -1090,6 +1098,26 @@ mod tests {
             key.public_key_raw()
         );
         assert!(!x509.is_ca());
+
+        let leaf_path = tmp.path().join("leaf.crt");
+        fs::write(&leaf_path, &leaf.cert_pem).unwrap();
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(&leaf_path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        for expected in [
+            "DNS:*.127.0.0.1.nip.io, DNS:127.0.0.1.nip.io",
+            "TLS Web Server Authentication",
+            "CA:FALSE",
+            "X509v3 Key Usage: critical",
+            "Digital Signature",
+            "X509v3 Authority Key Identifier",
+            "ASN1 OID: prime256v1",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
     }
 
     #[test]
