@@ -1272,5 +1272,8 @@ mod tests {
         let dir = default_dir();
         assert!(dir.ends_with("sandbox/ca"), "{}", dir.display());
         assert!(owner().contains('@'));
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Ca>();
+        shareable::<TlsError>();
     }
 }

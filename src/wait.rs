@@ -132,6 +132,14 @@ pub fn judge(object: &Value) -> Option<Readiness> {
                 ))
             }
         }
+        "PersistentVolumeClaim" => match status["phase"].as_str() {
+            Some("Bound") => Readiness::Ready,
+            Some("Lost") => Readiness::Failed("its volume is lost".into()),
+            _ => Readiness::Pending(format!(
+                "not bound yet (storage class {})",
+                spec["storageClassName"].as_str().unwrap_or("default")
+            )),
+        },
         "Pod" => match status["phase"].as_str() {
             Some("Succeeded") => Readiness::Ready,
             Some("Failed") => Readiness::Failed(format!(
@@ -311,13 +319,41 @@ async fn check(client: &kube::Client, a: &Applied) -> Readiness {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &a.resource),
         None => Api::all_with(client.clone(), &a.resource),
     };
-    match api.get(&a.name).await {
-        Ok(o) => serde_json::to_value(&o)
-            .ok()
-            .and_then(|v| judge(&v))
-            .unwrap_or(Readiness::Ready),
-        Err(e) => cannot(e),
+    let object = match api.get(&a.name).await {
+        Ok(o) => serde_json::to_value(&o).unwrap_or_default(),
+        Err(e) => return cannot(e),
+    };
+    let state = judge(&object).unwrap_or(Readiness::Ready);
+    if a.resource.kind == "PersistentVolumeClaim"
+        && matches!(state, Readiness::Pending(_))
+        && binds_late(client, &object).await
+    {
+        // WaitForFirstConsumer (k3s's local-path): it binds when a pod using it is scheduled
+        return Readiness::Ready;
     }
+    state
+}
+
+/// Whether a claim's StorageClass binds only when a pod uses it.
+async fn binds_late(client: &kube::Client, claim: &Value) -> bool {
+    let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(client.clone());
+    let Ok(list) = classes.list(&ListParams::default()).await else {
+        return false;
+    };
+    let wanted = claim["spec"]["storageClassName"].as_str();
+    list.items
+        .iter()
+        .find(|c| match wanted {
+            Some(name) => c.metadata.name.as_deref() == Some(name),
+            None => c
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("storageclass.kubernetes.io/is-default-class"))
+                .is_some_and(|v| v == "true"),
+        })
+        .and_then(|c| c.volume_binding_mode.as_deref())
+        == Some("WaitForFirstConsumer")
 }
 
 async fn describe_all(client: &kube::Client, items: &[(&Applied, Readiness)]) -> String {
@@ -489,6 +525,19 @@ mod tests {
         ));
         let ready = json!({"subsets": [{"addresses": [{"ip": "10.244.0.5"}]}]});
         assert_eq!(judge_endpoints(Some(&ready)), Readiness::Ready);
+    }
+
+    #[test]
+    fn claims_wait_until_bound() {
+        let pvc = |phase: &str| json!({"kind": "PersistentVolumeClaim", "spec": {"storageClassName": "standard"}, "status": {"phase": phase}});
+        assert_eq!(judge(&pvc("Bound")), Some(Readiness::Ready));
+        assert_eq!(
+            judge(&pvc("Pending")),
+            Some(Readiness::Pending(
+                "not bound yet (storage class standard)".into()
+            ))
+        );
+        assert!(matches!(judge(&pvc("Lost")), Some(Readiness::Failed(_))));
     }
 
     #[test]
