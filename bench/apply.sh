@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Manifest benchmark (issue 4): apply a 300-object all-in-one file and wait for it, with
+# `sandbox apply` and with `kubectl apply --server-side` + `kubectl rollout status`, in the
+# same run on the same node; then a no-change re-apply.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+ensure_release_binary
+NAME=bench-apply-$$
+export KUBECONFIG=$(mktemp)
+WORKDIR=$(mktemp -d)
+cleanup() { "$SANDBOX" --name "$NAME" -q down --purge >/dev/null 2>&1 || true; rm -rf "$KUBECONFIG" "$WORKDIR"; }
+trap cleanup EXIT
+
+# 300 objects: 250 ConfigMaps, 30 Secrets, 10 Deployments (1 replica) and their 10 Services
+gen() { # gen NAMESPACE
+  for i in $(seq 1 250); do printf -- '---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm-%s, namespace: %s}\ndata: {key: "value %s"}\n' "$i" "$1" "$i"; done
+  for i in $(seq 1 30); do printf -- '---\napiVersion: v1\nkind: Secret\nmetadata: {name: s-%s, namespace: %s}\nstringData: {k: "v%s"}\n' "$i" "$1" "$i"; done
+  for i in $(seq 1 10); do cat <<YAML
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web-$i, namespace: $1}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web-$i}}
+  template:
+    metadata: {labels: {app: web-$i}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: web
+          image: sandbox-offline/busybox:1.35
+          imagePullPolicy: Never
+          command: [sh, -c, "exec httpd -f -p 8080"]
+          ports: [{containerPort: 8080, protocol: TCP}]
+          readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-$i, namespace: $1}
+spec:
+  selector: {app: web-$i}
+  ports: [{port: 80, targetPort: 8080, protocol: TCP}]
+YAML
+  done
+}
+
+"$SANDBOX" --name "$NAME" -q up >/dev/null
+"$SANDBOX" --name "$NAME" -q load sandbox-offline/busybox:1.35 >/dev/null
+CTX=sandbox-$NAME
+table_start apply "Manifests (300 objects)"
+
+# each repetition starts from an empty namespace of its own
+run=0
+prepare() {
+  run=$((run + 1))
+  NS_S=sb-$run; NS_K=kc-$run
+  mkdir -p "$WORKDIR/$NS_S"
+  gen "$NS_S" > "$WORKDIR/$NS_S/all.yaml"
+  gen "$NS_K" > "$WORKDIR/$NS_K.yaml"
+  printf 'apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nnamespace: %s\nmanifests: [all.yaml]\n' "$NS_S" > "$WORKDIR/$NS_S/sandbox.yaml"
+  kubectl --context "$CTX" create namespace "$NS_K" >/dev/null
+}
+sandbox_apply() { "$SANDBOX" --name "$NAME" -q apply -f "$WORKDIR/$NS_S/sandbox.yaml"; }
+kubectl_apply() {
+  kubectl --context "$CTX" apply --server-side -f "$WORKDIR/$NS_K.yaml" >/dev/null
+  for i in $(seq 1 10); do kubectl --context "$CTX" -n "$NS_K" rollout status "deploy/web-$i" --timeout=300s >/dev/null; done
+}
+# alternate the two so that neither always runs on a busier node
+times_s=(); times_k=()
+for _ in $(seq "$REPS"); do
+  prepare
+  s=$(date +%s.%N); sandbox_apply; e=$(date +%s.%N); times_s+=("$(echo "$e - $s" | bc)")
+  s=$(date +%s.%N); kubectl_apply; e=$(date +%s.%N); times_k+=("$(echo "$e - $s" | bc)")
+  kubectl --context "$CTX" delete namespace "$NS_S" "$NS_K" --wait=false >/dev/null
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f\n", m}'; }
+row "apply 300 objects and wait" "$(median "${times_s[@]}")" "kubectl apply --server-side + rollout status" "$(median "${times_k[@]}")" "<= 0.5x"
+
+# no-change re-apply of the last set, both tools
+prepare
+sandbox_apply >/dev/null; kubectl_apply
+unset -f prepare
+again_s=$(median_of sandbox_apply)
+again_k=$(median_of kubectl_apply)
+row "re-apply 300 objects, no change" "$again_s" "kubectl apply --server-side + rollout status" "$again_k" "< 1 s"
+cat "$TABLE"
