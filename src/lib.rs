@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod cli;
 pub mod config;
+pub mod dns;
 pub mod docker;
 pub mod error;
 pub mod images;

@@ -188,6 +188,8 @@ pub fn pod_problems(pod: &Pod) -> Vec<String> {
                     t.reason.clone().unwrap_or_default()
                 ));
             }
+        } else if state.running.is_some() && !cs.ready {
+            out.push(format!("container {}: running but not ready", cs.name));
         }
     }
     for c in status.conditions.iter().flatten() {
@@ -364,6 +366,11 @@ async fn describe_all(client: &kube::Client, items: &[(&Applied, Readiness)]) ->
             Readiness::Ready => "ready".into(),
         };
         out.push_str(&format!("  {} ({}): {text}\n", a.id(), a.document));
+        if let Some(ns) = &a.namespace {
+            for event in last_events(client, ns, &a.name, EVENTS_SHOWN).await {
+                out.push_str(&format!("    event: {event}\n"));
+            }
+        }
         for problem in pod_problems_of(client, a).await {
             out.push_str(&format!("    {problem}\n"));
         }
@@ -371,7 +378,41 @@ async fn describe_all(client: &kube::Client, items: &[(&Applied, Readiness)]) ->
     out
 }
 
-/// Problems of the pods a workload owns, found through its selector (or job name).
+/// Events shown per failing object and per failing pod.
+const EVENTS_SHOWN: usize = 3;
+
+/// The last `n` events about object `name` in `ns`, oldest first, as `Reason: message`.
+pub async fn last_events(client: &kube::Client, ns: &str, name: &str, n: usize) -> Vec<String> {
+    let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    let params = ListParams::default().fields(&format!("involvedObject.name={name}"));
+    let Ok(list) = api.list(&params).await else {
+        return Vec::new();
+    };
+    let mut events = list.items;
+    events.sort_by_key(|e| {
+        e.last_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .or_else(|| e.event_time.as_ref().map(|t| t.0))
+    });
+    let start = events.len().saturating_sub(n);
+    events[start..]
+        .iter()
+        .map(|e| {
+            let count = e
+                .count
+                .filter(|c| *c > 1)
+                .map(|c| format!(" (x{c})"))
+                .unwrap_or_default();
+            format!(
+                "{}: {}{count}",
+                e.reason.clone().unwrap_or_default(),
+                e.message.clone().unwrap_or_default().trim()
+            )
+        })
+        .collect()
+}
+
 /// The label selector of the pods a workload (or Service) owns.
 pub fn pod_selector(kind: &str, object: &Value, name: &str) -> Option<String> {
     let labels = match kind {
@@ -412,6 +453,9 @@ async fn pod_problems_of(client: &kube::Client, a: &Applied) -> Vec<String> {
         }
         let name = pod.metadata.name.clone().unwrap_or_default();
         out.extend(problems.iter().map(|m| format!("pod {name}: {m}")));
+        for event in last_events(client, ns, &name, EVENTS_SHOWN).await {
+            out.push(format!("  event: {event}"));
+        }
         let statuses = pod.status.iter().flat_map(|s| {
             s.init_container_statuses
                 .iter()
@@ -557,6 +601,16 @@ mod tests {
         assert_eq!(
             pod_problems(&pod),
             vec!["container web: CrashLoopBackOff back-off 20s".to_string()]
+        );
+        let unready: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "status": {"containerStatuses": [{"name": "web", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
+                "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}
+        }))
+        .unwrap();
+        assert_eq!(
+            pod_problems(&unready),
+            vec!["container web: running but not ready".to_string()]
         );
     }
 }
