@@ -74,7 +74,6 @@ for _ in $(seq "$REPS"); do
   s=$(date +%s.%N); kubectl_apply; e=$(date +%s.%N); times_k+=("$(echo "$e - $s" | bc)")
   kubectl --context "$CTX" delete namespace "$NS_S" "$NS_K" --wait=false >/dev/null
 done
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f\n", m}'; }
 row "apply 300 objects and wait" "$(median "${times_s[@]}")" "kubectl apply --server-side + rollout status" "$(median "${times_k[@]}")" "<= 0.5x"
 
 # no-change re-apply of the last set, both tools

@@ -22,6 +22,9 @@ median_of() {
   printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f\n", m}'
 }
 
+# median VALUES...: the median of numbers
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f\n", m}'; }
+
 # row NAME SANDBOX_SECONDS PEER_NAME PEER_SECONDS TARGET: one Markdown table row and one JSON line
 row() {
   local ratio

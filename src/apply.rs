@@ -320,10 +320,13 @@ impl Applier {
     /// before). Returns the applied objects in document order.
     pub async fn apply_all(&mut self, docs: &[Document]) -> Result<Vec<Applied>, ApplyError> {
         let crd_kinds = kinds_defined(docs);
+        // namespaces this apply creates: those in the manifests and the sandbox's own
+        let default_namespace = self.default_namespace.clone();
         let new_namespaces: Vec<&str> = docs
             .iter()
             .filter(|d| d.kind() == "Namespace")
             .map(Document::name)
+            .chain([default_namespace.as_str()])
             .collect();
         let mut planned = Vec::new();
         for doc in docs {

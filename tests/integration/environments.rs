@@ -1,0 +1,74 @@
+//! Per-branch environments: the same project deployed twice, side by side, in its own
+//! namespaces on one cluster; removing one leaves the other answering.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{assert_success, copy_dir, eventually, http_get, root, TestSandbox};
+
+fn answers(url: &str) {
+    eventually(
+        &format!("{url} answers"),
+        Duration::from_secs(60),
+        || match http_get(url) {
+            Ok((200, _)) => Ok(()),
+            Ok((code, _)) => Err(format!("HTTP {code}")),
+            Err(e) => Err(e.to_string()),
+        },
+    );
+}
+
+fn url(up: &Value) -> String {
+    up["urls"][0]["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no URL in {up}"))
+        .to_string()
+}
+
+#[test]
+fn two_environments_side_by_side_and_one_removed() {
+    let sb = TestSandbox::new("envs");
+    let project = sb.cwd().join("hello");
+    copy_dir(&root().join("fixtures/apps/hello"), &project);
+    let file = project.join("sandbox.yaml");
+    let file = file.to_str().unwrap();
+
+    let a = sb.run_json(&["up", "-f", file, "--namespace", "feature-a"]);
+    let b = sb.run_json(&["up", "-f", file, "--namespace", "feature-b"]);
+    assert_eq!(
+        a["urls"].as_array().unwrap().len(),
+        1,
+        "only its own namespace: {a}"
+    );
+    assert_eq!(a["urls"][0]["name"], "feature-a/hello");
+    assert_eq!(b["urls"][0]["name"], "feature-b/hello");
+    answers(&url(&a));
+    answers(&url(&b));
+
+    let status = sb.run_json(&["status"]);
+    let envs = status["sandboxes"][0]["environments"].as_array().unwrap();
+    for ns in ["feature-a", "feature-b"] {
+        assert!(envs.iter().any(|e| e == ns), "{ns} missing from {envs:?}");
+    }
+
+    let down = sb.run_json(&["down", "--namespace", "feature-a"]);
+    assert_eq!(down["removed"]["namespace"], true);
+    // deleting a namespace takes the namespace controller a while: terminating is enough
+    let out = sb.kubectl(&[
+        "get",
+        "namespace",
+        "feature-a",
+        "--ignore-not-found",
+        "-o",
+        "jsonpath={.status.phase}",
+    ]);
+    let phase = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        phase.is_empty() || phase == "Terminating",
+        "feature-a is {phase}"
+    );
+    answers(&url(&b));
+    // the cluster is still there
+    assert_success(&sb.kubectl(&["get", "nodes"]), "kubectl get nodes");
+}
