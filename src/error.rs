@@ -74,6 +74,9 @@ pub enum Error {
     /// The sandbox's lock.
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
+    /// The DNS server.
+    #[error(transparent)]
+    Dns(Box<crate::dns::DnsError>),
     /// `sandbox exec`'s command exited with this non-zero code (passed through, no message).
     #[error("the command exited with code {0}")]
     Exit(i32),
@@ -130,7 +133,7 @@ impl Error {
             Error::Apply(_) => exit::APPLY,
             Error::Wait(_) => exit::NOT_READY,
             Error::NotFound(_) => exit::NOT_FOUND,
-            Error::Kube(_) => exit::FAILURE,
+            Error::Kube(_) | Error::Dns(_) => exit::FAILURE,
             Error::Exit(code) => *code,
         }
     }

@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod build;
 pub mod completions;
+pub mod dns;
 pub mod down;
 pub mod exec;
 pub mod kubeconfig;
@@ -83,6 +84,8 @@ pub enum Command {
     Load(load::LoadArgs),
     /// Print every URL of the sandbox: Ingress hosts, NodePort and LoadBalancer Services.
     Urls(urls::UrlsArgs),
+    /// The embedded wildcard DNS server (`sandbox dns serve`).
+    Dns(dns::DnsArgs),
     /// Print (or follow) the logs of a workload's pods.
     Logs(logs::LogsArgs),
     /// Show sandboxes and their health.
@@ -188,6 +191,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Build(args) => build::run(&ctx, args).await,
         Command::Load(args) => load::run(&ctx, args).await,
         Command::Urls(args) => urls::run(&ctx, args).await,
+        Command::Dns(args) => dns::run(&ctx, args).await,
         Command::Logs(args) => logs::run(&ctx, args).await,
         Command::Status(args) => status::run(&ctx, args).await,
         Command::Completions(args) => completions::completions(args),
