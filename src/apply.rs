@@ -20,7 +20,7 @@ pub const OWNER_LABEL: &str = "dev.sandbox/sandbox";
 /// so that objects removed from the manifests can be pruned.
 pub const INVENTORY: &str = "sandbox-inventory";
 /// How many objects are applied at once.
-const PARALLEL: usize = 8;
+const PARALLEL: usize = 16;
 
 /// Errors applying manifests.
 #[derive(Debug, thiserror::Error)]
@@ -266,6 +266,9 @@ pub struct Applier {
     sandbox: String,
     default_namespace: String,
     resources: HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>,
+    /// resourceVersion of each object as the dry run saw it (None: it did not exist), to
+    /// tell whether the real apply changed it without reading it again.
+    seen: std::sync::Mutex<HashMap<String, Option<String>>>,
 }
 
 impl Applier {
@@ -277,6 +280,7 @@ impl Applier {
             sandbox: sandbox.to_string(),
             default_namespace: default_namespace.to_string(),
             resources: HashMap::new(),
+            seen: Default::default(),
         }
     }
 
@@ -570,14 +574,26 @@ impl Applier {
         let object = prepare(&doc.object, &self.sandbox, namespace.as_deref());
         let api = self.api(resource, caps, namespace.as_deref());
         let name = doc.name().to_string();
-        let before = if dry_run {
+        let key = format!(
+            "{}/{}/{name}",
+            resource.kind,
+            namespace.as_deref().unwrap_or_default()
+        );
+        let seen = if dry_run {
             None
         } else {
-            api.get_opt(&name)
+            self.seen.lock().expect("not poisoned").get(&key).cloned()
+        };
+        let before = match seen {
+            Some(version) => version,
+            // not dry-run (cannot happen in apply_all, but stay correct): read it
+            None if !dry_run => api
+                .get_opt(&name)
                 .await
                 .ok()
                 .flatten()
-                .and_then(|o| o.metadata.resource_version)
+                .and_then(|o| o.metadata.resource_version),
+            None => None,
         };
         let mut params = PatchParams::apply(FIELD_MANAGER).force();
         params.dry_run = dry_run;
@@ -589,6 +605,15 @@ impl Applier {
                 phase: if dry_run { "dry run" } else { "apply" },
                 message: api_message(&e),
             })?;
+        if dry_run {
+            // a dry run of a new object returns no resourceVersion
+            let version = result
+                .metadata
+                .resource_version
+                .clone()
+                .filter(|v| !v.is_empty());
+            self.seen.lock().expect("not poisoned").insert(key, version);
+        }
         let changed = before != result.metadata.resource_version;
         let object = serde_json::to_value(&result).map_err(|e| ApplyError::Invalid {
             document: doc.describe(),
