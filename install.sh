@@ -9,6 +9,8 @@
 #   ./install.sh               everything above
 #   ./install.sh --for-tests   prerequisites and the offline images the tests use (no binary, no pull)
 #   ./install.sh --no-binary   skip the cargo install
+#
+# Safe to run again: every step checks first and says what it found.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")" && pwd)
@@ -18,85 +20,117 @@ for arg in "$@"; do
   case $arg in
     --for-tests) FOR_TESTS=true; BINARY=false ;;
     --no-binary) BINARY=false ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
 
 T0=$(date +%s)
-say() { printf '[%4ds] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
+say() { printf '%s [%4ds] %s\n' "$(date +%T)" "$(( $(date +%s) - T0 ))" "$*"; }
 die() { say "error: $*" >&2; exit 1; }
 root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+if [ "$(id -u)" != 0 ] && ! command -v sudo >/dev/null; then
+  die "run as root, or install sudo"
+fi
 
 # --- packages ------------------------------------------------------------------------------
 command -v apt-get >/dev/null || die "this installer supports Debian and Ubuntu (apt-get not found)"
-PACKAGES=(docker.io gcc libc6-dev pkg-config make curl ca-certificates git)
+PACKAGES=(gcc libc6-dev pkg-config make curl ca-certificates git)
+# Docker from the distribution, unless an engine (Docker CE, say) is installed already
+if ! dpkg -s docker.io >/dev/null 2>&1 && ! command -v dockerd >/dev/null; then PACKAGES+=(docker.io); fi
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
-  say "installing ${missing[*]}"
+  say "packages: installing ${missing[*]}"
   root apt-get update -qq
-  root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  root env DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l apt-get install -y -qq "${missing[@]}" >/dev/null
 else
   say "packages: present"
 fi
-command -v cargo >/dev/null || [ -x "$HOME/.cargo/bin/cargo" ] ||
-  die "cargo not found: install Rust with https://rustup.rs (curl --proto '=https' -sSf https://sh.rustup.rs | sh), then rerun"
 export PATH="$HOME/.cargo/bin:$PATH"
+command -v cargo >/dev/null ||
+  die "cargo not found: install Rust with rustup (curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh), open a new shell, then rerun ./install.sh"
+say "cargo: $(cargo --version)"
 
 # --- dockerd -------------------------------------------------------------------------------
-if docker info >/dev/null 2>&1; then
-  say "docker: running"
-else
-  say "docker: starting dockerd"
-  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
-    root systemctl start docker || true
-  elif command -v service >/dev/null && [ -x /etc/init.d/docker ]; then
-    root service docker start || true
-  fi
-  if ! docker info >/dev/null 2>&1; then
-    root sh -c 'nohup dockerd >/var/log/sandbox-dockerd.log 2>&1 &'
-  fi
-  deadline=$(( $(date +%s) + 60 ))
+# wait_docker SECONDS: true once `docker info` answers
+wait_docker() {
+  local deadline=$(( $(date +%s) + $1 ))
   until docker info >/dev/null 2>&1; do
-    [ "$(date +%s)" -lt "$deadline" ] || die "dockerd did not answer within 60 s (see /var/log/sandbox-dockerd.log)"
+    [ "$(date +%s)" -lt "$deadline" ] || return 1
     sleep 0.5
   done
-  say "docker: running ($(docker version --format '{{.Server.Version}}'))"
+}
+if docker info >/dev/null 2>&1; then
+  say "docker: running ($(docker version --format '{{.Server.Version}}' 2>/dev/null))"
+elif [ "$(id -u)" != 0 ] && sudo docker info >/dev/null 2>&1; then
+  die "dockerd runs, but $(id -un) may not use it: sudo usermod -aG docker $(id -un), log in again, then rerun"
+else
+  say "docker: starting dockerd"
+  started=false
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+    root systemctl start docker && started=true || true
+  elif command -v service >/dev/null && [ -x /etc/init.d/docker ]; then
+    root service docker start && started=true || true
+  fi
+  # a service manager that said yes gets 30 s before dockerd is started by hand
+  if ! { $started && wait_docker 30; }; then
+    if ! pgrep -x dockerd >/dev/null; then
+      root sh -c 'nohup dockerd >/var/log/sandbox-dockerd.log 2>&1 &'
+    fi
+    wait_docker 60 || die "dockerd did not answer within 60 s (see /var/log/sandbox-dockerd.log)"
+  fi
+  say "docker: running ($(docker version --format '{{.Server.Version}}' 2>/dev/null))"
 fi
 
 # --- the binary ----------------------------------------------------------------------------
 if $BINARY; then
   if [ "$(id -u)" = 0 ]; then PREFIX=${SANDBOX_INSTALL_ROOT:-/usr/local}; else PREFIX=${SANDBOX_INSTALL_ROOT:-$HOME/.local}; fi
-  say "building and installing sandbox into $PREFIX/bin"
+  say "sandbox: building and installing into $PREFIX/bin (cargo install, a few minutes the first time)"
   cargo install --quiet --locked --path "$ROOT" --root "$PREFIX" --force
+  say "sandbox: installed $PREFIX/bin/sandbox"
   case ":$PATH:" in
     *":$PREFIX/bin:"*) ;;
-    *) say "add $PREFIX/bin to PATH: export PATH=\"$PREFIX/bin:\$PATH\"" ;;
+    *) say "sandbox: $PREFIX/bin is not on PATH; add it: export PATH=\"$PREFIX/bin:\$PATH\"" ;;
   esac
+else
+  say "sandbox: binary skipped"
+fi
+
+# --- test-time tools -----------------------------------------------------------------------
+if $FOR_TESTS; then
+  if kubectl version --client >/dev/null 2>&1; then
+    say "kubectl: present ($(command -v kubectl))"
+  else
+    # the tests check the merged context with a real kubectl: Debian's, unpacked (its package
+    # clashes with google-cloud-sdk's kubectl where that is installed)
+    say "kubectl: installing Debian's kubernetes-client into /usr/local/bin"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download kubernetes-client >/dev/null 2>&1) ||
+      { root apt-get update -qq; (cd "$tmp" && apt-get download kubernetes-client >/dev/null); }
+    dpkg -x "$tmp"/kubernetes-client_*.deb "$tmp/x"
+    root install -m 0755 "$tmp/x/usr/bin/kubectl" /usr/local/bin/kubectl
+    rm -rf "$tmp"
+  fi
 fi
 
 # --- the node image ------------------------------------------------------------------------
-k3s_image=$(sed -n 's/^  image: *\(rancher\/k3s:[^ ]*\).*/\1/p' "$ROOT/profiles/k3s.yaml" | head -n 1)
-if $FOR_TESTS && ! kubectl version --client >/dev/null 2>&1; then
-  # the tests check the merged context with a real kubectl: Debian's, unpacked (its package
-  # clashes with google-cloud-sdk's kubectl where that is installed)
-  say "installing kubectl from Debian's kubernetes-client"
-  tmp=$(mktemp -d)
-  (cd "$tmp" && apt-get download kubernetes-client >/dev/null 2>&1) || { root apt-get update -qq; (cd "$tmp" && apt-get download kubernetes-client >/dev/null); }
-  dpkg -x "$tmp"/kubernetes-client_*.deb "$tmp/x"
-  root install -m 0755 "$tmp/x/usr/bin/kubectl" /usr/local/bin/kubectl
-  rm -rf "$tmp"
-fi
 if $FOR_TESTS; then
-  say "building the offline images the tests use"
+  say "images: building the offline images the tests use (cached: a no-op when up to date)"
   "$ROOT/profiles/offline/build.sh"
-elif docker image inspect "$k3s_image" >/dev/null 2>&1; then
-  say "node image: $k3s_image present"
-elif timeout 120 docker pull -q "$k3s_image" >/dev/null 2>&1; then
-  say "node image: pulled $k3s_image"
 else
-  say "node image: $k3s_image cannot be pulled (no registry reachable); building the offline images"
-  "$ROOT/profiles/offline/build.sh"
+  # `  image: rancher/k3s:<tag>` under `node:` in the k3s profile
+  k3s_image=$(sed -n '/^node:/,/^[^ #]/ s/^  image: *["'\'']\{0,1\}\([^"'\'' #]*\).*/\1/p' "$ROOT/profiles/k3s.yaml" | head -n 1)
+  if [ -z "$k3s_image" ]; then
+    say "images: no node image in profiles/k3s.yaml; building the offline images"
+    "$ROOT/profiles/offline/build.sh"
+  elif docker image inspect "$k3s_image" >/dev/null 2>&1; then
+    say "images: $k3s_image present"
+  elif timeout 60 docker pull -q "$k3s_image" >/dev/null 2>&1; then
+    say "images: pulled $k3s_image"
+  else
+    say "images: $k3s_image cannot be pulled (no registry reachable); building the offline images instead"
+    "$ROOT/profiles/offline/build.sh"
+  fi
 fi
 say "done"

