@@ -508,16 +508,7 @@ impl Applier {
     }
 
     async fn existing_namespaces(&self) -> Vec<String> {
-        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
-        api.list(&Default::default())
-            .await
-            .map(|l| {
-                l.items
-                    .into_iter()
-                    .filter_map(|n| n.metadata.name)
-                    .collect()
-            })
-            .unwrap_or_default()
+        namespace_names(&self.client, None).await
     }
 
     async fn ensure_namespace(&self, name: &str) -> Result<(), ApplyError> {
@@ -654,6 +645,25 @@ impl Applier {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// Names of the cluster's namespaces (those matching `selector` when given); empty when
+/// they cannot be listed.
+pub async fn namespace_names(client: &kube::Client, selector: Option<&str>) -> Vec<String> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let mut params = kube::api::ListParams::default();
+    if let Some(selector) = selector {
+        params = params.labels(selector);
+    }
+    api.list(&params)
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter_map(|n| n.metadata.name)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn is_not_found(e: &kube::Error) -> bool {

@@ -17,6 +17,7 @@ pub mod kubeconfig;
 pub mod lock;
 pub mod manifests;
 pub mod node;
+pub mod paths;
 pub mod plan;
 pub mod profile;
 pub mod report;

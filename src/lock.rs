@@ -22,24 +22,9 @@ pub struct SandboxLock {
     _file: File,
 }
 
-/// The user's state directory for sandbox (`$XDG_STATE_HOME/sandbox`, else
-/// `~/.local/state/sandbox`).
-pub fn state_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/tmp"))
-                .join(".local/state")
-        });
-    base.join("sandbox")
-}
-
 /// Takes sandbox `name`'s lock, waiting (and saying so) while another process holds it.
 pub async fn acquire(name: &str, reporter: &Reporter) -> Result<SandboxLock, LockError> {
-    let dir = state_dir();
+    let dir = crate::paths::state_dir();
     let path = dir.join(format!("{name}.lock"));
     let error = |source| LockError {
         path: path.clone(),

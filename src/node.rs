@@ -217,10 +217,8 @@ pub async fn ensure(
     Ok(Node { created, ..node })
 }
 
-/// The running node of sandbox `sandbox`, connected, without creating or starting
-/// anything.
-pub async fn ensure_running(engine: &Engine, sandbox: &str) -> Result<Node, NodeError> {
-    let names = Names::of(sandbox);
+/// The running node container of sandbox `sandbox` and its profile.
+pub async fn running(engine: &Engine, sandbox: &str) -> Result<(NodeInfo, Profile), NodeError> {
     let info = engine
         .list_nodes(Some(sandbox))
         .await?
@@ -230,6 +228,14 @@ pub async fn ensure_running(engine: &Engine, sandbox: &str) -> Result<Node, Node
             sandbox: sandbox.to_string(),
         })?;
     let profile = Profile::named(&info.profile)?;
+    Ok((info, profile))
+}
+
+/// The running node of sandbox `sandbox`, connected, without creating or starting
+/// anything.
+pub async fn ensure_running(engine: &Engine, sandbox: &str) -> Result<Node, NodeError> {
+    let names = Names::of(sandbox);
+    let (info, profile) = running(engine, sandbox).await?;
     let kubeconfig = host_kubeconfig(engine, &info, &profile)
         .await?
         .ok_or_else(|| NodeError::NotRunning {

@@ -227,17 +227,7 @@ impl fmt::Debug for Ca {
 
 /// The user's CA directory: `$XDG_DATA_HOME/sandbox/ca`, else `~/.local/share/sandbox/ca`.
 pub fn default_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/tmp"))
-                .join(".local/share")
-        });
-    base.join("sandbox").join("ca")
+    crate::paths::data_dir().join("ca")
 }
 
 impl Ca {

@@ -8,7 +8,6 @@ use super::Context;
 use crate::docker::Engine;
 use crate::error::Error;
 use crate::node;
-use crate::profile::Profile;
 
 /// Options of `sandbox kubeconfig`.
 #[derive(Debug, Args)]
@@ -22,13 +21,7 @@ pub struct KubeconfigArgs {
 pub async fn run(ctx: &Context, args: KubeconfigArgs) -> Result<(), Error> {
     let sandbox = ctx.sandbox_name()?;
     let engine = Engine::connect().await?;
-    let info = engine
-        .list_nodes(Some(&sandbox))
-        .await?
-        .into_iter()
-        .find(|n| n.running())
-        .ok_or_else(|| Error::NotFound(sandbox.clone()))?;
-    let profile = Profile::named(&info.profile)?;
+    let (info, profile) = node::running(&engine, &sandbox).await?;
     let kubeconfig = node::host_kubeconfig(&engine, &info, &profile)
         .await?
         .ok_or_else(|| Error::NotFound(sandbox.clone()))?;

@@ -7,7 +7,6 @@ use super::Context;
 use crate::docker::Engine;
 use crate::error::Error;
 use crate::images;
-use crate::profile::Profile;
 
 /// Options of `sandbox load`.
 #[derive(Debug, Args)]
@@ -21,12 +20,7 @@ pub struct LoadArgs {
 pub async fn run(ctx: &Context, args: LoadArgs) -> Result<(), Error> {
     let sandbox = ctx.sandbox_name()?;
     let engine = Engine::connect().await?;
-    let info = engine
-        .list_nodes(Some(&sandbox))
-        .await?
-        .into_iter()
-        .find(|n| n.running())
-        .ok_or_else(|| Error::NotFound(sandbox.clone()))?;
+    let (info, profile) = crate::node::running(&engine, &sandbox).await?;
     let mut requests = Vec::new();
     for image in &args.images {
         let id = engine.image_id(image).await?.ok_or_else(|| {
@@ -37,7 +31,6 @@ pub async fn run(ctx: &Context, args: LoadArgs) -> Result<(), Error> {
             id,
         });
     }
-    let profile = Profile::named(&info.profile)?;
     let loaded = images::load(&engine, &info.name, &profile, &requests, &ctx.reporter).await?;
     let text: String = args
         .images

@@ -166,19 +166,8 @@ pub async fn connect(
     engine: &crate::docker::Engine,
     name: &str,
 ) -> Result<(crate::docker::NodeInfo, kube::Client), Error> {
-    let info = engine
-        .list_nodes(Some(name))
-        .await?
-        .into_iter()
-        .find(|n| n.running())
-        .ok_or_else(|| Error::NotFound(name.to_string()))?;
-    let profile = crate::profile::Profile::named(&info.profile)?;
-    let kubeconfig = crate::node::host_kubeconfig(engine, &info, &profile)
-        .await?
-        .ok_or_else(|| Error::NotFound(name.to_string()))?;
-    let context = crate::plan::Names::of(name).context;
-    let client = crate::node::client_for(&kubeconfig, &context).await?;
-    Ok((info, client))
+    let node = crate::node::ensure_running(engine, name).await?;
+    Ok((node.info, node.client))
 }
 
 /// Runs the parsed command line.

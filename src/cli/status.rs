@@ -109,17 +109,7 @@ async fn api_health(
     if client.request_text(request).await.is_err() {
         return ("not-ready".to_string(), Vec::new());
     }
-    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
     let selector = format!("{}={}", crate::apply::OWNER_LABEL, info.sandbox);
-    let environments = namespaces
-        .list(&kube::api::ListParams::default().labels(&selector))
-        .await
-        .map(|l| {
-            l.items
-                .into_iter()
-                .filter_map(|n| n.metadata.name)
-                .collect()
-        })
-        .unwrap_or_default();
+    let environments = crate::apply::namespace_names(&client, Some(&selector)).await;
     ("ready".to_string(), environments)
 }
