@@ -41,6 +41,15 @@ pub enum Error {
     /// The working directory is unreadable.
     #[error("cannot determine the current directory")]
     Cwd(#[source] std::io::Error),
+    /// Local I/O of a command (a temporary file, writing to stdout).
+    #[error("cannot {action}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// sandbox.yaml.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -113,7 +122,9 @@ impl Error {
             | Error::Profile(_)
             | Error::Manifest(_)
             | Error::Secret(_) => exit::USAGE,
-            Error::Cwd(_) | Error::Kubeconfig(_) | Error::Lock(_) => exit::FAILURE,
+            Error::Cwd(_) | Error::Io { .. } | Error::Kubeconfig(_) | Error::Lock(_) => {
+                exit::FAILURE
+            }
             Error::Docker(_) => exit::DOCKER,
             Error::Node(e) => match **e {
                 NodeError::Docker(_) => exit::DOCKER,

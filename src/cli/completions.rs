@@ -23,5 +23,8 @@ pub fn completions(args: CompletionsArgs) -> Result<(), Error> {
 pub fn man() -> Result<(), Error> {
     clap_mangen::Man::new(Cli::command())
         .render(&mut std::io::stdout())
-        .map_err(Error::Cwd)
+        .map_err(|source| Error::Io {
+            action: "write the man page",
+            source,
+        })
 }

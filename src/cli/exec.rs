@@ -67,7 +67,10 @@ pub async fn run(ctx: &Context, args: ExecArgs) -> Result<(), Error> {
     let config = ctx.config()?;
     let outcome = super::up::bring_up(ctx, &config).await?;
     // a kubeconfig of its own, so CMD's kubectl talks to this sandbox whatever the user's default
-    let dir = tempfile::tempdir().map_err(Error::Cwd)?;
+    let dir = tempfile::tempdir().map_err(|source| Error::Io {
+        action: "create a temporary directory for the command's kubeconfig",
+        source,
+    })?;
     let kubeconfig = dir.path().join("kubeconfig");
     crate::kubeconfig::write(&kubeconfig, &outcome.node.kubeconfig)?;
     let env = environment(&outcome, &kubeconfig);
