@@ -460,14 +460,18 @@ async fn connect(
     Ok(Some((client, kubeconfig)))
 }
 
-/// One readiness probe through the API: `/readyz`, node Ready, default ServiceAccount.
-/// `Err` carries what was observed.
-async fn probe(client: &kube::Client, node_name: &str) -> Result<(), String> {
+/// The API server's own readiness (`/readyz`).
+pub async fn api_ready(client: &kube::Client) -> Result<(), kube::Error> {
     let request = http::Request::get("/readyz")
         .body(Vec::new())
         .expect("static request");
-    client
-        .request_text(request)
+    client.request_text(request).await.map(drop)
+}
+
+/// One readiness probe through the API: `/readyz`, node Ready, default ServiceAccount.
+/// `Err` carries what was observed.
+async fn probe(client: &kube::Client, node_name: &str) -> Result<(), String> {
+    api_ready(client)
         .await
         .map_err(|e| format!("API server not ready: {}", short_error(&e)))?;
     let nodes: Api<KubeNode> = Api::all(client.clone());

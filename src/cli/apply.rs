@@ -41,10 +41,8 @@ pub async fn run(ctx: &Context, _args: ApplyArgs) -> Result<(), Error> {
             "kind": "ApplyResult",
             "sandbox": config.name,
             "loaded": loaded,
-            "objects": applied.iter().map(|a| json!({
-                "kind": a.resource.kind, "namespace": a.namespace, "name": a.name, "changed": a.changed,
-            })).collect::<Vec<_>>(),
-            "pruned": pruned.iter().map(|p| json!({"kind": p.kind, "namespace": p.namespace, "name": p.name})).collect::<Vec<_>>(),
+            "objects": super::up::objects_json(&applied),
+            "pruned": super::up::pruned_json(&pruned),
             "elapsedSeconds": (seconds * 10.0).round() / 10.0,
         }),
         &format!(

@@ -103,10 +103,7 @@ async fn api_health(
     let Ok(client) = node::client_for(&kubeconfig, &context).await else {
         return ("error".to_string(), Vec::new());
     };
-    let request = http::Request::get("/readyz")
-        .body(Vec::new())
-        .expect("static request");
-    if client.request_text(request).await.is_err() {
+    if node::api_ready(&client).await.is_err() {
         return ("not-ready".to_string(), Vec::new());
     }
     let selector = format!("{}={}", crate::apply::OWNER_LABEL, info.sandbox);

@@ -216,6 +216,22 @@ pub(crate) async fn wait_ready(
     Ok(())
 }
 
+/// The `objects` list of `UpResult` and `ApplyResult`.
+pub fn objects_json(applied: &[Applied]) -> serde_json::Value {
+    applied
+        .iter()
+        .map(|a| json!({"kind": a.resource.kind, "namespace": a.namespace, "name": a.name, "changed": a.changed}))
+        .collect()
+}
+
+/// The `pruned` list of `UpResult` and `ApplyResult`.
+pub fn pruned_json(pruned: &[InventoryEntry]) -> serde_json::Value {
+    pruned
+        .iter()
+        .map(|p| json!({"kind": p.kind, "namespace": p.namespace, "name": p.name}))
+        .collect()
+}
+
 impl Outcome {
     /// The `UpResult` document.
     pub fn json(&self) -> serde_json::Value {
@@ -240,12 +256,8 @@ impl Outcome {
                 "name": b.name, "reference": b.reference, "id": b.id,
                 "loaded": self.loaded.contains(&b.reference),
             })).collect::<Vec<_>>(),
-            "objects": self.applied.iter().map(|a| json!({
-                "kind": a.resource.kind, "namespace": a.namespace, "name": a.name, "changed": a.changed,
-            })).collect::<Vec<_>>(),
-            "pruned": self.pruned.iter().map(|p| json!({
-                "kind": p.kind, "namespace": p.namespace, "name": p.name,
-            })).collect::<Vec<_>>(),
+            "objects": objects_json(&self.applied),
+            "pruned": pruned_json(&self.pruned),
             "urls": self.urls,
             "elapsedSeconds": (self.seconds * 10.0).round() / 10.0,
         })
