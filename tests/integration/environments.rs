@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{assert_success, copy_dir, eventually, http_get, root, TestSandbox};
+use crate::support::{assert_success, eventually, http_get, TestSandbox};
 
 fn answers(url: &str) {
     eventually(
@@ -29,10 +29,8 @@ fn url(up: &Value) -> String {
 #[test]
 fn two_environments_side_by_side_and_one_removed() {
     let sb = TestSandbox::new("envs");
-    let project = sb.cwd().join("hello");
-    copy_dir(&root().join("fixtures/apps/hello"), &project);
-    let file = project.join("sandbox.yaml");
-    let file = file.to_str().unwrap();
+    let (file, _) = sb.fixture("hello");
+    let file = file.as_str();
 
     let a = sb.run_json(&["up", "-f", file, "--namespace", "feature-a"]);
     let b = sb.run_json(&["up", "-f", file, "--namespace", "feature-b"]);

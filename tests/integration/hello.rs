@@ -3,15 +3,13 @@
 
 use std::time::Duration;
 
-use crate::support::{copy_dir, eventually, http_get, root, TestSandbox};
+use crate::support::{eventually, http_get, TestSandbox};
 
 #[test]
 fn hello_fixture_answers_and_second_up_changes_nothing() {
     let sb = TestSandbox::new("hello");
-    let project = sb.cwd().join("hello");
-    copy_dir(&root().join("fixtures/apps/hello"), &project);
-    let file = project.join("sandbox.yaml");
-    let file = file.to_str().unwrap();
+    let (file, _) = sb.fixture("hello");
+    let file = file.as_str();
 
     let up = sb.run_json(&["up", "-f", file]);
     let url = up["urls"][0]["url"]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{assert_success, copy_dir, eventually, http_get, root, TestSandbox};
+use crate::support::{assert_success, eventually, http_get, TestSandbox};
 
 fn image<'a>(up: &'a Value, name: &str) -> &'a Value {
     up["images"]
@@ -88,10 +88,8 @@ fn serves(url: &str, want: &str) {
 #[test]
 fn changed_image_rolls_only_its_deployment_and_no_change_does_nothing() {
     let sb = TestSandbox::new("rolling");
-    let project = sb.cwd().join("rolling");
-    copy_dir(&root().join("fixtures/apps/rolling"), &project);
-    let file = project.join("sandbox.yaml");
-    let file = file.to_str().unwrap();
+    let (file, project) = sb.fixture("rolling");
+    let file = file.as_str();
 
     let first = sb.run_json(&["up", "-f", file]);
     serves(&url(&first, "web"), "web v1");

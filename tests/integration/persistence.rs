@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::support::{assert_success, copy_dir, eventually, http_get, root, TestSandbox};
+use crate::support::{assert_success, eventually, http_get, TestSandbox};
 
 fn notes(url: &str, query: &str) -> Result<String, String> {
     match http_get(&format!("{url}cgi-bin/notes{query}")) {
@@ -18,10 +18,7 @@ fn notes(url: &str, query: &str) -> Result<String, String> {
 #[test]
 fn database_data_survives_pod_deletion_and_down_up() {
     let sb = TestSandbox::new("rails");
-    let project = sb.cwd().join("rails-style");
-    copy_dir(&root().join("fixtures/apps/rails-style"), &project);
-    let file = project.join("sandbox.yaml");
-    let file = file.to_str().unwrap().to_string();
+    let (file, _) = sb.fixture("rails-style");
     let up = |sb: &TestSandbox| {
         let out = sb
             .command(&["up", "-f", &file, "-o", "json"])

@@ -1,15 +1,13 @@
 //! Objects removed from the manifests are pruned on the next apply; `sandbox apply` applies
 //! without building.
 
-use crate::support::{copy_dir, root, TestSandbox};
+use crate::support::TestSandbox;
 
 #[test]
 fn removed_objects_are_pruned_and_apply_builds_nothing() {
     let sb = TestSandbox::new("prune");
-    let project = sb.cwd().join("rolling");
-    copy_dir(&root().join("fixtures/apps/rolling"), &project);
-    let file = project.join("sandbox.yaml");
-    let file = file.to_str().unwrap();
+    let (file, project) = sb.fixture("rolling");
+    let file = file.as_str();
 
     // apply needs a running sandbox
     let early = sb.run(&["apply", "-f", file]);

@@ -63,6 +63,19 @@ impl TestSandbox {
         self.dir.path().join("work")
     }
 
+    /// Copies `fixtures/apps/<app>` into the working directory (tests edit their copy) and
+    /// returns the path of its sandbox.yaml and the copy's directory.
+    pub fn fixture(&self, app: &str) -> (String, PathBuf) {
+        let project = self.cwd().join(app);
+        copy_dir(&root().join("fixtures/apps").join(app), &project);
+        let file = project
+            .join("sandbox.yaml")
+            .to_str()
+            .expect("UTF-8 temp path")
+            .to_string();
+        (file, project)
+    }
+
     /// The test's kubeconfig file.
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("kube").join("config")
