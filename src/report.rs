@@ -51,7 +51,18 @@ pub struct Step {
     bar: Option<ProgressBar>,
     started: Instant,
     finished: bool,
+    items: std::sync::Mutex<Vec<Item>>,
 }
+
+/// One resource's line under a step: its last state, and its spinner on a terminal.
+struct Item {
+    key: String,
+    state: String,
+    bar: Option<ProgressBar>,
+}
+
+/// How many item lines a terminal shows under a step; the rest are counted on the step.
+const SHOWN_ITEMS: usize = 12;
 
 impl Reporter {
     /// A reporter in `mode`; `verbose` also shows detail lines (build output).
@@ -109,6 +120,7 @@ impl Reporter {
             bar,
             started: Instant::now(),
             finished: false,
+            items: Default::default(),
         }
     }
 
@@ -142,8 +154,88 @@ impl Step {
         }
     }
 
+    /// Shows the state of one resource under the step (`key`, e.g. `deployment/web`). A
+    /// terminal keeps a line per resource (the first [`SHOWN_ITEMS`]); plain output prints a
+    /// line each time a resource's state changes, so a CI log tells what each one went
+    /// through.
+    pub fn item(&self, key: &str, state: &str) {
+        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        let index = match items.iter().position(|i| i.key == key) {
+            Some(index) if items[index].state == state => return,
+            Some(index) => index,
+            None => {
+                let shown: Vec<&ProgressBar> = items.iter().filter_map(|i| i.bar.as_ref()).collect();
+                let bar = match (&self.bar, shown.len() < SHOWN_ITEMS) {
+                    (Some(parent), true) => {
+                        let after = shown.last().copied().unwrap_or(parent);
+                        let bar = self
+                            .reporter
+                            .inner
+                            .multi
+                            .insert_after(after, ProgressBar::new_spinner());
+                        bar.set_style(
+                            ProgressStyle::with_template("    {spinner:.dim} {msg}")
+                                .expect("static template"),
+                        );
+                        bar.enable_steady_tick(Duration::from_millis(100));
+                        Some(bar)
+                    }
+                    _ => None,
+                };
+                items.push(Item {
+                    key: key.to_string(),
+                    state: String::new(),
+                    bar,
+                });
+                items.len() - 1
+            }
+        };
+        let item = &mut items[index];
+        item.state = state.to_string();
+        match &item.bar {
+            Some(bar) => bar.set_message(format!("{key}: {state}")),
+            None if self.reporter.inner.mode == Mode::Plain => {
+                self.reporter.line(" ", &format!("{key}: {state}"))
+            }
+            None => {}
+        }
+    }
+
+    /// Marks one resource finished: its terminal line goes, plain output says so once.
+    pub fn item_done(&self, key: &str, state: &str) {
+        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(index) = items.iter().position(|i| i.key == key) else {
+            if self.reporter.inner.mode == Mode::Plain {
+                self.reporter.line(" ", &format!("{key}: {state}"));
+            }
+            return;
+        };
+        let item = items.remove(index);
+        match item.bar {
+            Some(bar) => {
+                bar.finish_and_clear();
+                self.reporter.inner.multi.remove(&bar);
+            }
+            None if self.reporter.inner.mode == Mode::Plain => {
+                self.reporter.line(" ", &format!("{key}: {state}"))
+            }
+            None => {}
+        }
+    }
+
+    fn clear_items(&self) {
+        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        for item in items.drain(..) {
+            if let Some(bar) = item.bar {
+                bar.finish_and_clear();
+                self.reporter.inner.multi.remove(&bar);
+            }
+        }
+    }
+
     /// Marks the step finished with a final message.
     pub fn done(mut self, message: impl AsRef<str>) {
+        self.clear_items();
         self.finished = true;
         let secs = self.started.elapsed().as_secs_f64();
         let text = format!("{} ({secs:.1}s)", message.as_ref());
@@ -159,6 +251,7 @@ impl Step {
 
 impl Drop for Step {
     fn drop(&mut self) {
+        self.clear_items();
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
             self.reporter.inner.multi.remove(&bar);
@@ -166,5 +259,34 @@ impl Drop for Step {
         if !self.finished && self.reporter.inner.mode == Mode::Plain && std::thread::panicking() {
             self.reporter.line("✗", "step aborted");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_keep_one_line_per_resource_until_done() {
+        let reporter = Reporter::new(Mode::Quiet, false);
+        let step = reporter.step("waiting");
+        step.item("deployment/web", "0 of 2 replicas ready");
+        step.item("deployment/web", "1 of 2 replicas ready");
+        step.item("job/setup", "running");
+        let keys = |step: &Step| -> Vec<(String, String)> {
+            let items = step.items.lock().unwrap();
+            items.iter().map(|i| (i.key.clone(), i.state.clone())).collect()
+        };
+        assert_eq!(
+            keys(&step),
+            [
+                ("deployment/web".into(), "1 of 2 replicas ready".into()),
+                ("job/setup".into(), "running".into())
+            ]
+        );
+        step.item_done("deployment/web", "ready");
+        step.item_done("service/unknown", "ready");
+        assert_eq!(keys(&step), [("job/setup".into(), "running".into())]);
+        step.done("all ready");
     }
 }

@@ -222,6 +222,11 @@ pub async fn wait_all(
         let checks = pending.iter().map(|(a, _)| check(client, a));
         let states = join_all(checks).await;
         for (slot, state) in pending.iter_mut().zip(states) {
+            match &state {
+                Readiness::Ready => step.item_done(&slot.0.id(), "ready"),
+                Readiness::Pending(m) => step.item(&slot.0.id(), m),
+                Readiness::Failed(m) => step.item_done(&slot.0.id(), &format!("failed: {m}")),
+            }
             slot.1 = state;
         }
         pending.retain(|(_, r)| *r != Readiness::Ready);
@@ -246,15 +251,9 @@ pub async fn wait_all(
         if pending.is_empty() {
             return Ok(());
         }
-        let (first, state) = &pending[0];
         step.update(format!(
-            "waiting for {} of {total} workloads: {} ({})",
-            pending.len(),
-            first.id(),
-            match state {
-                Readiness::Pending(m) | Readiness::Failed(m) => m.as_str(),
-                Readiness::Ready => "ready",
-            }
+            "waiting for {} of {total} workloads",
+            pending.len()
         ));
         if start.elapsed() > deadline {
             let details = describe_all(

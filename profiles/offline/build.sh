@@ -118,7 +118,7 @@ host_packages() {
 # Debian's source packages: add a deb-src entry when there is none, then refresh the lists
 enable_sources() {
   host_packages debian-archive-keyring
-  if ! apt-get indextargets --format '$(CREATED_BY)' | grep -qx Sources; then
+  if ! apt-get indextargets --format '$(CREATED_BY)' | grep >/dev/null -x Sources; then
     say "  adding /etc/apt/sources.list.d/sandbox-src.sources (deb-src for $SUITE)"
     root tee /etc/apt/sources.list.d/sandbox-src.sources >/dev/null <<EOF
 Types: deb-src
@@ -164,9 +164,9 @@ build_kube_binaries() {
   host_packages golang-go rsync gcc libc6-dev make dpkg-dev golang-github-modern-go-reflect2-dev
   scratch kube
   local w=$SCRATCH
-  if ! apt-cache showsrc kubernetes 2>/dev/null | grep -q "^Version: $KUBE_SRC_VERSION\$"; then enable_sources; fi
+  if ! apt-cache showsrc kubernetes 2>/dev/null | grep >/dev/null "^Version: $KUBE_SRC_VERSION\$"; then enable_sources; fi
   local v=$KUBE_SRC_VERSION
-  if ! apt-cache showsrc kubernetes | grep -q "^Version: $v\$"; then
+  if ! apt-cache showsrc kubernetes | grep >/dev/null "^Version: $v\$"; then
     v=$(apt-cache showsrc kubernetes | sed -n 's/^Version: \(1\.20\.5+really1\.20\.2-.*\)/\1/p' | head -n 1)
     [ -n "$v" ] || die "Debian has no kubernetes source package with upstream 1.20.2 (apt-cache showsrc kubernetes)"
     say "  kubernetes=$KUBE_SRC_VERSION is gone from the mirror; using $v (same upstream tarball)"
@@ -195,7 +195,7 @@ build_kube_binaries() {
   strip "$w/image/pause"
   printf 'FROM scratch\nCOPY . /\nLABEL %s=%s\n' "$LABEL" "$2" > "$w/image/Dockerfile"
   logged kube-image docker build -t "$1" "$w/image"
-  "$w/image/kube-apiserver" --version | grep -qx "Kubernetes $KUBE_VERSION" ||
+  "$w/image/kube-apiserver" --version | grep >/dev/null -x "Kubernetes $KUBE_VERSION" ||
     die "kube-apiserver reports $("$w/image/kube-apiserver" --version), not $KUBE_VERSION"
 }
 
@@ -244,7 +244,7 @@ build_node() {
     --change 'VOLUME ["/var/lib/containerd", "/var/lib/kubelet", "/var/lib/sandbox"]' \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin KUBECONFIG=/etc/kubernetes/admin.conf' \
     --change 'EXPOSE 6443'
-  docker run --rm --entrypoint /usr/local/bin/kubelet "$1" --version | grep -qx "Kubernetes $KUBE_VERSION" ||
+  docker run --rm --entrypoint /usr/local/bin/kubelet "$1" --version | grep >/dev/null -x "Kubernetes $KUBE_VERSION" ||
     die "$1: kubelet does not report $KUBE_VERSION"
 }
 
@@ -278,7 +278,7 @@ build_traefik() {
   cp /etc/ssl/certs/ca-certificates.crt "$w/image/etc/ssl/certs/"
   printf 'FROM scratch\nCOPY . /\nUSER 65534:65534\nENTRYPOINT ["/traefik"]\nLABEL %s=%s\n' "$LABEL" "$2" > "$w/image/Dockerfile"
   logged traefik-image docker build -t "$1" "$w/image"
-  docker run --rm "$1" version | grep -q "$TRAEFIK_VERSION" || die "$1 does not report version $TRAEFIK_VERSION"
+  docker run --rm "$1" version | grep >/dev/null "$TRAEFIK_VERSION" || die "$1 does not report version $TRAEFIK_VERSION"
 }
 
 build_maildev() {
@@ -291,7 +291,7 @@ build_maildev() {
   # differ): no install scripts, and refuse anything native
   (cd "$w/app" && logged maildev-npm npm install --omit=dev --no-audit --no-fund --ignore-scripts \
     --prefix "$w/app" "maildev@$MAILDEV_VERSION")
-  if find "$w/app/node_modules" -name '*.node' -o -name binding.gyp | grep -q .; then
+  if find "$w/app/node_modules" -name '*.node' -o -name binding.gyp | grep >/dev/null .; then
     die "maildev@$MAILDEV_VERSION pulled a native module; it would not run on the image's Node.js"
   fi
   export_image "${IMAGE[maildev-rootfs]}" "$w/stage"
