@@ -86,6 +86,9 @@ pub enum Error {
     /// The DNS server.
     #[error(transparent)]
     Dns(Box<crate::dns::DnsError>),
+    /// The CA or a certificate.
+    #[error(transparent)]
+    Tls(Box<crate::tls::TlsError>),
     /// `sandbox exec`'s command exited with this non-zero code (passed through, no message).
     #[error("the command exited with code {0}")]
     Exit(i32),
@@ -110,7 +113,8 @@ boxed_from!(
     Docker(DockerError),
     Node(NodeError),
     Image(ImageError),
-    Apply(ApplyError)
+    Apply(ApplyError),
+    Tls(crate::tls::TlsError)
 );
 
 impl Error {
@@ -122,9 +126,11 @@ impl Error {
             | Error::Profile(_)
             | Error::Manifest(_)
             | Error::Secret(_) => exit::USAGE,
-            Error::Cwd(_) | Error::Io { .. } | Error::Kubeconfig(_) | Error::Lock(_) => {
-                exit::FAILURE
-            }
+            Error::Cwd(_)
+            | Error::Io { .. }
+            | Error::Kubeconfig(_)
+            | Error::Lock(_)
+            | Error::Tls(_) => exit::FAILURE,
             Error::Docker(_) => exit::DOCKER,
             Error::Node(e) => match **e {
                 NodeError::Docker(_) => exit::DOCKER,

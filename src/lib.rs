@@ -6,13 +6,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod addons;
 pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod dns;
+pub mod dns_daemon;
 pub mod docker;
 pub mod error;
 pub mod images;
+pub mod ingress;
 pub mod kubeconfig;
 pub mod lock;
 pub mod manifests;

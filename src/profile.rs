@@ -160,6 +160,7 @@ mod tests {
             assert!(p.node.data_path.starts_with('/'));
             assert_eq!(p.node.image_import.last().map(String::as_str), Some("-"));
             assert!(p.addons.contains_key("maildev"), "{name}: maildev add-on");
+            assert!(p.addons.contains_key("ingress"), "{name}: ingress add-on");
         }
     }
 

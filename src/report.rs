@@ -164,7 +164,8 @@ impl Step {
             Some(index) if items[index].state == state => return,
             Some(index) => index,
             None => {
-                let shown: Vec<&ProgressBar> = items.iter().filter_map(|i| i.bar.as_ref()).collect();
+                let shown: Vec<&ProgressBar> =
+                    items.iter().filter_map(|i| i.bar.as_ref()).collect();
                 let bar = match (&self.bar, shown.len() < SHOWN_ITEMS) {
                     (Some(parent), true) => {
                         let after = shown.last().copied().unwrap_or(parent);
@@ -275,7 +276,10 @@ mod tests {
         step.item("job/setup", "running");
         let keys = |step: &Step| -> Vec<(String, String)> {
             let items = step.items.lock().unwrap();
-            items.iter().map(|i| (i.key.clone(), i.state.clone())).collect()
+            items
+                .iter()
+                .map(|i| (i.key.clone(), i.state.clone()))
+                .collect()
         };
         assert_eq!(
             keys(&step),

@@ -30,7 +30,7 @@ pub async fn run(ctx: &Context, _args: ApplyArgs) -> Result<(), Error> {
         &ctx.reporter,
     )
     .await?;
-    let docs = super::up::load_manifests(&config, &node, &built)?;
+    let docs = super::up::project_documents(ctx, &config, &node, &built).await?;
     let (applied, pruned) = super::up::apply(ctx, &config, &node, &docs).await?;
     super::up::wait_ready(ctx, &config, &node, &applied).await?;
     let changed = applied.iter().filter(|a| a.changed).count();

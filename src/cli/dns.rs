@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// `sandbox.test=127.0.0.1` answers every name under sandbox.test.
     #[arg(long = "domain", value_parser = parse_domain)]
     pub domains: Vec<(String, IpAddr)>,
+    /// Record the pid and address for `up`, `down` and `status` (how `up` runs it in the
+    /// background); the record is removed on exit.
+    #[arg(long, hide = true)]
+    pub record: bool,
 }
 
 fn parse_domain(text: &str) -> Result<(String, IpAddr), String> {
@@ -65,11 +69,37 @@ pub async fn run(ctx: &Context, args: DnsArgs) -> Result<(), Error> {
                     .collect::<String>(),
                 serve.listen
             ));
-            dns::run_foreground(serve.listen, zones)
+            if !serve.record {
+                return dns::run_foreground(serve.listen, zones)
+                    .await
+                    .map_err(|e| Error::Dns(Box::new(e)));
+            }
+            let server = dns::DnsServer::bind(serve.listen, zones)
                 .await
-                .map_err(|e| Error::Dns(Box::new(e)))
+                .map_err(|e| Error::Dns(Box::new(e)))?;
+            crate::dns_daemon::write_record(server.local_addr())
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            let served = server.run_until(stop_signal()).await;
+            crate::dns_daemon::remove_own_record();
+            served.map_err(|e| Error::Dns(Box::new(e)))
         }
     }
+}
+
+/// Resolves on SIGINT or SIGTERM (how `down` stops the background server).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]

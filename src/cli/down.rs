@@ -27,6 +27,15 @@ pub async fn run(ctx: &Context, args: DownArgs) -> Result<(), Error> {
     let step = ctx.reporter.step(format!("removing sandbox {sandbox}"));
     let removed = node::remove(&engine, &sandbox, args.purge).await?;
     step.done(format!("removed sandbox {sandbox}"));
+    // the DNS server is shared: the last sandbox's down stops it
+    let dns_stopped = match engine.list_nodes(None).await {
+        Ok(nodes) if nodes.is_empty() => crate::dns_daemon::stop().await.is_some(),
+        _ => false,
+    };
+    if dns_stopped {
+        ctx.reporter
+            .info("stopped the DNS server (no sandbox is left)");
+    }
     let nothing = removed.containers.is_empty()
         && removed.networks.is_empty()
         && removed.volumes.is_empty()
@@ -54,6 +63,7 @@ pub async fn run(ctx: &Context, args: DownArgs) -> Result<(), Error> {
             "sandbox": sandbox,
             "purged": args.purge,
             "removed": removed,
+            "dnsStopped": dns_stopped,
         }),
         &text,
     );

@@ -106,7 +106,13 @@ async fn api_health(
     if node::api_ready(&client).await.is_err() {
         return ("not-ready".to_string(), Vec::new());
     }
-    let selector = format!("{}={}", crate::apply::OWNER_LABEL, info.sandbox);
+    let selector = format!(
+        "{}={},{}!={}",
+        crate::apply::OWNER_LABEL,
+        info.sandbox,
+        crate::plan::LABEL_ROLE,
+        crate::addons::ROLE
+    );
     let environments = crate::apply::namespace_names(&client, Some(&selector)).await;
     ("ready".to_string(), environments)
 }

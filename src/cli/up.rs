@@ -54,6 +54,8 @@ pub struct Outcome {
     pub pruned: Vec<InventoryEntry>,
     /// What the laptop can open.
     pub urls: Vec<Url>,
+    /// Where the background DNS server answers (`None` when it could not start).
+    pub dns: Option<std::net::SocketAddr>,
     /// Wall time.
     pub seconds: f64,
 }
@@ -78,7 +80,8 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
             .map_err(Error::from),
     )?;
     let kubeconfig = install_context(&node)?;
-    let requests = images::load_requests(&built);
+    let mut requests = images::load_requests(&built);
+    requests.extend(addon_load_requests(&engine, &node).await?);
     let loaded = images::load(
         &engine,
         &node.info.name,
@@ -87,9 +90,12 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
         &ctx.reporter,
     )
     .await?;
-    let docs = load_manifests(config, &node, &built)?;
+    let addons = apply_addons(ctx, config, &node).await?;
+    let docs = project_documents(ctx, config, &node, &built).await?;
     let (applied, pruned) = apply(ctx, config, &node, &docs).await?;
-    wait_ready(ctx, config, &node, &applied).await?;
+    let waited: Vec<Applied> = addons.iter().chain(&applied).cloned().collect();
+    wait_ready(ctx, config, &node, &waited).await?;
+    let dns = start_dns(ctx).await;
     let urls = urls::collect(
         &node.client,
         config.environment.as_deref(),
@@ -107,6 +113,7 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
         applied,
         pruned,
         urls,
+        dns,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -170,6 +177,105 @@ pub(crate) fn load_manifests(
     for doc in &mut docs {
         manifests::rewrite_images(&mut doc.object, &rewrite);
     }
+    Ok(docs)
+}
+
+/// Ensures the user's background DNS server answers; a failure is a warning (the names
+/// still resolve wherever nip.io is reachable).
+async fn start_dns(ctx: &Context) -> Option<std::net::SocketAddr> {
+    match crate::dns_daemon::ensure().await {
+        Ok((record, started)) => {
+            if started {
+                ctx.reporter.info(format!(
+                    "started the DNS server on {} (pid {})",
+                    record.address, record.pid
+                ));
+            }
+            Some(record.address)
+        }
+        Err(e) => {
+            ctx.reporter.warn(format!("{e}"));
+            None
+        }
+    }
+}
+
+/// The add-on images the local engine holds (the offline profile builds them); the node
+/// pulls the others itself.
+async fn addon_load_requests(
+    engine: &Engine,
+    node: &Node,
+) -> Result<Vec<images::LoadRequest>, Error> {
+    let mut requests = Vec::new();
+    for reference in crate::addons::images(&node.profile) {
+        if let Some(id) = engine.image_id(&reference).await? {
+            requests.push(images::LoadRequest { reference, id });
+        }
+    }
+    Ok(requests)
+}
+
+/// Applies the add-ons (the ingress controller) under their own inventory; returns what
+/// was applied, to be waited on with the project's objects.
+async fn apply_addons(
+    ctx: &Context,
+    config: &SandboxConfig,
+    node: &Node,
+) -> Result<Vec<Applied>, Error> {
+    let builtins = builtins(config, node.ports.http, node.ports.https);
+    let docs = crate::addons::documents(&node.profile, &builtins)?;
+    let step = ctx
+        .reporter
+        .step("applying the add-ons (ingress controller)");
+    let mut applier = Applier::new(node.client.clone(), &config.name, crate::addons::NAMESPACE);
+    let applied = applier.apply_all(&docs).await?;
+    applier.prune(&applied).await?;
+    let changed = applied.iter().filter(|a| a.changed).count();
+    step.done(format!("add-ons applied ({changed} changed)"));
+    Ok(applied)
+}
+
+/// The project's documents as applied: its manifests and secrets, plus a TLS Secret for
+/// every Ingress under the sandbox domain and the CA's ConfigMap.
+pub(crate) async fn project_documents(
+    ctx: &Context,
+    config: &SandboxConfig,
+    node: &Node,
+    built: &[BuiltImage],
+) -> Result<Vec<Document>, Error> {
+    let mut docs = load_manifests(config, node, built)?;
+    if config.source.is_none() {
+        return Ok(docs);
+    }
+    let ca = crate::tls::Ca::load_or_create(&crate::tls::default_dir(), &[])?;
+    if let crate::tls::CaOrigin::Created = ca.origin() {
+        ctx.reporter.info(format!(
+            "created the sandbox CA {} (sandbox trust installs it)",
+            ca.cert_path().display()
+        ));
+    }
+    let planned = crate::ingress::plan(&mut docs, &domain(config), &config.namespace);
+    let issued =
+        crate::ingress::issue(&node.client, &ca, &planned, crate::apply::OWNER_LABEL).await?;
+    for (secret, what, doc) in issued {
+        match what {
+            crate::ingress::Issued::New => ctx.reporter.info(format!(
+                "issued a certificate for {} (Secret {}/{})",
+                secret.hosts.iter().cloned().collect::<Vec<_>>().join(", "),
+                secret.namespace,
+                secret.name
+            )),
+            crate::ingress::Issued::Users => ctx.reporter.info(format!(
+                "Secret {}/{} exists and is not sandbox's: {} keep it",
+                secret.namespace,
+                secret.name,
+                secret.ingresses.join(", ")
+            )),
+            crate::ingress::Issued::Kept => {}
+        }
+        docs.extend(doc);
+    }
+    docs.push(crate::ingress::ca_configmap(ca.ca_pem(), &config.namespace));
     Ok(docs)
 }
 
@@ -259,6 +365,7 @@ impl Outcome {
             "objects": objects_json(&self.applied),
             "pruned": pruned_json(&self.pruned),
             "urls": self.urls,
+            "dns": self.dns.map(|a| json!({"address": a.to_string()})),
             "elapsedSeconds": (self.seconds * 10.0).round() / 10.0,
         })
     }
@@ -296,6 +403,11 @@ impl Outcome {
             out.push_str(&format!(
                 "  objects       {} applied, {changed} changed\n",
                 self.applied.len()
+            ));
+        }
+        if let Some(dns) = self.dns {
+            out.push_str(&format!(
+                "  DNS           {dns} answers *.nip.io, *.sslip.io (sandbox dns setup hooks it into the OS)\n"
             ));
         }
         let urls = &self.urls;

@@ -6,6 +6,7 @@ mod broken;
 mod environments;
 mod hello;
 mod images;
+mod ingress;
 mod lifecycle;
 mod persistence;
 mod prune;

@@ -142,6 +142,15 @@ impl TestSandbox {
     /// Removes every Docker object of this sandbox, whatever state it is in.
     pub fn teardown(&self) {
         let _ = self.command(&["down", "--purge"]).output();
+        // the test's own DNS server (its state dir is private): `down` stops it only when
+        // no sandbox at all is left on the engine
+        let record = self.dir.path().join("state/sandbox/dns.json");
+        if let Ok(text) = std::fs::read_to_string(&record) {
+            let record: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if let Some(pid) = record["pid"].as_u64() {
+                let _ = Command::new("kill").arg(pid.to_string()).output();
+            }
+        }
         let label = format!("label=dev.sandbox/sandbox={}", self.name);
         for (kind, list) in [
             ("container", vec!["ps", "-aq", "--filter", &label]),

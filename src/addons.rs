@@ -1,0 +1,105 @@
+//! Add-ons sandbox runs in every cluster, whatever the profile: the ingress controller
+//! (Traefik). Their manifests are embedded and rendered with the node's ports and the
+//! profile's images, then applied and waited on like the project's, under an inventory of
+//! their own in [`NAMESPACE`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::manifests::{self, Builtins, Document, ManifestError};
+use crate::profile::Profile;
+
+/// The namespace of the add-ons (and of their inventory).
+pub const NAMESPACE: &str = "sandbox-system";
+/// Label value of `dev.sandbox/role` on the add-ons' namespace, so that it is not taken for
+/// a project environment.
+pub const ROLE: &str = "addons";
+
+/// The embedded add-on manifests, by name.
+const MANIFESTS: &[(&str, &str)] = &[("ingress", include_str!("../profiles/addons/ingress.yaml"))];
+
+/// The add-on documents for `profile`, rendered with `builtins`.
+pub fn documents(profile: &Profile, builtins: &Builtins) -> Result<Vec<Document>, ManifestError> {
+    let mut vars = manifests::variables(builtins, &BTreeMap::new());
+    for (role, image) in &profile.addons {
+        vars.insert(
+            format!("SANDBOX_{}_IMAGE", role.to_uppercase()),
+            image.clone(),
+        );
+    }
+    let mut docs = Vec::new();
+    for (name, text) in MANIFESTS {
+        let path = Path::new("(built-in add-on)").join(format!("{name}.yaml"));
+        let text = manifests::substitute(text, &vars, &path)?;
+        docs.extend(manifests::parse(&text, &path)?);
+    }
+    Ok(docs)
+}
+
+/// The images the add-ons run: loaded from the local engine when it holds them (the
+/// offline profile builds them), pulled by the node otherwise.
+pub fn images(profile: &Profile) -> Vec<String> {
+    let used = ["ingress"];
+    used.iter()
+        .filter_map(|role| profile.addons.get(*role).cloned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builtins(https_port: u16) -> Builtins {
+        Builtins {
+            name: "demo".into(),
+            namespace: "default".into(),
+            domain: "127.0.0.1.nip.io".into(),
+            ip: "127.0.0.1".into(),
+            http_port: 80,
+            https_port,
+        }
+    }
+
+    fn container(docs: &[Document]) -> &serde_json::Value {
+        let deployment = docs
+            .iter()
+            .find(|d| d.kind() == "Deployment")
+            .expect("a Deployment");
+        &deployment.object["spec"]["template"]["spec"]["containers"][0]
+    }
+
+    #[test]
+    fn every_profile_renders_its_ingress_controller() {
+        for name in ["k3s", "offline"] {
+            let profile = Profile::named(name).unwrap();
+            let docs = documents(&profile, &builtins(443)).unwrap();
+            assert_eq!(container(&docs)["image"], profile.addons["ingress"]);
+            assert!(docs
+                .iter()
+                .all(|d| d.namespace().is_none_or(|ns| ns == NAMESPACE)));
+            let ns = docs.iter().find(|d| d.kind() == "Namespace").unwrap();
+            assert_eq!(ns.name(), NAMESPACE);
+            assert_eq!(ns.object["metadata"]["labels"]["dev.sandbox/role"], ROLE);
+            assert_eq!(images(&profile), [profile.addons["ingress"].clone()]);
+        }
+    }
+
+    #[test]
+    fn http_redirects_to_the_laptops_https_port() {
+        let profile = Profile::named("offline").unwrap();
+        let docs = documents(&profile, &builtins(8443)).unwrap();
+        let args: Vec<&str> = container(&docs)["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        assert!(
+            args.contains(&"--entrypoints.web.http.redirections.entrypoint.to=:8443"),
+            "{args:?}"
+        );
+        let ports = &container(&docs)["ports"];
+        assert_eq!(ports[0]["hostPort"], 80);
+        assert_eq!(ports[1]["hostPort"], 443);
+    }
+}
