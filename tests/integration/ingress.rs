@@ -214,10 +214,9 @@ fn chromium_loads(url: &str, host: &str, ca: &Path, https_port: u16) {
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
     std::fs::create_dir_all(&out_dir).unwrap();
     let shot = out_dir.join("hello-ingress.png");
-    let chrome = |extra: &[&str]| {
-        let profile = home.path().join("profile");
+    let chrome = |home: &Path, extra: &[&str]| {
         let mut cmd = Command::new(chromium);
-        cmd.env("HOME", home.path())
+        cmd.env("HOME", home)
             .args([
                 "--headless",
                 "--no-sandbox",
@@ -229,21 +228,31 @@ fn chromium_loads(url: &str, host: &str, ca: &Path, https_port: u16) {
                 "--disable-sync",
                 "--window-size=1024,640",
             ])
-            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!(
+                "--user-data-dir={}",
+                home.join("profile").display()
+            ))
             // the browser cannot be pointed at a DNS server on a port: map the one name
             .arg(format!("--host-resolver-rules=MAP {host} 127.0.0.1"))
             .args(extra)
             .arg(url);
         cmd.output().unwrap()
     };
-    let dom = chrome(&["--dump-dom"]);
+    let dom = chrome(home.path(), &["--dump-dom"]);
     assert_success(&dom, "chromium --dump-dom");
     let dom = String::from_utf8_lossy(&dom.stdout);
     assert!(
         dom.contains("hello over https"),
         "Chromium did not render the page over https (port {https_port}); certificate error?\n{dom:.2000}"
     );
-    let screenshot = chrome(&[&format!("--screenshot={}", shot.display())]);
+    // the control: the same browser without the CA does not render the page
+    let bare_home = tempfile::tempdir().unwrap();
+    let bare = chrome(bare_home.path(), &["--dump-dom"]);
+    assert!(
+        !String::from_utf8_lossy(&bare.stdout).contains("hello over https"),
+        "Chromium rendered the page without trusting the sandbox CA"
+    );
+    let screenshot = chrome(home.path(), &[&format!("--screenshot={}", shot.display())]);
     assert_success(&screenshot, "chromium --screenshot");
     assert!(
         std::fs::metadata(&shot).is_ok_and(|m| m.len() > 0),
