@@ -203,6 +203,48 @@ pub fn pod_problems(pod: &Pod) -> Vec<String> {
     out
 }
 
+/// How long a container that has restarted must stay up before its workload counts as
+/// ready: a crash-looping container is Ready for a moment after each restart, and its
+/// Deployment may report it available then.
+pub const STEADY: Duration = Duration::from_secs(10);
+
+/// Why a pod's containers do not look steady at `now`: one that has exited with an error
+/// or is waiting to restart, or one that restarted less than [`STEADY`] ago. `None` for a
+/// pod being deleted (a rollout's old pods).
+pub fn unsteady(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Option<String> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    for cs in pod
+        .status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+    {
+        let state = cs.state.as_ref();
+        let crashed = state.is_some_and(|s| {
+            s.terminated.as_ref().is_some_and(|t| t.exit_code != 0)
+                || s.waiting
+                    .as_ref()
+                    .is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff"))
+        });
+        if crashed {
+            return Some(format!("pod {name}: container {} is crashing", cs.name));
+        }
+        let fresh = state
+            .and_then(|s| s.running.as_ref())
+            .and_then(|r| r.started_at.as_ref())
+            .is_some_and(|t| now.duration_since(t.0).as_secs() < STEADY.as_secs() as i64);
+        if cs.restart_count > 0 && fresh {
+            return Some(format!(
+                "pod {name}: container {} restarted {} times; checking that it stays up",
+                cs.name, cs.restart_count
+            ));
+        }
+    }
+    None
+}
+
 /// Waits until every applied workload is ready, failing fast on failed ones, under
 /// `deadline`.
 pub async fn wait_all(
@@ -325,6 +367,16 @@ async fn check(client: &kube::Client, a: &Applied) -> Readiness {
         Err(e) => return cannot(e),
     };
     let state = judge(&object).unwrap_or(Readiness::Ready);
+    if state == Readiness::Ready
+        && matches!(
+            a.resource.kind.as_str(),
+            "Deployment" | "StatefulSet" | "DaemonSet"
+        )
+    {
+        if let Some(why) = pods_unsteady(client, a).await {
+            return Readiness::Pending(why);
+        }
+    }
     if a.resource.kind == "PersistentVolumeClaim"
         && matches!(state, Readiness::Pending(_))
         && binds_late(client, &object).await
@@ -333,6 +385,19 @@ async fn check(client: &kube::Client, a: &Applied) -> Readiness {
         return Readiness::Ready;
     }
     state
+}
+
+/// The first reason a workload's pods are not steady (see [`unsteady`]).
+async fn pods_unsteady(client: &kube::Client, a: &Applied) -> Option<String> {
+    let ns = a.namespace.as_deref()?;
+    let selector = pod_selector(&a.resource.kind, &a.object, &a.name)?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .ok()?;
+    let now = k8s_openapi::jiff::Timestamp::now();
+    list.items.iter().find_map(|p| unsteady(p, now))
 }
 
 /// Whether a claim's StorageClass binds only when a pod uses it.
@@ -611,5 +676,44 @@ mod tests {
             pod_problems(&unready),
             vec!["container web: running but not ready".to_string()]
         );
+    }
+}
+
+#[cfg(test)]
+mod steady_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "web-1"}, "status": status})).unwrap()
+    }
+
+    #[test]
+    fn crashing_and_freshly_restarted_containers_are_not_steady() {
+        let now: k8s_openapi::jiff::Timestamp = "2026-11-25T12:00:00Z".parse().unwrap();
+        let exited = pod(
+            json!({"containerStatuses": [{"name": "app", "ready": false, "restartCount": 0,
+            "image": "i", "imageID": "", "state": {"terminated": {"exitCode": 1}}}]}),
+        );
+        assert!(unsteady(&exited, now)
+            .unwrap()
+            .contains("container app is crashing"));
+        let backoff = pod(
+            json!({"containerStatuses": [{"name": "app", "ready": false, "restartCount": 2,
+            "image": "i", "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}),
+        );
+        assert!(unsteady(&backoff, now).is_some());
+        let running = |started: &str, restarts: i32| {
+            pod(
+                json!({"containerStatuses": [{"name": "app", "ready": true, "restartCount": restarts,
+                "image": "i", "imageID": "", "state": {"running": {"startedAt": started}}}]}),
+            )
+        };
+        // restarted 3 s ago: not yet; 30 s ago: steady; never restarted: steady at once
+        assert!(unsteady(&running("2026-11-25T11:59:57Z", 1), now)
+            .unwrap()
+            .contains("restarted 1 times"));
+        assert_eq!(unsteady(&running("2026-11-25T11:59:30Z", 1), now), None);
+        assert_eq!(unsteady(&running("2026-11-25T11:59:59Z", 0), now), None);
     }
 }
