@@ -38,7 +38,7 @@ command -v apt-get >/dev/null || die "this installer supports Debian and Ubuntu 
 PACKAGES=(gcc libc6-dev pkg-config make curl ca-certificates git)
 # Docker from the distribution, unless an engine (Docker CE, say) is installed already
 if ! dpkg -s docker.io >/dev/null 2>&1 && ! command -v dockerd >/dev/null; then PACKAGES+=(docker.io); fi
-# the tests' peers: Chromium and NSS's certutil (HTTPS in a real browser)
+# the tests' peers: Chromium and NSS's certutil (HTTPS in a real browser, `sandbox trust`)
 if $FOR_TESTS; then PACKAGES+=(chromium libnss3-tools); fi
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

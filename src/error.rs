@@ -89,6 +89,9 @@ pub enum Error {
     /// The CA or a certificate.
     #[error(transparent)]
     Tls(Box<crate::tls::TlsError>),
+    /// Trusting the CA.
+    #[error(transparent)]
+    Trust(Box<crate::trust::TrustError>),
     /// `sandbox exec`'s command exited with this non-zero code (passed through, no message).
     #[error("the command exited with code {0}")]
     Exit(i32),
@@ -114,7 +117,8 @@ boxed_from!(
     Node(NodeError),
     Image(ImageError),
     Apply(ApplyError),
-    Tls(crate::tls::TlsError)
+    Tls(crate::tls::TlsError),
+    Trust(crate::trust::TrustError)
 );
 
 impl Error {
@@ -150,7 +154,7 @@ impl Error {
             Error::Apply(_) => exit::APPLY,
             Error::Wait(_) => exit::NOT_READY,
             Error::NotFound(_) => exit::NOT_FOUND,
-            Error::Kube(_) | Error::Dns(_) => exit::FAILURE,
+            Error::Kube(_) | Error::Dns(_) | Error::Trust(_) => exit::FAILURE,
             Error::Exit(code) => *code,
         }
     }
@@ -185,6 +189,7 @@ impl Error {
                  raise `timeouts.ready` if it is only slow"
                     .into(),
             ),
+            Error::Trust(e) => e.hint(),
             _ => None,
         }
     }

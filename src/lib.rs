@@ -26,5 +26,6 @@ pub mod profile;
 pub mod report;
 pub mod secrets;
 pub mod tls;
+pub mod trust;
 pub mod urls;
 pub mod wait;

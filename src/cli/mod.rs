@@ -10,6 +10,7 @@ pub mod kubeconfig;
 pub mod load;
 pub mod logs;
 pub mod status;
+pub mod trust;
 pub mod up;
 pub mod urls;
 
@@ -98,6 +99,8 @@ pub enum Command {
     Man,
     /// Print the sandbox's kubeconfig (for KUBECONFIG=...).
     Kubeconfig(kubeconfig::KubeconfigArgs),
+    /// Trust the sandbox CA: install (default), uninstall, or print exports for tools.
+    Trust(trust::TrustArgs),
 }
 
 /// Everything a command needs from the global options.
@@ -187,6 +190,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Man => completions::man(),
         Command::Exec(args) => exec::run(&ctx, args).await,
         Command::Kubeconfig(args) => kubeconfig::run(&ctx, args).await,
+        Command::Trust(args) => trust::run(&ctx, args).await,
     }
 }
 
