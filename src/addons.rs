@@ -17,6 +17,12 @@ pub const ROLE: &str = "addons";
 
 /// The embedded add-on manifests, by name.
 const MANIFESTS: &[(&str, &str)] = &[("ingress", include_str!("../profiles/addons/ingress.yaml"))];
+/// For profiles with cluster DNS: the sandbox's names resolve, inside the cluster, to the
+/// ingress controller.
+const CLUSTER_DNS: (&str, &str) = (
+    "coredns-custom",
+    include_str!("../profiles/addons/coredns-custom.yaml"),
+);
 
 /// The add-on documents for `profile`, rendered with `builtins`.
 pub fn documents(profile: &Profile, builtins: &Builtins) -> Result<Vec<Document>, ManifestError> {
@@ -28,7 +34,8 @@ pub fn documents(profile: &Profile, builtins: &Builtins) -> Result<Vec<Document>
         );
     }
     let mut docs = Vec::new();
-    for (name, text) in MANIFESTS {
+    let dns = profile.provides.cluster_dns.then_some(&CLUSTER_DNS);
+    for (name, text) in MANIFESTS.iter().chain(dns) {
         let path = Path::new("(built-in add-on)").join(format!("{name}.yaml"));
         let text = manifests::substitute(text, &vars, &path)?;
         docs.extend(manifests::parse(&text, &path)?);
@@ -76,7 +83,18 @@ mod tests {
             assert_eq!(container(&docs)["image"], profile.addons["ingress"]);
             assert!(docs
                 .iter()
+                .filter(|d| d.name() != "coredns-custom")
                 .all(|d| d.namespace().is_none_or(|ns| ns == NAMESPACE)));
+            let custom = docs.iter().find(|d| d.name() == "coredns-custom");
+            assert_eq!(custom.is_some(), profile.provides.cluster_dns, "{name}");
+            if let Some(custom) = custom {
+                assert_eq!(custom.namespace(), Some("kube-system"));
+                let block = custom.object["data"]["sandbox.override"].as_str().unwrap();
+                assert!(
+                    block.contains("traefik.sandbox-system.svc.cluster.local."),
+                    "{block}"
+                );
+            }
             let ns = docs.iter().find(|d| d.kind() == "Namespace").unwrap();
             assert_eq!(ns.name(), NAMESPACE);
             assert_eq!(ns.object["metadata"]["labels"]["dev.sandbox/role"], ROLE);
