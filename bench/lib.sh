@@ -34,17 +34,29 @@ row() {
     "$1" "$2" "$3" "$4" "$ratio" "$5" >> "$JSON"
 }
 
-# table_start FILE_STEM TITLE
+# row_in UNIT NAME SANDBOX_VALUE PEER_NAME PEER_VALUE TARGET: like `row`, for figures that are
+# not times (values printed as given, followed by UNIT); the ratio is still sandbox over peer
+row_in() {
+  local ratio
+  ratio=$(awk -v a="$3" -v b="$5" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
+  printf '| %s | %s %s | %s | %s %s | %sx | %s |\n' "$2" "$3" "$1" "$4" "$5" "$1" "$ratio" "$6" >> "$TABLE"
+  printf '{"figure":"%s","unit":"%s","sandbox":%s,"peer":"%s","peer_value":%s,"ratio":%s,"target":"%s"}\n' \
+    "$2" "$1" "$3" "$4" "$5" "$ratio" "$6" >> "$JSON"
+}
+
+# table_start FILE_STEM TITLE [ENVIRONMENT [PEER_COLUMN]]: ENVIRONMENT replaces the Docker
+# version in the caption line, PEER_COLUMN the "peer time" heading
 table_start() {
   TABLE=$RESULTS/$1.md
   JSON=$RESULTS/$1.jsonl
   : > "$JSON"
+  local env=${3:-Docker $(docker version --format '{{.Server.Version}}')}
   {
     echo "## $2"
     echo
-    echo "$(date -u +%Y-%m-%d), $(nproc) cores, $(uname -r), Docker $(docker version --format '{{.Server.Version}}'), median of $REPS"
+    echo "$(date -u +%Y-%m-%d), $(nproc) cores, $(uname -r), $env, median of $REPS"
     echo
-    echo "| figure | sandbox | peer | peer time | ratio | target |"
+    echo "| figure | sandbox | peer | ${4:-peer time} | ratio | target |"
     echo "|---|---|---|---|---|---|"
   } > "$TABLE"
 }

@@ -194,37 +194,21 @@ pub async fn run(ctx: &Context, args: DnsArgs) -> Result<(), Error> {
                     .collect::<String>(),
                 serve.listen
             ));
-            if !serve.record {
-                return dns::run_foreground(serve.listen, zones)
-                    .await
-                    .map_err(|e| Error::Dns(Box::new(e)));
+            let record = serve.record;
+            let served = dns::run_foreground(serve.listen, zones, move |addr| {
+                if record {
+                    if let Err(e) = crate::dns_daemon::write_record(addr) {
+                        eprintln!("{e}");
+                    }
+                }
+            })
+            .await;
+            if record {
+                crate::dns_daemon::remove_own_record();
             }
-            let server = dns::DnsServer::bind(serve.listen, zones)
-                .await
-                .map_err(|e| Error::Dns(Box::new(e)))?;
-            crate::dns_daemon::write_record(server.local_addr())
-                .map_err(|e| Error::Usage(e.to_string()))?;
-            let served = server.run_until(stop_signal()).await;
-            crate::dns_daemon::remove_own_record();
             served.map_err(|e| Error::Dns(Box::new(e)))
         }
     }
-}
-
-/// Resolves on SIGINT or SIGTERM (how `down` stops the background server).
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]
