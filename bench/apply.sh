@@ -52,12 +52,13 @@ table_start apply "Manifests (300 objects)"
 
 # each repetition starts from an empty namespace of its own
 run=0
-prepare() {
+GEN=gen
+fresh_namespaces() {
   run=$((run + 1))
   NS_S=sb-$run; NS_K=kc-$run
   mkdir -p "$WORKDIR/$NS_S"
-  gen "$NS_S" > "$WORKDIR/$NS_S/all.yaml"
-  gen "$NS_K" > "$WORKDIR/$NS_K.yaml"
+  "$GEN" "$NS_S" > "$WORKDIR/$NS_S/all.yaml"
+  "$GEN" "$NS_K" > "$WORKDIR/$NS_K.yaml"
   printf 'apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nnamespace: %s\nmanifests: [all.yaml]\n' "$NS_S" > "$WORKDIR/$NS_S/sandbox.yaml"
   kubectl --context "$CTX" create namespace "$NS_K" >/dev/null
 }
@@ -72,16 +73,15 @@ times_s=(); times_k=()
 time_sandbox() { local s e; s=$(date +%s.%N); sandbox_apply; e=$(date +%s.%N); times_s+=("$(echo "$e - $s" | bc)"); }
 time_kubectl() { local s e; s=$(date +%s.%N); kubectl_apply; e=$(date +%s.%N); times_k+=("$(echo "$e - $s" | bc)"); }
 for rep in $(seq "$REPS"); do
-  prepare
+  fresh_namespaces
   if [ $((rep % 2)) = 1 ]; then time_sandbox; time_kubectl; else time_kubectl; time_sandbox; fi
   kubectl --context "$CTX" delete namespace "$NS_S" "$NS_K" --timeout=300s >/dev/null
 done
 row "apply 300 objects and wait" "$(median "${times_s[@]}")" "kubectl apply --server-side + rollout status" "$(median "${times_k[@]}")" "<= 0.5x"
 
 # no-change re-apply of the last set, both tools
-prepare
+fresh_namespaces
 sandbox_apply >/dev/null; kubectl_apply
-unset -f prepare
 again_s=$(median_of sandbox_apply)
 again_k=$(median_of kubectl_apply)
 row "re-apply 300 objects, no change" "$again_s" "kubectl apply --server-side + rollout status" "$again_k" "< 1 s"
@@ -90,19 +90,11 @@ row "re-apply 300 objects, no change" "$again_s" "kubectl apply --server-side + 
 # that the node's pod start-up, which both tools wait for alike, is out of the figure
 gen_plain() { gen "$1" | awk '/^---$/ {n++} n <= 280' ; for i in $(seq 251 270); do printf -- '---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm-%s, namespace: %s}\ndata: {key: "value %s"}\n' "$i" "$1" "$i"; done; }
 run=100
-prepare() {
-  run=$((run + 1))
-  NS_S=sb-$run; NS_K=kc-$run
-  mkdir -p "$WORKDIR/$NS_S"
-  gen_plain "$NS_S" > "$WORKDIR/$NS_S/all.yaml"
-  gen_plain "$NS_K" > "$WORKDIR/$NS_K.yaml"
-  printf 'apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nnamespace: %s\nmanifests: [all.yaml]\n' "$NS_S" > "$WORKDIR/$NS_S/sandbox.yaml"
-  kubectl --context "$CTX" create namespace "$NS_K" >/dev/null
-}
+GEN=gen_plain
 kubectl_plain() { kubectl --context "$CTX" apply --server-side -f "$WORKDIR/$NS_K.yaml" >/dev/null; }
 times_s=(); times_k=()
 for _ in $(seq "$REPS"); do
-  prepare
+  fresh_namespaces
   s=$(date +%s.%N); sandbox_apply; e=$(date +%s.%N); times_s+=("$(echo "$e - $s" | bc)")
   s=$(date +%s.%N); kubectl_plain; e=$(date +%s.%N); times_k+=("$(echo "$e - $s" | bc)")
 done

@@ -45,13 +45,7 @@ fn hello_fixture_answers_and_second_up_changes_nothing() {
     assert_eq!(again["node"]["created"], false);
     assert_eq!(again["images"][0]["reference"], reference.as_str());
     assert_eq!(again["images"][0]["loaded"], false);
-    let changed: Vec<_> = again["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|o| o["changed"] == true)
-        .collect();
-    assert!(changed.is_empty(), "second up changed {changed:?}");
+    crate::support::assert_nothing_changed(&again, "the second up");
 
     // exec: the command sees the sandbox's URLs and kubeconfig; its exit code is passed through
     let ok = sb.run(&[

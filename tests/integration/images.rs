@@ -144,13 +144,7 @@ fn changed_image_rolls_only_its_deployment_and_no_change_does_nothing() {
         );
         assert_eq!(image(&third, name)["loaded"], false);
     }
-    let changed: Vec<_> = third["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|o| o["changed"] == true)
-        .collect();
-    assert!(changed.is_empty(), "{changed:?}");
+    crate::support::assert_nothing_changed(&third, "the third up");
     assert_eq!((rollout(&sb, "web"), node_images(&sb)), before);
 
     // `sandbox load` of an image the node holds loads nothing

@@ -62,6 +62,11 @@ fn https_get(addr: SocketAddr, host: &str, ca_pem: &[u8]) -> Result<(u16, String
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
         Err(e) => return Err(e.to_string()),
     }
+    with_status(response)
+}
+
+/// (status, whole response) of a raw HTTP response.
+fn with_status(response: String) -> Result<(u16, String), String> {
     let status = response
         .split_whitespace()
         .nth(1)
@@ -79,12 +84,7 @@ fn http_get(addr: SocketAddr, host: &str) -> Result<(u16, String), String> {
     let mut response = String::new();
     tcp.read_to_string(&mut response)
         .map_err(|e| e.to_string())?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad response: {response:.80}"))?;
-    Ok((status, response))
+    with_status(response)
 }
 
 #[test]
@@ -162,13 +162,7 @@ fn hello_ingress_is_served_over_trusted_https_by_name() {
 
     // a second up keeps the certificate: nothing changes
     let again = sb.run_json(&["up", "-f", &file]);
-    let changed: Vec<_> = again["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|o| o["changed"] == true)
-        .collect();
-    assert!(changed.is_empty(), "second up changed {changed:?}");
+    crate::support::assert_nothing_changed(&again, "the second up");
 
     chromium_loads(&url, &host, &ca_path, https_port);
 }

@@ -237,6 +237,17 @@ pub fn dump(name: &str) {
     }
 }
 
+/// Fails the test unless an `UpResult`/`ApplyResult` reports no object changed.
+pub fn assert_nothing_changed(result: &serde_json::Value, what: &str) {
+    let changed: Vec<_> = result["objects"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no objects in {result}"))
+        .iter()
+        .filter(|o| o["changed"] == true)
+        .collect();
+    assert!(changed.is_empty(), "{what} changed {changed:?}");
+}
+
 /// Fails the test with the command's output unless it succeeded.
 pub fn assert_success(out: &Output, what: &str) {
     assert!(
