@@ -180,13 +180,46 @@ pub async fn ensure() -> Result<(DaemonRecord, bool), DaemonError> {
     if let Some(record) = running().await {
         return Ok((record, false));
     }
-    let port = if free(PREFERRED_PORT) {
-        PREFERRED_PORT
-    } else {
-        0
-    };
     let log = log_path();
-    let log_file = std::fs::File::create(&log).map_err(io_error("create", log.clone()))?;
+    // the preferred port, unless taken; a free one when it is (or when another user's
+    // server takes it between the check and the bind)
+    let ports = if free(PREFERRED_PORT) {
+        vec![PREFERRED_PORT, 0]
+    } else {
+        vec![0]
+    };
+    for port in ports {
+        let mut child = spawn_server(port, &log)?;
+        let started = Instant::now();
+        loop {
+            if let Some(record) = read_record().filter(|r| r.pid == child.id()) {
+                if answers(record.address).await {
+                    drop(lock);
+                    return Ok((record, true));
+                }
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                break; // it could not serve there: next port
+            }
+            if started.elapsed() > START_DEADLINE {
+                let _ = child.kill();
+                return Err(DaemonError::NotAnswering {
+                    seconds: START_DEADLINE.as_secs(),
+                    log,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Err(DaemonError::NotAnswering {
+        seconds: START_DEADLINE.as_secs(),
+        log,
+    })
+}
+
+/// Starts `sandbox dns serve --record` on loopback `port`, detached, logging to `log`.
+fn spawn_server(port: u16, log: &std::path::Path) -> Result<std::process::Child, DaemonError> {
+    let log_file = std::fs::File::create(log).map_err(io_error("create", log.to_path_buf()))?;
     let exe = std::env::current_exe().map_err(io_error("find", PathBuf::from("sandbox")))?;
     let mut command = std::process::Command::new(exe);
     command
@@ -196,7 +229,7 @@ pub async fn ensure() -> Result<(DaemonRecord, bool), DaemonError> {
         .stdout(
             log_file
                 .try_clone()
-                .map_err(io_error("open", log.clone()))?,
+                .map_err(io_error("open", log.to_path_buf()))?,
         )
         .stderr(log_file);
     #[cfg(unix)]
@@ -205,23 +238,9 @@ pub async fn ensure() -> Result<(DaemonRecord, bool), DaemonError> {
         use std::os::unix::process::CommandExt;
         command.process_group(0);
     }
-    let child = command.spawn().map_err(io_error("start", log.clone()))?;
-    let started = Instant::now();
-    loop {
-        if let Some(record) = read_record().filter(|r| r.pid == child.id()) {
-            if answers(record.address).await {
-                drop(lock);
-                return Ok((record, true));
-            }
-        }
-        if started.elapsed() > START_DEADLINE {
-            return Err(DaemonError::NotAnswering {
-                seconds: START_DEADLINE.as_secs(),
-                log,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    command
+        .spawn()
+        .map_err(io_error("start", log.to_path_buf()))
 }
 
 /// Stops the running daemon; returns its record, or `None` when none answered.
