@@ -1,5 +1,5 @@
 //! Add-ons sandbox runs in every cluster, whatever the profile: the ingress controller
-//! (Traefik). Their manifests are embedded and rendered with the node's ports and the
+//! (Traefik) and the mail catcher (maildev). Their manifests are embedded and rendered with the node's ports and the
 //! profile's images, then applied and waited on like the project's, under an inventory of
 //! their own in [`NAMESPACE`].
 
@@ -16,7 +16,14 @@ pub const NAMESPACE: &str = "sandbox-system";
 pub const ROLE: &str = "addons";
 
 /// The embedded add-on manifests, by name.
-const MANIFESTS: &[(&str, &str)] = &[("ingress", include_str!("../profiles/addons/ingress.yaml"))];
+const MANIFESTS: &[(&str, &str)] = &[
+    ("ingress", include_str!("../profiles/addons/ingress.yaml")),
+    ("maildev", include_str!("../profiles/addons/maildev.yaml")),
+];
+/// maildev's SMTP port.
+pub const SMTP_PORT: u16 = 1025;
+/// maildev's cluster DNS name.
+pub const SMTP_DNS_NAME: &str = "maildev.sandbox-system.svc.cluster.local";
 /// For profiles with cluster DNS: the sandbox's names resolve, inside the cluster, to the
 /// ingress controller.
 const CLUSTER_DNS: (&str, &str) = (
@@ -25,7 +32,11 @@ const CLUSTER_DNS: (&str, &str) = (
 );
 
 /// The add-on documents for `profile`, rendered with `builtins`.
-pub fn documents(profile: &Profile, builtins: &Builtins) -> Result<Vec<Document>, ManifestError> {
+pub fn documents(
+    profile: &Profile,
+    builtins: &Builtins,
+    maildev: bool,
+) -> Result<Vec<Document>, ManifestError> {
     let mut vars = manifests::variables(builtins, &BTreeMap::new());
     for (role, image) in &profile.addons {
         vars.insert(
@@ -35,7 +46,10 @@ pub fn documents(profile: &Profile, builtins: &Builtins) -> Result<Vec<Document>
     }
     let mut docs = Vec::new();
     let dns = profile.provides.cluster_dns.then_some(&CLUSTER_DNS);
-    for (name, text) in MANIFESTS.iter().chain(dns) {
+    let wanted = MANIFESTS
+        .iter()
+        .filter(|(name, _)| maildev || *name != "maildev");
+    for (name, text) in wanted.chain(dns) {
         let path = Path::new("(built-in add-on)").join(format!("{name}.yaml"));
         let text = manifests::substitute(text, &vars, &path)?;
         docs.extend(manifests::parse(&text, &path)?);
@@ -45,8 +59,12 @@ pub fn documents(profile: &Profile, builtins: &Builtins) -> Result<Vec<Document>
 
 /// The images the add-ons run: loaded from the local engine when it holds them (the
 /// offline profile builds them), pulled by the node otherwise.
-pub fn images(profile: &Profile) -> Vec<String> {
-    let used = ["ingress"];
+pub fn images(profile: &Profile, maildev: bool) -> Vec<String> {
+    let used: &[&str] = if maildev {
+        &["ingress", "maildev"]
+    } else {
+        &["ingress"]
+    };
     used.iter()
         .filter_map(|role| profile.addons.get(*role).cloned())
         .collect()
@@ -64,13 +82,15 @@ mod tests {
             ip: "127.0.0.1".into(),
             http_port: 80,
             https_port,
+            smtp_host: SMTP_DNS_NAME.into(),
+            smtp_port: SMTP_PORT,
         }
     }
 
     fn container(docs: &[Document]) -> &serde_json::Value {
         let deployment = docs
             .iter()
-            .find(|d| d.kind() == "Deployment")
+            .find(|d| d.kind() == "Deployment" && d.name() == "traefik")
             .expect("a Deployment");
         &deployment.object["spec"]["template"]["spec"]["containers"][0]
     }
@@ -79,7 +99,7 @@ mod tests {
     fn every_profile_renders_its_ingress_controller() {
         for name in ["k3s", "offline"] {
             let profile = Profile::named(name).unwrap();
-            let docs = documents(&profile, &builtins(443)).unwrap();
+            let docs = documents(&profile, &builtins(443), true).unwrap();
             assert_eq!(container(&docs)["image"], profile.addons["ingress"]);
             assert!(docs
                 .iter()
@@ -98,14 +118,36 @@ mod tests {
             let ns = docs.iter().find(|d| d.kind() == "Namespace").unwrap();
             assert_eq!(ns.name(), NAMESPACE);
             assert_eq!(ns.object["metadata"]["labels"]["dev.sandbox/role"], ROLE);
-            assert_eq!(images(&profile), [profile.addons["ingress"].clone()]);
+            assert_eq!(
+                images(&profile, true),
+                [
+                    profile.addons["ingress"].clone(),
+                    profile.addons["maildev"].clone()
+                ]
+            );
+            let maildev = docs
+                .iter()
+                .find(|d| d.kind() == "Ingress" && d.name() == "maildev")
+                .unwrap();
+            assert_eq!(
+                maildev.object["spec"]["rules"][0]["host"],
+                "maildev.127.0.0.1.nip.io"
+            );
         }
+    }
+
+    #[test]
+    fn maildev_can_be_left_out() {
+        let profile = Profile::named("offline").unwrap();
+        let docs = documents(&profile, &builtins(443), false).unwrap();
+        assert!(docs.iter().all(|d| d.name() != "maildev"));
+        assert_eq!(images(&profile, false), [profile.addons["ingress"].clone()]);
     }
 
     #[test]
     fn http_redirects_to_the_laptops_https_port() {
         let profile = Profile::named("offline").unwrap();
-        let docs = documents(&profile, &builtins(8443)).unwrap();
+        let docs = documents(&profile, &builtins(8443), true).unwrap();
         let args: Vec<&str> = container(&docs)["args"]
             .as_array()
             .unwrap()

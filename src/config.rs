@@ -76,6 +76,22 @@ struct RawConfig {
     secrets: Vec<SecretConfig>,
     #[serde(default)]
     timeouts: RawTimeouts,
+    #[serde(default)]
+    addons: RawAddons,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawAddons {
+    #[serde(default)]
+    maildev: Option<bool>,
+}
+
+/// Which optional add-ons run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addons {
+    /// maildev, the mail catcher (on unless `addons: {maildev: false}`).
+    pub maildev: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -175,6 +191,8 @@ pub struct SandboxConfig {
     pub secrets: Vec<SecretConfig>,
     /// Deadlines.
     pub timeouts: Timeouts,
+    /// Optional add-ons.
+    pub addons: Addons,
 }
 
 /// Default deadline for workloads to become ready.
@@ -198,6 +216,7 @@ impl SandboxConfig {
                 boot: None,
                 ready: DEFAULT_READY_TIMEOUT,
             },
+            addons: Addons { maildev: true },
         }
     }
 
@@ -373,6 +392,9 @@ impl SandboxConfig {
             images: raw.images,
             secrets: raw.secrets,
             timeouts: Timeouts { boot, ready },
+            addons: Addons {
+                maildev: raw.addons.maildev.unwrap_or(true),
+            },
         })
     }
 
@@ -736,10 +758,12 @@ timeouts: {boot: 2m, ready: 90s}
             "images",
             "secrets",
             "timeouts",
+            "addons",
         ] {
             assert!(properties.contains_key(field), "schema lacks {field}");
         }
-        assert_eq!(properties.len(), 10);
+        assert_eq!(properties.len(), 11);
+        assert!(!c.addons.maildev, "the example turns maildev off");
     }
 
     #[test]

@@ -145,6 +145,11 @@ pub struct Builtins {
     pub http_port: u16,
     /// Host port of ingress HTTPS.
     pub https_port: u16,
+    /// Where pods reach maildev's SMTP server (a cluster DNS name, or its Service's address
+    /// on nodes without cluster DNS).
+    pub smtp_host: String,
+    /// maildev's SMTP port.
+    pub smtp_port: u16,
 }
 
 /// Every variable available to `${VAR}`: built-ins plus the user's.
@@ -158,6 +163,8 @@ pub fn variables(builtins: &Builtins, user: &BTreeMap<String, String>) -> BTreeM
         ("MINIKUBE_IP", builtins.ip.clone()),
         ("SANDBOX_HTTP_PORT", builtins.http_port.to_string()),
         ("SANDBOX_HTTPS_PORT", builtins.https_port.to_string()),
+        ("SANDBOX_SMTP_HOST", builtins.smtp_host.clone()),
+        ("SANDBOX_SMTP_PORT", builtins.smtp_port.to_string()),
     ] {
         vars.insert(k.to_string(), v);
     }
@@ -469,6 +476,8 @@ mod tests {
                 ip: "127.0.0.1".into(),
                 http_port: 80,
                 https_port: 443,
+                smtp_host: "maildev.sandbox-system.svc.cluster.local".into(),
+                smtp_port: 1025,
             },
             &BTreeMap::from([("GREETING".to_string(), "hi".to_string())]),
         )

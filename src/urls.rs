@@ -100,6 +100,13 @@ pub async fn collect(
             urls.extend(ingress_urls(&ingress, https_port));
         }
     }
+    // an environment also lists the add-ons' web UIs (maildev), which it shares
+    if namespace.is_some_and(|ns| ns != crate::addons::NAMESPACE) {
+        let addons: Api<Ingress> = Api::namespaced(client.clone(), crate::addons::NAMESPACE);
+        for ingress in addons.list(&ListParams::default()).await?.items {
+            urls.extend(ingress_urls(&ingress, https_port));
+        }
+    }
     if let Some(ip) = node_ip {
         for service in services.list(&ListParams::default()).await?.items {
             if project(&service.metadata.namespace) {

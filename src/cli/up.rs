@@ -81,7 +81,7 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
     )?;
     let kubeconfig = install_context(&node)?;
     let mut requests = images::load_requests(&built);
-    requests.extend(addon_load_requests(&engine, &node).await?);
+    requests.extend(addon_load_requests(&engine, &node, config.addons.maildev).await?);
     let loaded = images::load(
         &engine,
         &node.info.name,
@@ -126,7 +126,7 @@ pub fn domain(config: &SandboxConfig) -> String {
     }
 }
 
-fn builtins(config: &SandboxConfig, http_port: u16, https_port: u16) -> Builtins {
+fn builtins(config: &SandboxConfig, http_port: u16, https_port: u16, smtp_host: &str) -> Builtins {
     Builtins {
         name: config.name.clone(),
         namespace: config.namespace.clone(),
@@ -134,11 +134,31 @@ fn builtins(config: &SandboxConfig, http_port: u16, https_port: u16) -> Builtins
         ip: DEFAULT_IP.to_string(),
         http_port,
         https_port,
+        smtp_host: smtp_host.to_string(),
+        smtp_port: crate::addons::SMTP_PORT,
     }
 }
 
+/// Where the project's pods reach maildev's SMTP server: its cluster DNS name, or, on a
+/// node without cluster DNS, its Service's address.
+async fn smtp_host(node: &Node) -> String {
+    if !node.profile.provides.cluster_dns {
+        let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+            kube::Api::namespaced(node.client.clone(), crate::addons::NAMESPACE);
+        if let Ok(Some(service)) = api.get_opt("maildev").await {
+            if let Some(ip) = service.spec.and_then(|s| s.cluster_ip) {
+                return ip;
+            }
+        }
+    }
+    crate::addons::SMTP_DNS_NAME.to_string()
+}
+
 pub(crate) fn validate_manifests(config: &SandboxConfig) -> Result<(), Error> {
-    let vars = manifests::variables(&builtins(config, 80, 443), &config.variables);
+    let vars = manifests::variables(
+        &builtins(config, 80, 443, crate::addons::SMTP_DNS_NAME),
+        &config.variables,
+    );
     manifests::load(&config.manifests, &config.base_dir, &vars)?;
     secret_documents(config)?;
     for image in &config.images {
@@ -166,9 +186,10 @@ pub(crate) fn load_manifests(
     config: &SandboxConfig,
     node: &Node,
     built: &[BuiltImage],
+    smtp_host: &str,
 ) -> Result<Vec<Document>, Error> {
     let vars = manifests::variables(
-        &builtins(config, node.ports.http, node.ports.https),
+        &builtins(config, node.ports.http, node.ports.https, smtp_host),
         &config.variables,
     );
     let mut docs = secret_documents(config)?;
@@ -205,9 +226,10 @@ async fn start_dns(ctx: &Context) -> Option<std::net::SocketAddr> {
 async fn addon_load_requests(
     engine: &Engine,
     node: &Node,
+    maildev: bool,
 ) -> Result<Vec<images::LoadRequest>, Error> {
     let mut requests = Vec::new();
-    for reference in crate::addons::images(&node.profile) {
+    for reference in crate::addons::images(&node.profile, maildev) {
         if let Some(id) = engine.image_id(&reference).await? {
             requests.push(images::LoadRequest { reference, id });
         }
@@ -222,11 +244,26 @@ async fn apply_addons(
     config: &SandboxConfig,
     node: &Node,
 ) -> Result<Vec<Applied>, Error> {
-    let builtins = builtins(config, node.ports.http, node.ports.https);
-    let docs = crate::addons::documents(&node.profile, &builtins)?;
+    // shared by every environment: on the base domain
+    let mut builtins = builtins(
+        config,
+        node.ports.http,
+        node.ports.https,
+        crate::addons::SMTP_DNS_NAME,
+    );
+    builtins.domain = DEFAULT_DOMAIN.to_string();
+    let mut docs = crate::addons::documents(&node.profile, &builtins, config.addons.maildev)?;
+    secure_ingresses(
+        ctx,
+        node,
+        &mut docs,
+        DEFAULT_DOMAIN,
+        crate::addons::NAMESPACE,
+    )
+    .await?;
     let step = ctx
         .reporter
-        .step("applying the add-ons (ingress controller)");
+        .step("applying the add-ons (ingress controller, maildev)");
     let mut applier = Applier::new(node.client.clone(), &config.name, crate::addons::NAMESPACE);
     let applied = applier.apply_all(&docs).await?;
     applier.prune(&applied).await?;
@@ -243,10 +280,25 @@ pub(crate) async fn project_documents(
     node: &Node,
     built: &[BuiltImage],
 ) -> Result<Vec<Document>, Error> {
-    let mut docs = load_manifests(config, node, built)?;
+    let smtp = smtp_host(node).await;
+    let mut docs = load_manifests(config, node, built, &smtp)?;
     if config.source.is_none() {
         return Ok(docs);
     }
+    let ca = secure_ingresses(ctx, node, &mut docs, &domain(config), &config.namespace).await?;
+    docs.push(crate::ingress::ca_configmap(ca.ca_pem(), &config.namespace));
+    Ok(docs)
+}
+
+/// Adds TLS to the Ingresses of `docs` under `domain` and the Secrets they need (see
+/// [`crate::ingress`]); returns the CA.
+async fn secure_ingresses(
+    ctx: &Context,
+    node: &Node,
+    docs: &mut Vec<Document>,
+    domain: &str,
+    namespace: &str,
+) -> Result<crate::tls::Ca, Error> {
     let ca = crate::tls::Ca::load_or_create(&crate::tls::default_dir(), &[])?;
     if let crate::tls::CaOrigin::Created = ca.origin() {
         ctx.reporter.info(format!(
@@ -254,7 +306,7 @@ pub(crate) async fn project_documents(
             ca.cert_path().display()
         ));
     }
-    let planned = crate::ingress::plan(&mut docs, &domain(config), &config.namespace);
+    let planned = crate::ingress::plan(docs, domain, namespace);
     let issued =
         crate::ingress::issue(&node.client, &ca, &planned, crate::apply::OWNER_LABEL).await?;
     for (secret, what, doc) in issued {
@@ -275,8 +327,7 @@ pub(crate) async fn project_documents(
         }
         docs.extend(doc);
     }
-    docs.push(crate::ingress::ca_configmap(ca.ca_pem(), &config.namespace));
-    Ok(docs)
+    Ok(ca)
 }
 
 pub(crate) async fn apply(

@@ -37,7 +37,12 @@ fn resolve(dns: SocketAddr, host: &str) -> IpAddr {
 }
 
 /// One HTTPS GET to `addr` for `host`, trusting only `ca_pem`: (status, headers+body).
-fn https_get(addr: SocketAddr, host: &str, ca_pem: &[u8]) -> Result<(u16, String), String> {
+fn https_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    ca_pem: &[u8],
+) -> Result<(u16, String), String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
         roots.add(cert.unwrap()).unwrap();
@@ -54,7 +59,7 @@ fn https_get(addr: SocketAddr, host: &str, ca_pem: &[u8]) -> Result<(u16, String
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
-    write!(stream, "GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut response = String::new();
     match stream.read_to_string(&mut response) {
         Ok(_) => {}
@@ -121,7 +126,7 @@ fn hello_ingress_is_served_over_trusted_https_by_name() {
         eventually(
             "https://hello answers 200",
             Duration::from_secs(60),
-            || match https_get(SocketAddr::new(ip, https_port), &host, &ca) {
+            || match https_get(SocketAddr::new(ip, https_port), &host, "/", &ca) {
                 Ok((200, r)) => Ok(((), r)),
                 Ok((code, r)) => Err(format!("HTTP {code}: {r:.200}")),
                 Err(e) => Err(e),
@@ -144,6 +149,47 @@ fn hello_ingress_is_served_over_trusted_https_by_name() {
         format!(":{https_port}")
     };
     assert_eq!(location, format!("https://{host}{port}/page"));
+
+    // maildev's web UI (and its HTTP API) by name over trusted HTTPS; the project's pods
+    // get its SMTP address through ${SANDBOX_SMTP_HOST}/${SANDBOX_SMTP_PORT}
+    let maildev = up["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|u| u["url"].as_str().filter(|u| u.contains("//maildev.")))
+        .unwrap_or_else(|| panic!("no maildev URL in {up}"));
+    let (maildev_host, _) = host_port(maildev, "https", 443);
+    let maildev_ip = resolve(dns, &maildev_host);
+    let (_, inbox) = eventually(
+        "maildev's API answers",
+        Duration::from_secs(60),
+        || match https_get(
+            SocketAddr::new(maildev_ip, https_port),
+            &maildev_host,
+            "/email",
+            &ca,
+        ) {
+            Ok((200, r)) => Ok(((), r)),
+            Ok((code, r)) => Err(format!("HTTP {code}: {r:.200}")),
+            Err(e) => Err(e),
+        },
+    );
+    assert!(inbox.trim_end().ends_with("[]"), "{inbox}");
+    let env = sb.kubectl(&["get", "deploy", "hello", "-o",
+        "jsonpath={.spec.template.spec.containers[0].env[0].value}:{.spec.template.spec.containers[0].env[1].value}"]);
+    let service_ip = sb.kubectl(&[
+        "-n",
+        "sandbox-system",
+        "get",
+        "service",
+        "maildev",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&env.stdout),
+        format!("{}:1025", String::from_utf8_lossy(&service_ip.stdout))
+    );
 
     // the certificate lives in a Secret sandbox made, and the CA is published to pods
     let secret = sb.kubectl(&["get", "secret", "sandbox-tls", "-o", "jsonpath={.type}"]);
