@@ -114,6 +114,11 @@ pub async fn collect(
             }
         }
     }
+    // the project's own first, the add-ons' (maildev) after
+    urls.sort_by_key(|u| {
+        u.name
+            .starts_with(&format!("{}/", crate::addons::NAMESPACE))
+    });
     Ok(urls)
 }
 

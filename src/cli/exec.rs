@@ -62,6 +62,19 @@ pub fn environment(
     env
 }
 
+/// `NODE_EXTRA_CA_CERTS`, `SSL_CERT_FILE` and the like, pointing at the sandbox CA and a
+/// bundle of the system's CAs plus it.
+fn ca_exports() -> Result<Vec<(String, String)>, Error> {
+    let ca = crate::tls::Ca::load_or_create(&crate::tls::default_dir(), &[])?;
+    let host = crate::trust::Host::from_process();
+    let exports = crate::trust::write_bundle(&host, ca.cert_path(), ca.ca_pem())?;
+    Ok(exports
+        .variables()
+        .into_iter()
+        .map(|(name, path)| (name.to_string(), path.display().to_string()))
+        .collect())
+}
+
 /// Runs `sandbox exec`; returns CMD's exit code through [`Error::Exit`] when non-zero.
 pub async fn run(ctx: &Context, args: ExecArgs) -> Result<(), Error> {
     let config = ctx.config()?;
@@ -73,7 +86,14 @@ pub async fn run(ctx: &Context, args: ExecArgs) -> Result<(), Error> {
     })?;
     let kubeconfig = dir.path().join("kubeconfig");
     crate::kubeconfig::write(&kubeconfig, &outcome.node.kubeconfig)?;
-    let env = environment(&outcome, &kubeconfig);
+    let mut env = environment(&outcome, &kubeconfig);
+    // the CA exports of `sandbox trust print`, so that CMD's HTTPS clients trust the sandbox
+    match ca_exports() {
+        Ok(vars) => env.extend(vars),
+        Err(e) => ctx
+            .reporter
+            .warn(format!("the command runs without the CA exports: {e}")),
+    }
     ctx.reporter
         .info(format!("running {}", args.command.join(" ")));
     let status = tokio::process::Command::new(&args.command[0])

@@ -34,10 +34,16 @@ fn two_environments_side_by_side_and_one_removed() {
 
     let a = sb.run_json(&["up", "-f", file, "--namespace", "feature-a"]);
     let b = sb.run_json(&["up", "-f", file, "--namespace", "feature-b"]);
+    let names: Vec<&str> = a["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["name"].as_str())
+        .collect();
     assert_eq!(
-        a["urls"].as_array().unwrap().len(),
-        1,
-        "only its own namespace: {a}"
+        names,
+        ["feature-a/hello", "sandbox-system/maildev"],
+        "only its own namespace, and the shared add-ons: {a}"
     );
     assert_eq!(a["urls"][0]["name"], "feature-a/hello");
     assert_eq!(b["urls"][0]["name"], "feature-b/hello");

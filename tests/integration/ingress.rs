@@ -210,6 +210,13 @@ fn hello_ingress_is_served_over_trusted_https_by_name() {
     let again = sb.run_json(&["up", "-f", &file]);
     crate::support::assert_nothing_changed(&again, "the second up");
 
+    // `exec` gives the command the CA exports: curl trusts the sandbox with no flag for it
+    let curl =
+        format!(r#"curl --fail -sS --resolve {host}:{https_port}:127.0.0.1 "$SANDBOX_URL_HELLO""#);
+    let out = sb.run(&["-f", &file, "exec", "--", "sh", "-c", &curl]);
+    assert_success(&out, "sandbox exec curl");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello over https"));
+
     chromium_loads(&url, &host, &ca_path, https_port);
 }
 
