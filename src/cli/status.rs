@@ -31,12 +31,16 @@ pub async fn run(ctx: &Context, args: StatusArgs) -> Result<(), Error> {
     for info in &nodes {
         let profile = Profile::named(&info.profile).ok();
         let ports = profile.as_ref().map(|p| node::ports_of(info, p));
-        let (api, environments) = if !info.running() {
-            ("stopped".to_string(), Vec::new())
+        let (api, environments, addons) = if !info.running() {
+            ("stopped".to_string(), Vec::new(), Vec::new())
         } else {
             match &profile {
                 Some(p) => api_health(&engine, info, p).await,
-                None => (format!("unknown profile {}", info.profile), Vec::new()),
+                None => (
+                    format!("unknown profile {}", info.profile),
+                    Vec::new(),
+                    Vec::new(),
+                ),
             }
         };
         rows.push(json!({
@@ -48,6 +52,7 @@ pub async fn run(ctx: &Context, args: StatusArgs) -> Result<(), Error> {
             "context": Names::of(&info.sandbox).context,
             "ports": ports.map(|p| json!({"api": p.api, "http": p.http, "https": p.https})),
             "environments": environments,
+            "addons": addons.iter().map(|(name, state)| json!({"name": name, "state": state})).collect::<Vec<_>>(),
         }));
     }
     let mut text = String::new();
@@ -58,8 +63,14 @@ pub async fn run(ctx: &Context, args: StatusArgs) -> Result<(), Error> {
         });
     } else {
         text.push_str(&format!(
-            "{:<20} {:<8} {:<9} {:<10} {:<24} {}\n",
-            "SANDBOX", "PROFILE", "STATE", "API", "PORTS (api/http/https)", "ENVIRONMENTS"
+            "{:<20} {:<8} {:<9} {:<10} {:<24} {:<30} {}\n",
+            "SANDBOX",
+            "PROFILE",
+            "STATE",
+            "API",
+            "PORTS (api/http/https)",
+            "ADD-ONS",
+            "ENVIRONMENTS"
         ));
         for r in &rows {
             let ports = &r["ports"];
@@ -69,19 +80,42 @@ pub async fn run(ctx: &Context, args: StatusArgs) -> Result<(), Error> {
                 .flatten()
                 .filter_map(|e| e.as_str())
                 .collect();
+            let addons: Vec<String> = r["addons"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| {
+                    let state = a["state"].as_str().unwrap_or_default();
+                    let short = if state == "ready" {
+                        "ready"
+                    } else {
+                        "not ready"
+                    };
+                    format!("{}:{short}", a["name"].as_str().unwrap_or_default())
+                })
+                .collect();
             text.push_str(&format!(
-                "{:<20} {:<8} {:<9} {:<10} {:<24} {}\n",
+                "{:<20} {:<8} {:<9} {:<10} {:<24} {:<30} {}\n",
                 r["sandbox"].as_str().unwrap_or_default(),
                 r["profile"].as_str().unwrap_or_default(),
                 r["state"].as_str().unwrap_or_default(),
                 r["api"].as_str().unwrap_or_default(),
                 format!("{}/{}/{}", ports["api"], ports["http"], ports["https"]),
+                addons.join(","),
                 environments.join(","),
             ));
         }
     }
+    let dns = crate::dns_daemon::running().await;
+    text.push_str(&match &dns {
+        Some(d) => format!("DNS server: {} (pid {})\n", d.address, d.pid),
+        None => "DNS server: not running (`sandbox up` starts it)\n".to_string(),
+    });
     ctx.print(
-        &json!({"apiVersion": crate::config::API_VERSION, "kind": "StatusResult", "sandboxes": rows}),
+        &json!({
+            "apiVersion": crate::config::API_VERSION, "kind": "StatusResult", "sandboxes": rows,
+            "dns": dns.map(|d| json!({"address": d.address.to_string(), "pid": d.pid})),
+        }),
         &text,
     );
     if only.is_some() && rows.is_empty() {
@@ -95,16 +129,16 @@ async fn api_health(
     engine: &Engine,
     info: &crate::docker::NodeInfo,
     profile: &Profile,
-) -> (String, Vec<String>) {
+) -> (String, Vec<String>, Vec<(String, String)>) {
     let context = Names::of(&info.sandbox).context;
     let Ok(Some(kubeconfig)) = node::host_kubeconfig(engine, info, profile).await else {
-        return ("starting".to_string(), Vec::new());
+        return ("starting".to_string(), Vec::new(), Vec::new());
     };
     let Ok(client) = node::client_for(&kubeconfig, &context).await else {
-        return ("error".to_string(), Vec::new());
+        return ("error".to_string(), Vec::new(), Vec::new());
     };
     if node::api_ready(&client).await.is_err() {
-        return ("not-ready".to_string(), Vec::new());
+        return ("not-ready".to_string(), Vec::new(), Vec::new());
     }
     let selector = format!(
         "{}={},{}!={}",
@@ -114,5 +148,31 @@ async fn api_health(
         crate::addons::ROLE
     );
     let environments = crate::apply::namespace_names(&client, Some(&selector)).await;
-    ("ready".to_string(), environments)
+    (
+        "ready".to_string(),
+        environments,
+        addon_health(&client).await,
+    )
+}
+
+/// Each add-on Deployment with its state: `ready`, or what it waits for.
+async fn addon_health(client: &kube::Client) -> Vec<(String, String)> {
+    let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(client.clone(), crate::addons::NAMESPACE);
+    let Ok(list) = api.list(&Default::default()).await else {
+        return Vec::new();
+    };
+    list.items
+        .into_iter()
+        .filter_map(|d| {
+            let name = d.metadata.name.clone()?;
+            let mut object = serde_json::to_value(&d).ok()?;
+            object["kind"] = json!("Deployment");
+            let state = match crate::wait::judge(&object)? {
+                crate::wait::Readiness::Ready => "ready".to_string(),
+                crate::wait::Readiness::Pending(m) | crate::wait::Readiness::Failed(m) => m,
+            };
+            Some((name, state))
+        })
+        .collect()
 }

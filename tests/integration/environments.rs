@@ -51,6 +51,18 @@ fn two_environments_side_by_side_and_one_removed() {
     answers(&url(&b));
 
     let status = sb.run_json(&["status"]);
+    let addons: Vec<(&str, &str)> = status["sandboxes"][0]["addons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["name"].as_str().unwrap(), a["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        addons,
+        [("maildev", "ready"), ("traefik", "ready")],
+        "{status}"
+    );
+    assert!(status["dns"]["address"].is_string(), "{status}");
     let envs = status["sandboxes"][0]["environments"].as_array().unwrap();
     for ns in ["feature-a", "feature-b"] {
         assert!(envs.iter().any(|e| e == ns), "{ns} missing from {envs:?}");
