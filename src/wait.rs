@@ -387,8 +387,9 @@ async fn check(client: &kube::Client, a: &Applied) -> Readiness {
     state
 }
 
-/// The first reason a workload's pods are not steady (see [`unsteady`]).
-async fn pods_unsteady(client: &kube::Client, a: &Applied) -> Option<String> {
+/// The pods a workload selects, with the API of their namespace; `None` when it selects
+/// none by labels or they cannot be listed.
+async fn workload_pods(client: &kube::Client, a: &Applied) -> Option<(Api<Pod>, Vec<Pod>)> {
     let ns = a.namespace.as_deref()?;
     let selector = pod_selector(&a.resource.kind, &a.object, &a.name)?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -396,8 +397,14 @@ async fn pods_unsteady(client: &kube::Client, a: &Applied) -> Option<String> {
         .list(&ListParams::default().labels(&selector))
         .await
         .ok()?;
+    Some((pods, list.items))
+}
+
+/// The first reason a workload's pods are not steady (see [`unsteady`]).
+async fn pods_unsteady(client: &kube::Client, a: &Applied) -> Option<String> {
+    let (_, pods) = workload_pods(client, a).await?;
     let now = k8s_openapi::jiff::Timestamp::now();
-    list.items.iter().find_map(|p| unsteady(p, now))
+    pods.iter().find_map(|p| unsteady(p, now))
 }
 
 /// Whether a claim's StorageClass binds only when a pod uses it.
@@ -499,18 +506,12 @@ const FAILING_LOG_LINES: i64 = 5;
 /// Problems of the pods a workload owns, each with the last log lines of the failing
 /// containers.
 async fn pod_problems_of(client: &kube::Client, a: &Applied) -> Vec<String> {
-    let Some(ns) = &a.namespace else {
+    let Some((pods, items)) = workload_pods(client, a).await else {
         return Vec::new();
     };
-    let Some(selector) = pod_selector(&a.resource.kind, &a.object, &a.name) else {
-        return Vec::new();
-    };
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await else {
-        return Vec::new();
-    };
+    let ns = a.namespace.as_deref().unwrap_or_default();
     let mut out = Vec::new();
-    for pod in &list.items {
+    for pod in &items {
         let problems = pod_problems(pod);
         if problems.is_empty() {
             continue;
@@ -677,12 +678,6 @@ mod tests {
             vec!["container web: running but not ready".to_string()]
         );
     }
-}
-
-#[cfg(test)]
-mod steady_tests {
-    use super::*;
-    use serde_json::json;
 
     fn pod(status: serde_json::Value) -> Pod {
         serde_json::from_value(json!({"metadata": {"name": "web-1"}, "status": status})).unwrap()
