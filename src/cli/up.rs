@@ -90,8 +90,9 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
         &ctx.reporter,
     )
     .await?;
-    let addons = apply_addons(ctx, config, &node).await?;
-    let docs = project_documents(ctx, config, &node, &built).await?;
+    let ca = load_ca(ctx)?;
+    let addons = apply_addons(ctx, config, &node, &ca).await?;
+    let docs = project_documents(ctx, config, &node, &built, &ca).await?;
     let (applied, pruned) = apply(ctx, config, &node, &docs).await?;
     let waited: Vec<Applied> = addons.iter().chain(&applied).cloned().collect();
     wait_ready(ctx, config, &node, &waited).await?;
@@ -243,6 +244,7 @@ async fn apply_addons(
     ctx: &Context,
     config: &SandboxConfig,
     node: &Node,
+    ca: &crate::tls::Ca,
 ) -> Result<Vec<Applied>, Error> {
     // shared by every environment: on the base domain
     let mut builtins = builtins(
@@ -256,6 +258,7 @@ async fn apply_addons(
     secure_ingresses(
         ctx,
         node,
+        ca,
         &mut docs,
         DEFAULT_DOMAIN,
         crate::addons::NAMESPACE,
@@ -279,26 +282,20 @@ pub(crate) async fn project_documents(
     config: &SandboxConfig,
     node: &Node,
     built: &[BuiltImage],
+    ca: &crate::tls::Ca,
 ) -> Result<Vec<Document>, Error> {
     let smtp = smtp_host(node).await;
     let mut docs = load_manifests(config, node, built, &smtp)?;
     if config.source.is_none() {
         return Ok(docs);
     }
-    let ca = secure_ingresses(ctx, node, &mut docs, &domain(config), &config.namespace).await?;
+    secure_ingresses(ctx, node, ca, &mut docs, &domain(config), &config.namespace).await?;
     docs.push(crate::ingress::ca_configmap(ca.ca_pem(), &config.namespace));
     Ok(docs)
 }
 
-/// Adds TLS to the Ingresses of `docs` under `domain` and the Secrets they need (see
-/// [`crate::ingress`]); returns the CA.
-async fn secure_ingresses(
-    ctx: &Context,
-    node: &Node,
-    docs: &mut Vec<Document>,
-    domain: &str,
-    namespace: &str,
-) -> Result<crate::tls::Ca, Error> {
+/// The user's CA, created (and said so) when there is none.
+pub(crate) fn load_ca(ctx: &Context) -> Result<crate::tls::Ca, Error> {
     let ca = crate::tls::Ca::load_or_create(&crate::tls::default_dir(), &[])?;
     if let crate::tls::CaOrigin::Created = ca.origin() {
         ctx.reporter.info(format!(
@@ -306,9 +303,22 @@ async fn secure_ingresses(
             ca.cert_path().display()
         ));
     }
+    Ok(ca)
+}
+
+/// Adds TLS to the Ingresses of `docs` under `domain` and the Secrets they need (see
+/// [`crate::ingress`]).
+async fn secure_ingresses(
+    ctx: &Context,
+    node: &Node,
+    ca: &crate::tls::Ca,
+    docs: &mut Vec<Document>,
+    domain: &str,
+    namespace: &str,
+) -> Result<(), Error> {
     let planned = crate::ingress::plan(docs, domain, namespace);
     let issued =
-        crate::ingress::issue(&node.client, &ca, &planned, crate::apply::OWNER_LABEL).await?;
+        crate::ingress::issue(&node.client, ca, &planned, crate::apply::OWNER_LABEL).await?;
     for (secret, what, doc) in issued {
         match what {
             crate::ingress::Issued::New => ctx.reporter.info(format!(
@@ -327,7 +337,7 @@ async fn secure_ingresses(
         }
         docs.extend(doc);
     }
-    Ok(ca)
+    Ok(())
 }
 
 pub(crate) async fn apply(
