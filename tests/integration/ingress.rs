@@ -8,77 +8,10 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls_pki_types::pem::PemObject;
-
 use crate::support::{assert_success, eventually, TestSandbox};
-
-/// `https://host[:port]/` → (host, port).
-fn host_port(url: &str, scheme: &str, default: u16) -> (String, u16) {
-    let rest = url.strip_prefix(&format!("{scheme}://")).expect(url);
-    let authority = rest.split('/').next().unwrap();
-    match authority.rsplit_once(':') {
-        Some((h, p)) => (h.to_string(), p.parse().unwrap()),
-        None => (authority.to_string(), default),
-    }
-}
-
-/// The name's address as the sandbox's DNS server answers it.
-fn resolve(dns: SocketAddr, host: &str) -> IpAddr {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime
-        .block_on(sandbox::dns_daemon::lookup(dns, &format!("{host}.")))
-        .unwrap_or_else(|| panic!("the sandbox DNS server at {dns} did not answer {host}"))
-}
-
-/// One HTTPS GET to `addr` for `host`, trusting only `ca_pem`: (status, headers+body).
-fn https_get(
-    addr: SocketAddr,
-    host: &str,
-    path: &str,
-    ca_pem: &[u8],
-) -> Result<(u16, String), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls_pki_types::ServerName::try_from(host.to_string()).unwrap();
-    let mut tls = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let mut tcp =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    match stream.read_to_string(&mut response) {
-        Ok(_) => {}
-        // HTTP/1.0 servers may close without close_notify
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
-        Err(e) => return Err(e.to_string()),
-    }
-    with_status(response)
-}
-
-/// (status, whole response) of a raw HTTP response.
-fn with_status(response: String) -> Result<(u16, String), String> {
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad response: {response:.80}"))?;
-    Ok((status, response))
-}
+use crate::web::{https_get, resolve, split_url, url_of, with_status, Browser};
 
 /// One plain HTTP GET: (status, headers+body).
 fn http_get(addr: SocketAddr, host: &str) -> Result<(u16, String), String> {
@@ -106,7 +39,7 @@ fn hello_ingress_is_served_over_trusted_https_by_name() {
         .and_then(|u| u["url"].as_str())
         .unwrap_or_else(|| panic!("no Ingress URL in {up}"))
         .to_string();
-    let (host, https_port) = host_port(&url, "https", 443);
+    let (host, https_port, _) = split_url(&url, "https", 443);
     assert_eq!(host, "hello.127.0.0.1.nip.io");
     assert_eq!(up["ports"]["https"], https_port);
 
@@ -152,28 +85,8 @@ fn hello_ingress_is_served_over_trusted_https_by_name() {
 
     // maildev's web UI (and its HTTP API) by name over trusted HTTPS; the project's pods
     // get its SMTP address through ${SANDBOX_SMTP_HOST}/${SANDBOX_SMTP_PORT}
-    let maildev = up["urls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|u| u["url"].as_str().filter(|u| u.contains("//maildev.")))
-        .unwrap_or_else(|| panic!("no maildev URL in {up}"));
-    let (maildev_host, _) = host_port(maildev, "https", 443);
-    let maildev_ip = resolve(dns, &maildev_host);
-    let (_, inbox) = eventually(
-        "maildev's API answers",
-        Duration::from_secs(60),
-        || match https_get(
-            SocketAddr::new(maildev_ip, https_port),
-            &maildev_host,
-            "/email",
-            &ca,
-        ) {
-            Ok((200, r)) => Ok(((), r)),
-            Ok((code, r)) => Err(format!("HTTP {code}: {r:.200}")),
-            Err(e) => Err(e),
-        },
-    );
+    let browser = Browser::of(&sb, &up);
+    let inbox = browser.get_ok(&format!("{}email", url_of(&up, "maildev")));
     assert!(inbox.trim_end().ends_with("[]"), "{inbox}");
     let env = sb.kubectl(&["get", "deploy", "hello", "-o",
         "jsonpath={.spec.template.spec.containers[0].env[0].value}:{.spec.template.spec.containers[0].env[1].value}"]);

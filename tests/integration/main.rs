@@ -11,3 +11,4 @@ mod lifecycle;
 mod persistence;
 mod prune;
 mod support;
+mod web;
