@@ -350,6 +350,15 @@ impl SandboxConfig {
                         .to_string(),
                 ));
             }
+            if key.starts_with(crate::manifests::URL_VARIABLE_PREFIX) {
+                return Err(invalid(
+                    &format!("variables.{key}"),
+                    format!(
+                        "{}<NAME> variables are the project's URLs, found in its Ingresses",
+                        crate::manifests::URL_VARIABLE_PREFIX
+                    ),
+                ));
+            }
             if crate::manifests::BUILTIN_VARIABLES.contains(&key.as_str()) {
                 return Err(invalid(
                     &format!("variables.{key}"),
@@ -659,6 +668,16 @@ timeouts: {boot: 2m, ready: 90s}
         )
         .unwrap_err();
         assert!(err.to_string().contains("built-in"), "{err}");
+        for name in ["SANDBOX_SMTP_HOST", "SANDBOX_URL_WEB"] {
+            let err = parse(&format!(
+                "apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nvariables: {{{name}: x}}\n"
+            ))
+            .unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("variables.{name}")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

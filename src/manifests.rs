@@ -15,7 +15,29 @@ pub const BUILTIN_VARIABLES: &[&str] = &[
     "MINIKUBE_IP",
     "SANDBOX_HTTP_PORT",
     "SANDBOX_HTTPS_PORT",
+    "SANDBOX_SMTP_HOST",
+    "SANDBOX_SMTP_PORT",
 ];
+
+/// `${SANDBOX_URL_<NAME>}`: the public URL of the project's Ingress (or fixed node port)
+/// `<NAME>`, known from the manifests themselves; users cannot define such names.
+pub const URL_VARIABLE_PREFIX: &str = "SANDBOX_URL_";
+
+/// `SANDBOX_URL_<NAME>` for an object name: uppercase, anything else than a letter or a
+/// digit becomes `_`.
+pub fn url_variable(object: &str) -> String {
+    let name: String = object
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{URL_VARIABLE_PREFIX}{name}")
+}
 
 /// Errors loading or parsing manifests.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +76,18 @@ pub enum ManifestError {
         line: usize,
         /// The variable name.
         name: String,
+    },
+    /// `${SANDBOX_URL_<NAME>}` names no URL the manifests give.
+    #[error("{path}:{line}: ${{{name}}} names no URL of this project ({})", known_urls(.known))]
+    UnknownUrl {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The variable name.
+        name: String,
+        /// The URL variables there are.
+        known: Vec<String>,
     },
     /// A document is not valid YAML.
     #[error("{path}:{line}:{column}: document {document}: {message}")]
@@ -224,12 +258,53 @@ pub fn resolve(entries: &[String], base: &Path) -> Result<Vec<PathBuf>, Manifest
     Ok(files)
 }
 
+fn known_urls(known: &[String]) -> String {
+    if known.is_empty() {
+        return "it has none: a URL variable is SANDBOX_URL_ and the name of an Ingress with a host"
+            .to_string();
+    }
+    format!("it has {}", known.join(", "))
+}
+
 /// Replaces `${NAME}` with its value; `$${` stands for a literal `${`. Unknown names are
 /// errors carrying the line.
 pub fn substitute(
     text: &str,
     vars: &BTreeMap<String, String>,
     path: &Path,
+) -> Result<String, ManifestError> {
+    substitute_with(text, |name, line| {
+        vars.get(name)
+            .cloned()
+            .ok_or_else(|| unknown(name, line, path, vars))
+    })
+}
+
+/// The error for an unknown `${name}`.
+fn unknown(name: &str, line: usize, path: &Path, vars: &BTreeMap<String, String>) -> ManifestError {
+    if name.starts_with(URL_VARIABLE_PREFIX) {
+        return ManifestError::UnknownUrl {
+            path: path.to_path_buf(),
+            line,
+            name: name.to_string(),
+            known: vars
+                .keys()
+                .filter(|k| k.starts_with(URL_VARIABLE_PREFIX))
+                .cloned()
+                .collect(),
+        };
+    }
+    ManifestError::UnknownVariable {
+        path: path.to_path_buf(),
+        line,
+        name: name.to_string(),
+    }
+}
+
+/// [`substitute`] with the values from `value(name, line)`.
+fn substitute_with(
+    text: &str,
+    value: impl Fn(&str, usize) -> Result<String, ManifestError>,
 ) -> Result<String, ManifestError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -244,15 +319,7 @@ pub fn substitute(
         } else if let Some(tail) = after.strip_prefix("${") {
             match tail.find('}') {
                 Some(end) if crate::config::is_variable_name(&tail[..end]) => {
-                    let name = &tail[..end];
-                    let value = vars
-                        .get(name)
-                        .ok_or_else(|| ManifestError::UnknownVariable {
-                            path: path.to_path_buf(),
-                            line,
-                            name: name.to_string(),
-                        })?;
-                    out.push_str(value);
+                    out.push_str(&value(&tail[..end], line)?);
                     rest = &tail[end + 1..];
                 }
                 // not a variable reference (e.g. `${ x }` in a script): keep as written
@@ -379,22 +446,51 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Document>, ManifestError> {
     Ok(out)
 }
 
-/// Reads, substitutes and parses every manifest of the project.
+/// What a `${SANDBOX_URL_<NAME>}` stands for while the URLs are being found.
+const URL_PLACEHOLDER: &str = "https://url.sandbox.invalid/";
+
+/// Reads, substitutes and parses every manifest of the project. `${SANDBOX_URL_<NAME>}`
+/// variables come from `urls`, given the documents: when a manifest uses one, the files
+/// are read once with a placeholder for them, `urls` finds the URLs in those documents
+/// (an Ingress's host does not depend on a URL), and the files are substituted again.
 pub fn load(
     entries: &[String],
     base: &Path,
     vars: &BTreeMap<String, String>,
+    urls: impl FnOnce(&[Document]) -> BTreeMap<String, String>,
 ) -> Result<Vec<Document>, ManifestError> {
-    let mut docs = Vec::new();
+    let mut files = Vec::new();
     for path in resolve(entries, base)? {
         let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read {
             path: path.clone(),
             source,
         })?;
-        let text = substitute(&text, vars, &path)?;
-        docs.extend(parse(&text, &path)?);
+        files.push((path, text));
     }
-    Ok(docs)
+    let parse_all = |vars: &BTreeMap<String, String>, placeholder: bool| {
+        let mut docs = Vec::new();
+        for (path, text) in &files {
+            let text = substitute_with(text, |name, line| match vars.get(name) {
+                Some(v) => Ok(v.clone()),
+                None if placeholder && name.starts_with(URL_VARIABLE_PREFIX) => {
+                    Ok(URL_PLACEHOLDER.to_string())
+                }
+                None => Err(unknown(name, line, path, vars)),
+            })?;
+            docs.extend(parse(&text, path)?);
+        }
+        Ok::<_, ManifestError>(docs)
+    };
+    let uses_urls = files
+        .iter()
+        .any(|(_, text)| text.contains(&format!("${{{URL_VARIABLE_PREFIX}")));
+    let docs = parse_all(vars, uses_urls)?;
+    if !uses_urls {
+        return Ok(docs);
+    }
+    let mut with_urls = vars.clone();
+    with_urls.extend(urls(&docs));
+    parse_all(&with_urls, false)
 }
 
 /// The pod spec inside a workload object, by kind.
@@ -506,6 +602,52 @@ mod tests {
             err.to_string(),
             "k8s/app.yaml:3: unknown variable ${NOPE} (define it under `variables:` in sandbox.yaml, or write $${NOPE} for a literal)"
         );
+    }
+
+    #[test]
+    fn url_variables_are_shell_names() {
+        assert_eq!(url_variable("hello"), "SANDBOX_URL_HELLO");
+        assert_eq!(url_variable("demo-app.v2"), "SANDBOX_URL_DEMO_APP_V2");
+    }
+
+    /// `load` of one file `all.yaml` holding `text`, the URLs found by [`crate::urls`].
+    fn load_text(text: &str) -> Result<Vec<Document>, ManifestError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("all.yaml"), text).unwrap();
+        load(&["all.yaml".to_string()], dir.path(), &vars(), |docs| {
+            crate::urls::variables(&crate::urls::planned(docs, 8443, None, "default"))
+        })
+    }
+
+    #[test]
+    fn url_variables_come_from_the_manifests_ingresses() {
+        // the app needs its own URL (mailed links); its Ingress is defined after it
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app}\n\
+            data: {url: \"${SANDBOX_URL_WEB}\", signin: \"${SANDBOX_URL_WEB}signin\"}\n---\n\
+            apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web}\n\
+            spec: {rules: [{host: \"app.${SANDBOX_DOMAIN}\"}]}\n";
+        let docs = load_text(text).unwrap();
+        assert_eq!(
+            docs[0].object["data"],
+            serde_json::json!({"url": "https://app.127.0.0.1.nip.io:8443/",
+                               "signin": "https://app.127.0.0.1.nip.io:8443/signin"})
+        );
+        // a file with no URL variable is read once and needs no Ingress
+        let plain = load_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n").unwrap();
+        assert_eq!(plain.len(), 1);
+    }
+
+    #[test]
+    fn unknown_url_variables_name_the_ones_there_are() {
+        let text = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web}\n\
+            spec: {rules: [{host: \"app.${SANDBOX_DOMAIN}\"}]}\n---\n\
+            apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app}\ndata: {url: \"${SANDBOX_URL_API}\"}\n";
+        let err = load_text(text).unwrap_err().to_string();
+        assert!(err.ends_with("all.yaml:9: ${SANDBOX_URL_API} names no URL of this project (it has SANDBOX_URL_WEB)"), "{err}");
+        let none = load_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {u: \"${SANDBOX_URL_X}\"}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(none.contains("it has none: a URL variable is SANDBOX_URL_ and the name of an Ingress with a host"), "{none}");
     }
 
     #[test]

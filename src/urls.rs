@@ -78,6 +78,49 @@ pub fn ingress_urls(ingress: &Ingress, https_port: u16) -> Vec<Url> {
     urls
 }
 
+/// The URLs `docs` will have once applied: their Ingresses' hosts, and the node ports the
+/// manifests fix themselves (a node port the cluster picks is not known before).
+pub fn planned(
+    docs: &[crate::manifests::Document],
+    https_port: u16,
+    node_ip: Option<&str>,
+    namespace: &str,
+) -> Vec<Url> {
+    let mut urls = Vec::new();
+    for doc in docs {
+        let mut object = doc.object.clone();
+        if doc.namespace().is_none() {
+            object["metadata"]["namespace"] = namespace.into();
+        }
+        match (doc.kind(), node_ip) {
+            ("Ingress", _) => {
+                if let Ok(ingress) = serde_json::from_value::<Ingress>(object) {
+                    urls.extend(ingress_urls(&ingress, https_port));
+                }
+            }
+            ("Service", Some(ip)) => {
+                if let Ok(service) = serde_json::from_value::<Service>(object) {
+                    urls.extend(service_urls(&service, ip));
+                }
+            }
+            _ => {}
+        }
+    }
+    urls
+}
+
+/// `SANDBOX_URL_<NAME>` → URL, `<NAME>` from each URL's object name; an object's first URL
+/// (and an Ingress before a Service of the same name) wins.
+pub fn variables(urls: &[Url]) -> std::collections::BTreeMap<String, String> {
+    let mut vars = std::collections::BTreeMap::new();
+    for url in urls {
+        let object = url.name.rsplit('/').next().unwrap_or_default();
+        vars.entry(crate::manifests::url_variable(object))
+            .or_insert_with(|| url.url.clone());
+    }
+    vars
+}
+
 /// Every URL in the cluster's project namespaces (or only in `namespace`).
 pub async fn collect(
     client: &kube::Client,
@@ -144,6 +187,49 @@ mod tests {
         )
         .unwrap();
         assert!(service_urls(&cluster_ip, "172.18.0.2").is_empty());
+    }
+
+    #[test]
+    fn planned_urls_and_their_variables() {
+        let text = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web-app}\n\
+            spec: {rules: [{host: app.127.0.0.1.nip.io}, {host: www.127.0.0.1.nip.io}]}\n---\n\
+            apiVersion: v1\nkind: Service\nmetadata: {name: web-app}\n\
+            spec: {type: NodePort, ports: [{port: 80, nodePort: 30080}]}\n---\n\
+            apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: other}\n\
+            spec: {type: NodePort, ports: [{port: 80, nodePort: 30081}]}\n---\n\
+            apiVersion: v1\nkind: Service\nmetadata: {name: picked}\n\
+            spec: {type: NodePort, ports: [{port: 80}]}\n";
+        let docs = crate::manifests::parse(text, std::path::Path::new("all.yaml")).unwrap();
+        let urls = planned(&docs, 8443, Some("172.18.0.2"), "shop");
+        let got: Vec<(&str, &str)> = urls
+            .iter()
+            .map(|u| (u.name.as_str(), u.url.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("shop/web-app", "https://app.127.0.0.1.nip.io:8443/"),
+                ("shop/web-app", "https://www.127.0.0.1.nip.io:8443/"),
+                ("shop/web-app", "http://172.18.0.2:30080/"),
+                ("other/api", "http://172.18.0.2:30081/"),
+            ]
+        );
+        let vars = variables(&urls);
+        assert_eq!(
+            vars.into_iter().collect::<Vec<_>>(),
+            [
+                (
+                    "SANDBOX_URL_API".to_string(),
+                    "http://172.18.0.2:30081/".to_string()
+                ),
+                (
+                    "SANDBOX_URL_WEB_APP".to_string(),
+                    "https://app.127.0.0.1.nip.io:8443/".to_string()
+                ),
+            ]
+        );
+        // without the node's address, only the Ingresses
+        assert_eq!(planned(&docs, 443, None, "shop").len(), 2);
     }
 
     #[test]

@@ -19,21 +19,6 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-/// `SANDBOX_URL_<NAME>` for a Service name: uppercase, `-` and `.` become `_`.
-pub fn url_variable(service: &str) -> String {
-    let name: String = service
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("SANDBOX_URL_{name}")
-}
-
 /// The environment CMD gets: the sandbox's kubeconfig and context, and its URLs.
 pub fn environment(
     outcome: &super::up::Outcome,
@@ -54,11 +39,7 @@ pub fn environment(
         "SANDBOX_API_SERVER".to_string(),
         format!("https://127.0.0.1:{}", outcome.node.ports.api),
     );
-    for url in &outcome.urls {
-        let service = url.name.rsplit('/').next().unwrap_or_default();
-        // the first port of a Service is its URL
-        env.entry(url_variable(service)).or_insert(url.url.clone());
-    }
+    env.extend(crate::urls::variables(&outcome.urls));
     env
 }
 
@@ -124,16 +105,5 @@ pub async fn run(ctx: &Context, args: ExecArgs) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::Exit(code))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn url_variables_are_shell_names() {
-        assert_eq!(url_variable("hello"), "SANDBOX_URL_HELLO");
-        assert_eq!(url_variable("demo-app.v2"), "SANDBOX_URL_DEMO_APP_V2");
     }
 }

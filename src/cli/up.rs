@@ -156,11 +156,17 @@ async fn smtp_host(node: &Node) -> String {
 }
 
 pub(crate) fn validate_manifests(config: &SandboxConfig) -> Result<(), Error> {
-    let vars = manifests::variables(
-        &builtins(config, 80, 443, crate::addons::SMTP_DNS_NAME),
-        &config.variables,
-    );
-    manifests::load(&config.manifests, &config.base_dir, &vars)?;
+    let builtins = builtins(config, 80, 443, crate::addons::SMTP_DNS_NAME);
+    // the URLs' ports are not known yet, their names are: enough to check the references
+    let profile = crate::profile::Profile::named(
+        config
+            .profile
+            .as_deref()
+            .unwrap_or(crate::profile::PREFERRED),
+    )?;
+    let addons = addon_documents(config, &profile, &builtins)?;
+    let addon_urls = crate::urls::planned(&addons, 443, None, crate::addons::NAMESPACE);
+    read_manifests(config, &builtins, None, &addon_urls)?;
     secret_documents(config)?;
     for image in &config.images {
         images::check(image, &config.base_dir)?;
@@ -189,17 +195,44 @@ pub(crate) fn load_manifests(
     built: &[BuiltImage],
     smtp_host: &str,
 ) -> Result<Vec<Document>, Error> {
-    let vars = manifests::variables(
-        &builtins(config, node.ports.http, node.ports.https, smtp_host),
-        &config.variables,
-    );
+    let builtins = builtins(config, node.ports.http, node.ports.https, smtp_host);
+    let addons = addon_documents(config, &node.profile, &builtins)?;
+    let addon_urls =
+        crate::urls::planned(&addons, node.ports.https, None, crate::addons::NAMESPACE);
     let mut docs = secret_documents(config)?;
-    docs.extend(manifests::load(&config.manifests, &config.base_dir, &vars)?);
+    docs.extend(read_manifests(
+        config,
+        &builtins,
+        node.ip.as_deref(),
+        &addon_urls,
+    )?);
     let rewrite = images::rewrite_map(built);
     for doc in &mut docs {
         manifests::rewrite_images(&mut doc.object, &rewrite);
     }
     Ok(docs)
+}
+
+/// The project's manifests, read with `builtins`; `${SANDBOX_URL_<NAME>}` are the URLs of
+/// its own Ingresses (and fixed node ports at `node_ip`), then of the add-ons' (`addon_urls`).
+fn read_manifests(
+    config: &SandboxConfig,
+    builtins: &Builtins,
+    node_ip: Option<&str>,
+    addon_urls: &[crate::urls::Url],
+) -> Result<Vec<Document>, Error> {
+    let vars = manifests::variables(builtins, &config.variables);
+    let urls = |docs: &[Document]| {
+        let mut urls = crate::urls::planned(docs, builtins.https_port, node_ip, &config.namespace);
+        urls.extend_from_slice(addon_urls);
+        crate::urls::variables(&urls)
+    };
+    Ok(manifests::load(
+        &config.manifests,
+        &config.base_dir,
+        &vars,
+        urls,
+    )?)
 }
 
 /// Ensures the user's background DNS server answers; a failure is a warning (the names
@@ -246,15 +279,13 @@ async fn apply_addons(
     node: &Node,
     ca: &crate::tls::Ca,
 ) -> Result<Vec<Applied>, Error> {
-    // shared by every environment: on the base domain
-    let mut builtins = builtins(
+    let builtins = builtins(
         config,
         node.ports.http,
         node.ports.https,
         crate::addons::SMTP_DNS_NAME,
     );
-    builtins.domain = DEFAULT_DOMAIN.to_string();
-    let mut docs = crate::addons::documents(&node.profile, &builtins, config.addons.maildev)?;
+    let mut docs = addon_documents(config, &node.profile, &builtins)?;
     secure_ingresses(
         ctx,
         node,
@@ -273,6 +304,24 @@ async fn apply_addons(
     let changed = applied.iter().filter(|a| a.changed).count();
     step.done(format!("add-ons applied ({changed} changed)"));
     Ok(applied)
+}
+
+/// The add-ons' documents: shared by every environment, so on the base domain.
+fn addon_documents(
+    config: &SandboxConfig,
+    profile: &crate::profile::Profile,
+    builtins: &Builtins,
+) -> Result<Vec<Document>, Error> {
+    let builtins = Builtins {
+        domain: DEFAULT_DOMAIN.to_string(),
+        smtp_host: crate::addons::SMTP_DNS_NAME.to_string(),
+        ..builtins.clone()
+    };
+    Ok(crate::addons::documents(
+        profile,
+        &builtins,
+        config.addons.maildev,
+    )?)
 }
 
 /// The project's documents as applied: its manifests and secrets, plus a TLS Secret for

@@ -103,6 +103,15 @@ fn hello_ingress_is_served_over_trusted_https_by_name() {
         String::from_utf8_lossy(&env.stdout),
         format!("{}:1025", String::from_utf8_lossy(&service_ip.stdout))
     );
+    // and its own public URL through ${SANDBOX_URL_HELLO}
+    let public = sb.kubectl(&[
+        "get",
+        "deploy",
+        "hello",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].env[2].value}",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&public.stdout), url);
 
     // the certificate lives in a Secret sandbox made, and the CA is published to pods
     let secret = sb.kubectl(&["get", "secret", "sandbox-tls", "-o", "jsonpath={.type}"]);
