@@ -15,7 +15,7 @@
 #   profiles/offline/build.sh --list           the image names and their recipe hashes
 #
 # Names: kube-binaries pause rootfs node busybox traefik maildev-rootfs maildev
-#        postgres-rootfs postgres
+#        postgres-rootfs postgres redis-rootfs redis
 # Environment: MIRROR (Debian mirror), SECURITY_MIRROR, WORK (scratch and logs, default
 # /var/tmp/sandbox-offline). Needs root or sudo for apt and debootstrap.
 set -Eeuo pipefail
@@ -44,9 +44,12 @@ MAILDEV_VERSION=2.2.1
 MAILDEV_PACKAGES=nodejs,ca-certificates
 POSTGRES_PACKAGES=postgresql-15,postgresql-client-15,busybox-static,ca-certificates
 POSTGRES_RECIPE=$HERE/../../fixtures/images/postgres
+REDIS_PACKAGES=redis-server,ca-certificates
+REDIS_RECIPE=$HERE/../../fixtures/images/redis
 
 # short name -> image; ORDER is the build order (an image after the ones it is made from)
-ORDER=(kube-binaries pause rootfs node busybox traefik maildev-rootfs maildev postgres-rootfs postgres)
+ORDER=(kube-binaries pause rootfs node busybox traefik maildev-rootfs maildev postgres-rootfs postgres
+  redis-rootfs redis)
 declare -A IMAGE=(
   [kube-binaries]=sandbox-offline/kube-binaries:$KUBE_VERSION
   [pause]=sandbox-offline/pause:3.2
@@ -56,15 +59,18 @@ declare -A IMAGE=(
   [traefik]=sandbox-offline/traefik:$TRAEFIK_VERSION
   [maildev-rootfs]=sandbox-offline/maildev-rootfs:$SUITE
   [maildev]=sandbox-offline/maildev:$MAILDEV_VERSION
-  # not the profile's: the database the fixtures (and their tests) use
+  # not the profile's: the database and the cache the fixtures (and their tests) use
   [postgres-rootfs]=sandbox-offline/postgres-rootfs:$SUITE
   [postgres]=sandbox-offline/postgres:15
+  [redis-rootfs]=sandbox-offline/redis-rootfs:$SUITE
+  [redis]=sandbox-offline/redis:7
 )
 declare -A DEPS=(
   [pause]=kube-binaries
   [node]="kube-binaries pause rootfs"
   [maildev]=maildev-rootfs
   [postgres]=postgres-rootfs
+  [redis]=redis-rootfs
 )
 
 # ---------------------------------------------------------------- helpers
@@ -220,6 +226,7 @@ debootstrap_image() {
 build_rootfs() { debootstrap_image "$1" "$2" "$NODE_PACKAGES"; }
 build_maildev_rootfs() { debootstrap_image "$1" "$2" "$MAILDEV_PACKAGES"; }
 build_postgres_rootfs() { debootstrap_image "$1" "$2" "$POSTGRES_PACKAGES"; }
+build_redis_rootfs() { debootstrap_image "$1" "$2" "$REDIS_PACKAGES"; }
 
 build_node() {
   scratch node
@@ -322,6 +329,17 @@ build_postgres() {
   logged postgres-image docker build --build-arg "ROOTFS=${IMAGE[postgres-rootfs]}" -t "$1" "$SCRATCH"
 }
 
+build_redis() {
+  scratch redis
+  cp -r "$REDIS_RECIPE/." "$SCRATCH/"
+  printf 'LABEL %s=%s\n' "$LABEL" "$2" >> "$SCRATCH/Dockerfile"
+  logged redis-image docker build --build-arg "ROOTFS=${IMAGE[redis-rootfs]}" -t "$1" "$SCRATCH"
+  # smoke: it answers PING as a non-root user
+  [ "$(docker run --rm --entrypoint sh "$1" -c '/usr/local/bin/redis-entrypoint --daemonize yes &&
+    for i in $(seq 40); do redis-cli ping 2>/dev/null && break; sleep 0.25; done')" = PONG ] ||
+    die "$1: redis-server does not answer PING"
+}
+
 # ---------------------------------------------------------------- recipe hashes
 declare -A H
 H[kube-binaries]=$(recipe "kubernetes $KUBE_VERSION" "$KUBE_ORIG_SHA256" "$KUBE_TARGETS" "$KUBE_BINARIES" fn:build_kube_binaries)
@@ -336,6 +354,9 @@ H[maildev]=$(recipe "${H[maildev-rootfs]}" "maildev@$MAILDEV_VERSION" fn:build_m
 H[postgres-rootfs]=$(recipe "$SUITE" "$POSTGRES_PACKAGES" fn:debootstrap_image)
 H[postgres]=$(recipe "${H[postgres-rootfs]}" fn:build_postgres \
   "file:$POSTGRES_RECIPE/Dockerfile" "file:$POSTGRES_RECIPE/entrypoint")
+H[redis-rootfs]=$(recipe "$SUITE" "$REDIS_PACKAGES" fn:debootstrap_image)
+H[redis]=$(recipe "${H[redis-rootfs]}" fn:build_redis \
+  "file:$REDIS_RECIPE/Dockerfile" "file:$REDIS_RECIPE/entrypoint")
 
 # ---------------------------------------------------------------- arguments
 CHECK=false

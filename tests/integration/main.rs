@@ -9,6 +9,7 @@ mod images;
 mod ingress;
 mod lifecycle;
 mod persistence;
+mod phoenix;
 mod prune;
 mod support;
 mod web;
