@@ -194,6 +194,18 @@ impl Error {
         }
     }
 
+    /// The `Error` document printed on stdout with `-o json`.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": crate::config::API_VERSION,
+            "kind": "Error",
+            "exitCode": self.exit_code(),
+            "message": self.to_string(),
+            "causes": self.chain(),
+            "hint": self.hint(),
+        })
+    }
+
     /// The cause chain, one cause per line, after the message.
     pub fn chain(&self) -> Vec<String> {
         let mut out = Vec::new();

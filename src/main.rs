@@ -31,17 +31,9 @@ fn main() {
                 eprintln!("hint: {hint}");
             }
             if output == Output::Json {
-                let doc = serde_json::json!({
-                    "apiVersion": sandbox::config::API_VERSION,
-                    "kind": "Error",
-                    "exitCode": code,
-                    "message": e.to_string(),
-                    "causes": e.chain(),
-                    "hint": e.hint(),
-                });
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&doc).expect("JSON values serialise")
+                    serde_json::to_string_pretty(&e.json()).expect("JSON values serialise")
                 );
             }
             code

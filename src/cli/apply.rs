@@ -4,6 +4,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::Context;
+use crate::apply::{Applied, InventoryEntry};
 use crate::docker::Engine;
 use crate::error::Error;
 use crate::images;
@@ -37,15 +38,7 @@ pub async fn run(ctx: &Context, _args: ApplyArgs) -> Result<(), Error> {
     let changed = applied.iter().filter(|a| a.changed).count();
     let seconds = started.elapsed().as_secs_f64();
     ctx.print(
-        &json!({
-            "apiVersion": crate::config::API_VERSION,
-            "kind": "ApplyResult",
-            "sandbox": config.name,
-            "loaded": loaded,
-            "objects": super::up::objects_json(&applied),
-            "pruned": super::up::pruned_json(&pruned),
-            "elapsedSeconds": (seconds * 10.0).round() / 10.0,
-        }),
+        &result_json(&config.name, &loaded, &applied, &pruned, seconds),
         &format!(
             "applied {} objects to sandbox {} ({changed} changed, {} pruned) in {seconds:.1}s\n",
             applied.len(),
@@ -54,4 +47,23 @@ pub async fn run(ctx: &Context, _args: ApplyArgs) -> Result<(), Error> {
         ),
     );
     Ok(())
+}
+
+/// The `ApplyResult` document.
+pub(crate) fn result_json(
+    sandbox: &str,
+    loaded: &[String],
+    applied: &[Applied],
+    pruned: &[InventoryEntry],
+    seconds: f64,
+) -> serde_json::Value {
+    json!({
+        "apiVersion": crate::config::API_VERSION,
+        "kind": "ApplyResult",
+        "sandbox": sandbox,
+        "loaded": loaded,
+        "objects": super::up::objects_json(applied),
+        "pruned": super::up::pruned_json(pruned),
+        "elapsedSeconds": (seconds * 10.0).round() / 10.0,
+    })
 }

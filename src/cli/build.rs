@@ -48,17 +48,20 @@ pub async fn run(ctx: &Context, _args: BuildArgs) -> Result<(), Error> {
         };
         text.push_str(&format!("{}  {state}\n", b.reference));
     }
-    ctx.print(
-        &json!({
-            "apiVersion": crate::config::API_VERSION,
-            "kind": "BuildResult",
-            "sandbox": config.name,
-            "images": built.iter().map(|b| json!({
-                "name": b.name, "reference": b.reference, "id": b.id,
-                "loaded": loaded.contains(&b.reference),
-            })).collect::<Vec<_>>(),
-        }),
-        &text,
-    );
+    ctx.print(&result_json(&config.name, &built, &loaded), &text);
     Ok(())
+}
+
+/// The `BuildResult` document.
+pub(crate) fn result_json(
+    sandbox: &str,
+    built: &[images::BuiltImage],
+    loaded: &[String],
+) -> serde_json::Value {
+    json!({
+        "apiVersion": crate::config::API_VERSION,
+        "kind": "BuildResult",
+        "sandbox": sandbox,
+        "images": super::up::images_json(built, loaded),
+    })
 }

@@ -135,16 +135,7 @@ async fn setup(ctx: &Context, args: SetupArgs) -> Result<(), Error> {
             text.push_str(&format!("# then: {}\n", reload.join(" ")));
         }
         text.push_str("# `sandbox dns setup --install` (as root) writes these\n");
-        ctx.print(
-            &json!({
-                "apiVersion": crate::config::API_VERSION,
-                "kind": "DnsSetup",
-                "server": server.to_string(),
-                "files": files.iter().map(|f| json!({"path": f.path, "content": f.content})).collect::<Vec<_>>(),
-                "reload": reload,
-            }),
-            &text,
-        );
+        ctx.print(&setup_json(server, &files, reload.as_deref()), &text);
         return Ok(());
     }
     for f in &files {
@@ -174,6 +165,21 @@ async fn setup(ctx: &Context, args: SetupArgs) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The `DnsSetup` document: the hook's files and reload command for `server`.
+pub(crate) fn setup_json(
+    server: SocketAddr,
+    files: &[HookFile],
+    reload: Option<&[String]>,
+) -> serde_json::Value {
+    json!({
+        "apiVersion": crate::config::API_VERSION,
+        "kind": "DnsSetup",
+        "server": server.to_string(),
+        "files": files.iter().map(|f| json!({"path": f.path, "content": f.content})).collect::<Vec<_>>(),
+        "reload": reload,
+    })
 }
 
 /// Runs `sandbox dns`.

@@ -57,14 +57,7 @@ pub async fn run(ctx: &Context, args: DownArgs) -> Result<(), Error> {
         )
     };
     ctx.print(
-        &json!({
-            "apiVersion": crate::config::API_VERSION,
-            "kind": "DownResult",
-            "sandbox": sandbox,
-            "purged": args.purge,
-            "removed": removed,
-            "dnsStopped": dns_stopped,
-        }),
+        &result_json(&sandbox, args.purge, &removed, dns_stopped),
         &text,
     );
     Ok(())
@@ -107,14 +100,40 @@ async fn remove_environment(ctx: &Context) -> Result<(), Error> {
         )
     };
     ctx.print(
-        &json!({
-            "apiVersion": crate::config::API_VERSION,
-            "kind": "DownResult",
-            "sandbox": config.name,
-            "environment": namespace,
-            "removed": {"namespace": owned},
-        }),
+        &environment_result_json(&config.name, &namespace, owned),
         &text,
     );
     Ok(())
+}
+
+/// The `DownResult` document of a sandbox.
+pub(crate) fn result_json(
+    sandbox: &str,
+    purged: bool,
+    removed: &node::Removed,
+    dns_stopped: bool,
+) -> serde_json::Value {
+    json!({
+        "apiVersion": crate::config::API_VERSION,
+        "kind": "DownResult",
+        "sandbox": sandbox,
+        "purged": purged,
+        "removed": removed,
+        "dnsStopped": dns_stopped,
+    })
+}
+
+/// The `DownResult` document of `down --namespace`: whether the namespace was deleted.
+pub(crate) fn environment_result_json(
+    sandbox: &str,
+    environment: &str,
+    removed: bool,
+) -> serde_json::Value {
+    json!({
+        "apiVersion": crate::config::API_VERSION,
+        "kind": "DownResult",
+        "sandbox": sandbox,
+        "environment": environment,
+        "removed": {"namespace": removed},
+    })
 }

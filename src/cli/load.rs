@@ -44,14 +44,20 @@ pub async fn run(ctx: &Context, args: LoadArgs) -> Result<(), Error> {
             format!("{i}  {state}\n")
         })
         .collect();
-    ctx.print(
-        &json!({
-            "apiVersion": crate::config::API_VERSION,
-            "kind": "LoadResult",
-            "sandbox": sandbox,
-            "images": args.images.iter().map(|i| json!({"reference": i, "loaded": loaded.contains(i)})).collect::<Vec<_>>(),
-        }),
-        &text,
-    );
+    ctx.print(&result_json(&sandbox, &args.images, &loaded), &text);
     Ok(())
+}
+
+/// The `LoadResult` document: each image named and whether it is among the `loaded`.
+pub(crate) fn result_json(
+    sandbox: &str,
+    images: &[String],
+    loaded: &[String],
+) -> serde_json::Value {
+    json!({
+        "apiVersion": crate::config::API_VERSION,
+        "kind": "LoadResult",
+        "sandbox": sandbox,
+        "images": images.iter().map(|i| json!({"reference": i, "loaded": loaded.contains(i)})).collect::<Vec<_>>(),
+    })
 }

@@ -9,6 +9,8 @@ pub mod exec;
 pub mod kubeconfig;
 pub mod load;
 pub mod logs;
+#[cfg(test)]
+mod output_schema;
 pub mod status;
 pub mod trust;
 pub mod up;
@@ -66,7 +68,7 @@ pub struct Global {
 pub enum Output {
     /// Human-readable text.
     Text,
-    /// One JSON document (schema in README.md).
+    /// One JSON document (schema/output.v1alpha1.schema.json).
     Json,
 }
 

@@ -3,11 +3,12 @@
 use clap::Args;
 use serde_json::json;
 
-use super::Context;
+use super::{Context, Output};
+use crate::dns_daemon::DaemonRecord;
 use crate::docker::Engine;
 use crate::error::Error;
 use crate::node;
-use crate::plan::Names;
+use crate::plan::{HostPorts, Names};
 use crate::profile::Profile;
 
 /// Options of `sandbox status`.
@@ -43,17 +44,7 @@ pub async fn run(ctx: &Context, args: StatusArgs) -> Result<(), Error> {
                 ),
             }
         };
-        rows.push(json!({
-            "sandbox": info.sandbox,
-            "profile": info.profile,
-            "container": info.name,
-            "state": info.state,
-            "api": api,
-            "context": Names::of(&info.sandbox).context,
-            "ports": ports.map(|p| json!({"api": p.api, "http": p.http, "https": p.https})),
-            "environments": environments,
-            "addons": addons.iter().map(|(name, state)| json!({"name": name, "state": state})).collect::<Vec<_>>(),
-        }));
+        rows.push(row_json(info, ports, &api, &environments, &addons));
     }
     let mut text = String::new();
     if rows.is_empty() {
@@ -111,17 +102,49 @@ pub async fn run(ctx: &Context, args: StatusArgs) -> Result<(), Error> {
         Some(d) => format!("DNS server: {} (pid {})\n", d.address, d.pid),
         None => "DNS server: not running (`sandbox up` starts it)\n".to_string(),
     });
-    ctx.print(
-        &json!({
-            "apiVersion": crate::config::API_VERSION, "kind": "StatusResult", "sandboxes": rows,
-            "dns": dns.map(|d| json!({"address": d.address.to_string(), "pid": d.pid})),
-        }),
-        &text,
-    );
-    if only.is_some() && rows.is_empty() {
-        return Err(Error::NotFound(only.unwrap_or_default()));
+    let missing = only.filter(|_| rows.is_empty());
+    // with -o json, the Error is stdout's one document
+    if missing.is_none() || ctx.global.output == Output::Text {
+        ctx.print(&result_json(rows, dns.as_ref()), &text);
     }
-    Ok(())
+    match missing {
+        Some(name) => Err(Error::NotFound(name)),
+        None => Ok(()),
+    }
+}
+
+/// One sandbox of `StatusResult`: its node, the API's health, its environments and add-ons.
+pub(crate) fn row_json(
+    info: &crate::docker::NodeInfo,
+    ports: Option<HostPorts>,
+    api: &str,
+    environments: &[String],
+    addons: &[(String, String)],
+) -> serde_json::Value {
+    json!({
+        "sandbox": info.sandbox,
+        "profile": info.profile,
+        "container": info.name,
+        "state": info.state,
+        "api": api,
+        "context": Names::of(&info.sandbox).context,
+        "ports": ports.map(|p| json!({"api": p.api, "http": p.http, "https": p.https})),
+        "environments": environments,
+        "addons": addons.iter().map(|(name, state)| json!({"name": name, "state": state})).collect::<Vec<_>>(),
+    })
+}
+
+/// The `StatusResult` document.
+pub(crate) fn result_json(
+    rows: Vec<serde_json::Value>,
+    dns: Option<&DaemonRecord>,
+) -> serde_json::Value {
+    json!({
+        "apiVersion": crate::config::API_VERSION,
+        "kind": "StatusResult",
+        "sandboxes": rows,
+        "dns": dns.map(|d| json!({"address": d.address.to_string(), "pid": d.pid})),
+    })
 }
 
 /// The API's health and the sandbox's namespaces (its environments).

@@ -123,22 +123,24 @@ fn read_optional(path: &Path) -> Result<Option<String>, TrustError> {
 }
 
 fn print_exports(ctx: &Context, exports: &Exports) {
+    ctx.print(&exports_json(exports), &exports.shell());
+}
+
+/// The `TrustExports` document.
+pub(crate) fn exports_json(exports: &Exports) -> serde_json::Value {
     let env: serde_json::Map<String, serde_json::Value> = exports
         .variables()
         .into_iter()
         .map(|(name, path)| (name.to_string(), json!(path)))
         .collect();
-    ctx.print(
-        &json!({
-            "apiVersion": crate::config::API_VERSION,
-            "kind": "TrustExports",
-            "ca": exports.ca_cert,
-            "bundle": exports.bundle,
-            "systemBundle": exports.system_bundle,
-            "env": env,
-        }),
-        &exports.shell(),
-    );
+    json!({
+        "apiVersion": crate::config::API_VERSION,
+        "kind": "TrustExports",
+        "ca": exports.ca_cert,
+        "bundle": exports.bundle,
+        "systemBundle": exports.system_bundle,
+        "env": env,
+    })
 }
 
 /// Prints the stores' outcomes: the result on success, on stderr before the error otherwise.
@@ -166,6 +168,22 @@ fn print_stores(
             .collect();
         return Err(TrustError::Incomplete { failed, manual }.into());
     }
+    ctx.print(&result_json(action, plan, reports), &text);
+    if action == Action::Install {
+        ctx.reporter.info(
+            "restart browsers to pick it up; for Node, OpenSSL, Python and curl: \
+             eval \"$(sandbox trust print)\"",
+        );
+    }
+    Ok(())
+}
+
+/// The `TrustResult` document.
+pub(crate) fn result_json(
+    action: Action,
+    plan: &Plan,
+    reports: &[StoreReport],
+) -> serde_json::Value {
     let action_name = match action {
         Action::Install => "install",
         Action::Uninstall => "uninstall",
@@ -181,24 +199,14 @@ fn print_stores(
             })
         })
         .collect();
-    ctx.print(
-        &json!({
-            "apiVersion": crate::config::API_VERSION,
-            "kind": "TrustResult",
-            "action": action_name,
-            "ca": plan.ca_path,
-            "nickname": plan.nickname,
-            "stores": stores,
-        }),
-        &text,
-    );
-    if action == Action::Install {
-        ctx.reporter.info(
-            "restart browsers to pick it up; for Node, OpenSSL, Python and curl: \
-             eval \"$(sandbox trust print)\"",
-        );
-    }
-    Ok(())
+    json!({
+        "apiVersion": crate::config::API_VERSION,
+        "kind": "TrustResult",
+        "action": action_name,
+        "ca": plan.ca_path,
+        "nickname": plan.nickname,
+        "stores": stores,
+    })
 }
 
 /// One line for the CA, then one per store: `LABEL: OUTCOME (LOCATION)`.

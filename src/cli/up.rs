@@ -432,6 +432,15 @@ pub(crate) async fn wait_ready(
     Ok(())
 }
 
+/// The `images` list of `UpResult` and `BuildResult`: each built image and whether it is
+/// among the `loaded` references.
+pub fn images_json(built: &[BuiltImage], loaded: &[String]) -> serde_json::Value {
+    built
+        .iter()
+        .map(|b| json!({"name": b.name, "reference": b.reference, "id": b.id, "loaded": loaded.contains(&b.reference)}))
+        .collect()
+}
+
 /// The `objects` list of `UpResult` and `ApplyResult`.
 pub fn objects_json(applied: &[Applied]) -> serde_json::Value {
     applied
@@ -468,10 +477,7 @@ impl Outcome {
             "kubeconfig": self.kubeconfig,
             "apiServer": format!("https://127.0.0.1:{}", self.node.ports.api),
             "ports": {"api": self.node.ports.api, "http": self.node.ports.http, "https": self.node.ports.https},
-            "images": self.built.iter().map(|b| json!({
-                "name": b.name, "reference": b.reference, "id": b.id,
-                "loaded": self.loaded.contains(&b.reference),
-            })).collect::<Vec<_>>(),
+            "images": images_json(&self.built, &self.loaded),
             "objects": objects_json(&self.applied),
             "pruned": pruned_json(&self.pruned),
             "urls": self.urls,

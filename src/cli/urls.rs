@@ -8,6 +8,7 @@ use crate::docker::Engine;
 use crate::error::Error;
 use crate::plan::Names;
 use crate::profile::Profile;
+use crate::urls::Url;
 
 /// Options of `sandbox urls`.
 #[derive(Debug, Args)]
@@ -38,16 +39,18 @@ pub async fn run(ctx: &Context, _args: UrlsArgs) -> Result<(), Error> {
         "{:<12} {:<30} https://127.0.0.1:{}\n",
         "API", names.context, ports.api
     ));
-    ctx.print(
-        &json!({
-            "apiVersion": crate::config::API_VERSION,
-            "kind": "UrlsResult",
-            "sandbox": config.name,
-            "context": names.context,
-            "apiServer": format!("https://127.0.0.1:{}", ports.api),
-            "urls": urls,
-        }),
-        &text,
-    );
+    ctx.print(&result_json(&config.name, ports.api, &urls), &text);
     Ok(())
+}
+
+/// The `UrlsResult` document.
+pub(crate) fn result_json(sandbox: &str, api_port: u16, urls: &[Url]) -> serde_json::Value {
+    json!({
+        "apiVersion": crate::config::API_VERSION,
+        "kind": "UrlsResult",
+        "sandbox": sandbox,
+        "context": Names::of(sandbox).context,
+        "apiServer": format!("https://127.0.0.1:{api_port}"),
+        "urls": urls,
+    })
 }

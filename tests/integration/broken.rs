@@ -44,9 +44,16 @@ fn run_case(sb: &TestSandbox, name: &str, expect: &Expect) -> Vec<String> {
         copy_dir(&root().join("fixtures/broken"), &copy);
     }
     let file = copy.join(name).join("sandbox.yaml");
-    let out = sb.run(&["up", "-f", file.to_str().unwrap()]);
+    let out = sb.run(&["up", "-f", file.to_str().unwrap(), "-o", "json"]);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let mut failures = Vec::new();
+    let error = crate::support::json_document(&out.stdout);
+    if error["kind"] != "Error" || error["exitCode"] != expect.exit {
+        failures.push(format!(
+            "{name}: stdout is not the Error of exit {}: {error}",
+            expect.exit
+        ));
+    }
     if out.status.code() != Some(expect.exit) {
         failures.push(format!(
             "{name}: exit {:?}, expected {}",

@@ -31,7 +31,7 @@ fn database_data_survives_pod_deletion_and_down_up() {
                 && !String::from_utf8_lossy(&out.stdout).contains("s3cret-for-tests"),
             "the secret value was printed"
         );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = crate::support::json_document(&out.stdout);
         v["urls"]
             .as_array()
             .unwrap()

@@ -51,7 +51,7 @@ fn sign_in_link_mailed_through_maildev_works_over_https_once() {
         .output()
         .unwrap();
     assert_success(&out, "sandbox up (phoenix-style)");
-    let up: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let up = crate::support::json_document(&out.stdout);
     let browser = Browser::of(&sb, &up);
     // https://cotoami.127.0.0.1.nip.io/, with the HTTPS port when it is not 443
     let app = url_of(&up, "cotoami");
