@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use futures_util::{StreamExt, TryStreamExt};
+
 use crate::config::ImageConfig;
 use crate::docker::{DockerError, Engine};
 use crate::profile::Profile;
@@ -69,6 +71,16 @@ pub enum ImageError {
         code: i64,
         /// Its stderr.
         stderr: String,
+    },
+    /// The node's container runtime did not answer while it booted.
+    #[error("node {node}: its container runtime did not answer within {seconds} s: {last}")]
+    RuntimeNotReady {
+        /// Node container.
+        node: String,
+        /// The deadline.
+        seconds: u64,
+        /// The last thing the image listing said (or the container's state).
+        last: String,
     },
 }
 
@@ -413,48 +425,100 @@ pub async fn load(
     if images.is_empty() {
         return Ok(Vec::new());
     }
-    let listing = engine
-        .exec_simple(node, &profile.node.image_list)
-        .await?
-        .stdout;
-    let mut loaded = Vec::new();
-    for image in images {
-        let reference = &image.reference;
-        let failed = |out: crate::docker::ExecOutput| ImageError::ImportFailed {
-            image: reference.clone(),
-            node: node.to_string(),
-            code: out.code,
-            stderr: out.stderr.trim().to_string(),
-        };
-        match presence(&listing, reference, &image.id) {
-            Presence::Held => continue,
-            Presence::ContentOnly => {
-                let mut tag = profile.node.image_tag.clone();
-                tag.extend([image.id.clone(), containerd_ref(reference)]);
-                let out = engine.exec_simple(node, &tag).await?;
-                if out.code != 0 {
-                    return Err(failed(out));
-                }
-                reporter.info(format!("{reference}: content already in {node}, tagged"));
+    let listing = runtime_listing(engine, node, profile).await?;
+    // a few at once: the engine's export and the node's import overlap (two add-on images
+    // load in 6.4 s instead of 8.0 s on 2 cores)
+    let loads = futures_util::stream::iter(images)
+        .map(|image| load_one(engine, node, profile, &listing, image, reporter))
+        .buffered(LOADS_AT_ONCE);
+    let loaded: Vec<Option<String>> = loads.try_collect().await?;
+    Ok(loaded.into_iter().flatten().collect())
+}
+
+/// How many images load into a node at once.
+const LOADS_AT_ONCE: usize = 3;
+
+/// Loads one image unless the node's `listing` shows it held; returns its reference when
+/// loaded (or tagged from content the node had).
+async fn load_one(
+    engine: &Engine,
+    node: &str,
+    profile: &Profile,
+    listing: &str,
+    image: &LoadRequest,
+    reporter: &Reporter,
+) -> Result<Option<String>, ImageError> {
+    let reference = &image.reference;
+    let failed = |out: crate::docker::ExecOutput| ImageError::ImportFailed {
+        image: reference.clone(),
+        node: node.to_string(),
+        code: out.code,
+        stderr: out.stderr.trim().to_string(),
+    };
+    match presence(listing, reference, &image.id) {
+        Presence::Held => return Ok(None),
+        Presence::ContentOnly => {
+            let mut tag = profile.node.image_tag.clone();
+            tag.extend([image.id.clone(), containerd_ref(reference)]);
+            let out = engine.exec_simple(node, &tag).await?;
+            if out.code != 0 {
+                return Err(failed(out));
             }
-            Presence::Absent => {
-                let step = reporter.step(format!("loading {reference} into {node}"));
-                let out = engine
-                    .exec(
-                        node,
-                        &profile.node.image_import,
-                        Some(engine.export_image(reference)),
-                    )
-                    .await?;
-                if out.code != 0 {
-                    return Err(failed(out));
-                }
-                step.done(format!("loaded {reference}"));
-            }
+            reporter.info(format!("{reference}: content already in {node}, tagged"));
         }
-        loaded.push(reference.clone());
+        Presence::Absent => {
+            let step = reporter.step(format!("loading {reference} into {node}"));
+            let out = engine
+                .exec(
+                    node,
+                    &profile.node.image_import,
+                    Some(engine.export_image(reference)),
+                )
+                .await?;
+            if out.code != 0 {
+                return Err(failed(out));
+            }
+            step.done(format!("loaded {reference}"));
+        }
     }
-    Ok(loaded)
+    Ok(Some(reference.clone()))
+}
+
+/// The node's image listing, waiting for its container runtime to answer: a node that is
+/// still booting takes images as soon as its runtime is up, long before its API server.
+async fn runtime_listing(
+    engine: &Engine,
+    node: &str,
+    profile: &Profile,
+) -> Result<String, ImageError> {
+    let deadline = profile.node.boot_timeout;
+    let started = std::time::Instant::now();
+    loop {
+        let out = engine.exec_simple(node, &profile.node.image_list).await;
+        let last = match out {
+            Ok(out) if out.code == 0 => return Ok(out.stdout),
+            Ok(out) => out.stderr.trim().to_string(),
+            // exec refused: the container is not running (yet, or any more)
+            Err(e) => match engine.container_state(node).await? {
+                Some(state) if state == "running" || state == "created" => e.to_string(),
+                state => {
+                    return Err(ImageError::RuntimeNotReady {
+                        node: node.to_string(),
+                        seconds: deadline.as_secs(),
+                        last: format!("the container is {}", state.as_deref().unwrap_or("gone")),
+                    })
+                }
+            },
+        };
+        if started.elapsed() > deadline {
+            return Err(ImageError::RuntimeNotReady {
+                node: node.to_string(),
+                seconds: deadline.as_secs(),
+                last,
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 #[cfg(test)]

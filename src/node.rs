@@ -170,6 +170,32 @@ pub async fn ensure(
     boot_timeout: Option<Duration>,
     reporter: &Reporter,
 ) -> Result<Node, NodeError> {
+    boot(engine, sandbox, requested_profile, reporter)
+        .await?
+        .ready(engine, boot_timeout, reporter)
+        .await
+}
+
+/// A node container that runs (created or started by this run, or found running) and may
+/// still be booting: its container runtime answers first, its API server later.
+#[derive(Debug, Clone)]
+pub struct Booting {
+    /// The sandbox's names.
+    pub names: Names,
+    /// Its profile.
+    pub profile: Profile,
+    /// Whether this run created it.
+    pub created: bool,
+}
+
+/// Finds sandbox `sandbox`'s node, starting it when stopped or creating it when absent,
+/// without waiting for it to boot.
+pub async fn boot(
+    engine: &Engine,
+    sandbox: &str,
+    requested_profile: Option<&str>,
+    reporter: &Reporter,
+) -> Result<Booting, NodeError> {
     let names = Names::of(sandbox);
     let existing = engine.list_nodes(Some(sandbox)).await?.into_iter().next();
     let (profile, created) = match existing {
@@ -197,24 +223,45 @@ pub async fn ensure(
             (profile, true)
         }
     };
-    let deadline = boot_timeout.unwrap_or(profile.node.boot_timeout);
-    let step = reporter.step(format!(
-        "waiting for node {} ({})",
-        names.node, profile.name
-    ));
-    let ready = wait_ready(engine, &names, &profile, deadline, &step).await;
-    let node = match ready {
-        Ok(node) => node,
-        Err(e) => {
-            if created {
-                // a node this run created and that never worked is not worth keeping
-                let _ = engine.remove_container(&names.node).await;
+    Ok(Booting {
+        names,
+        profile,
+        created,
+    })
+}
+
+impl Booting {
+    /// Waits until the node is ready (within `boot_timeout`, else the profile's); a node
+    /// this run created and that never became ready is removed.
+    pub async fn ready(
+        self,
+        engine: &Engine,
+        boot_timeout: Option<Duration>,
+        reporter: &Reporter,
+    ) -> Result<Node, NodeError> {
+        let Booting {
+            names,
+            profile,
+            created,
+        } = self;
+        let deadline = boot_timeout.unwrap_or(profile.node.boot_timeout);
+        let step = reporter.step(format!(
+            "waiting for node {} ({})",
+            names.node, profile.name
+        ));
+        let node = match wait_ready(engine, &names, &profile, deadline, &step).await {
+            Ok(node) => node,
+            Err(e) => {
+                if created {
+                    // a node this run created and that never worked is not worth keeping
+                    let _ = engine.remove_container(&names.node).await;
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-    };
-    step.done(format!("node {} ready", names.node));
-    Ok(Node { created, ..node })
+        };
+        step.done(format!("node {} ready", names.node));
+        Ok(Node { created, ..node })
+    }
 }
 
 /// The running node container of sandbox `sandbox` and its profile.

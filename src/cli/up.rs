@@ -67,29 +67,35 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
     validate_manifests(config)?;
     let engine = Engine::connect().await?;
     let _lock = crate::lock::acquire(&config.name, &ctx.reporter).await?;
-    let (node, built) = tokio::try_join!(
-        node::ensure(
+    let (booting, built) = tokio::try_join!(
+        node::boot(
             &engine,
             &config.name,
             config.profile.as_deref(),
-            config.timeouts.boot,
             &ctx.reporter
         )
         .map_err(Error::from),
         images::build_all(&engine, &config.images, &config.base_dir, &ctx.reporter)
             .map_err(Error::from),
     )?;
-    let kubeconfig = install_context(&node)?;
     let mut requests = images::load_requests(&built);
-    requests.extend(addon_load_requests(&engine, &node, config.addons.maildev).await?);
-    let loaded = images::load(
-        &engine,
-        &node.info.name,
-        &node.profile,
-        &requests,
-        &ctx.reporter,
-    )
-    .await?;
+    requests.extend(addon_load_requests(&engine, &booting.profile, config.addons.maildev).await?);
+    // the images go into the node's runtime while its API server boots
+    let (node, loaded) = tokio::try_join!(
+        booting
+            .clone()
+            .ready(&engine, config.timeouts.boot, &ctx.reporter)
+            .map_err(Error::from),
+        images::load(
+            &engine,
+            &booting.names.node,
+            &booting.profile,
+            &requests,
+            &ctx.reporter,
+        )
+        .map_err(Error::from),
+    )?;
+    let kubeconfig = install_context(&node)?;
     let ca = load_ca(ctx)?;
     let addons = apply_addons(ctx, config, &node, &ca).await?;
     let docs = project_documents(ctx, config, &node, &built, &ca).await?;
@@ -259,11 +265,11 @@ async fn start_dns(ctx: &Context) -> Option<std::net::SocketAddr> {
 /// pulls the others itself.
 async fn addon_load_requests(
     engine: &Engine,
-    node: &Node,
+    profile: &crate::profile::Profile,
     maildev: bool,
 ) -> Result<Vec<images::LoadRequest>, Error> {
     let mut requests = Vec::new();
-    for reference in crate::addons::images(&node.profile, maildev) {
+    for reference in crate::addons::images(profile, maildev) {
         if let Some(id) = engine.image_id(&reference).await? {
             requests.push(images::LoadRequest { reference, id });
         }

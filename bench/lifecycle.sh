@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Lifecycle benchmark (issue 7): a cold `sandbox up` of the hello fixture against the seeds'
+# hand-made procedure scripted with the same node image (docker run of the node, wait for
+# it, `docker save | ctr import`, an openssl self-signed certificate, `kubectl create secret
+# tls`, `sed ... | kubectl apply`, `kubectl rollout status`), the node's own boot (docker run
+# to node Ready) measured inside the hand-made runs, a warm no-change `up` against `kubectl
+# apply -f`, `down` against the hand-made teardown (with the leftovers counted), and the
+# binary's start against kubectl's. Repetitions alternate which side goes first.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+ensure_release_binary
+command -v openssl >/dev/null || { echo "openssl is needed" >&2; exit 1; }
+
+IMAGE=sandbox-offline/node:v1.20.2
+FIXTURE=$ROOT/fixtures/apps/hello
+WORKDIR=$(mktemp -d)
+# sandbox's state (CA, DNS record, kubeconfig) kept apart from the user's
+export XDG_STATE_HOME=$WORKDIR/state XDG_DATA_HOME=$WORKDIR/data KUBECONFIG=$WORKDIR/kubeconfig
+RUN=bench-life-$$
+cleanup() {
+  for n in "$RUN"-s "$RUN"-warm; do "$SANDBOX" --name "$n" -q down --purge >/dev/null 2>&1 || true; done
+  handmade_down >/dev/null 2>&1 || true
+  rm -rf "$WORKDIR"
+}
+trap cleanup EXIT
+now() { date +%s.%N; }
+since() { echo "$(now) - $1" | bc; }
+
+# ---------------------------------------------------------------- the hand-made procedure
+H=$RUN-h # its node, network and volume
+HK=$WORKDIR/handmade.kubeconfig
+handmade_down() {
+  docker rm -f -v "$H" >/dev/null 2>&1 || true
+  docker network rm "$H" >/dev/null 2>&1 || true
+  docker volume rm "$H" >/dev/null 2>&1 || true
+  rm -f "$HK"
+}
+# handmade_up: prints the node's boot time (docker run to node Ready) on fd 3
+handmade_up() {
+  local start port ref t0
+  start=$(now)
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  docker network create "$H" >/dev/null
+  # the node's flags: what it needs to run Kubernetes (this engine refuses --privileged,
+  # so every capability but SYS_RESOURCE, as sandbox falls back to)
+  docker run -d --name "$H" --hostname "$H" --network "$H" --cgroupns private \
+    --tmpfs /run --tmpfs /var/run --tmpfs /tmp -v "$H:/var/lib/sandbox" \
+    --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
+    --security-opt systempaths=unconfined --cap-add ALL --cap-drop SYS_RESOURCE \
+    --device-cgroup-rule 'a *:* rwm' --device /dev/kmsg -e "NODE_NAME=$H" \
+    -p "127.0.0.1:$port:6443" "$IMAGE" >/dev/null
+  until docker exec "$H" test -s /etc/kubernetes/admin.conf 2>/dev/null; do sleep 0.2; done
+  docker exec "$H" cat /etc/kubernetes/admin.conf | sed "s|server: .*|server: https://127.0.0.1:$port|" > "$HK"
+  until [ -n "$(kubectl --kubeconfig "$HK" get nodes -o name 2>/dev/null)" ]; do sleep 0.2; done
+  kubectl --kubeconfig "$HK" wait --for=condition=Ready node --all --timeout=180s >/dev/null
+  echo "$(since "$start")" >&3
+  # the image, built by the engine and piped into the node's containerd
+  docker build -q -t hello:handmade "$FIXTURE/app" >/dev/null 2>&1
+  docker save hello:handmade | docker exec -i "$H" ctr -n k8s.io images import - >/dev/null
+  # a self-signed certificate for the app's host, stored as a TLS Secret
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=hello.127.0.0.1.nip.io" \
+    -keyout "$WORKDIR/tls.key" -out "$WORKDIR/tls.crt" >/dev/null 2>&1
+  kubectl --kubeconfig "$HK" create secret tls hello-tls --cert "$WORKDIR/tls.crt" --key "$WORKDIR/tls.key" >/dev/null
+  # the manifests with their placeholders replaced by sed, then applied and waited for
+  sed -e 's/\${GREETING}/hello from sandbox/' \
+    -e 's|image: hello:0.0.1|image: docker.io/library/hello:handmade\n          imagePullPolicy: Never|' \
+    "$FIXTURE/k8s/all-in-one.yaml" | kubectl --kubeconfig "$HK" apply -f - >/dev/null
+  kubectl --kubeconfig "$HK" rollout status deploy/hello --timeout=180s >/dev/null
+  # the seeds' `minikube service --url`
+  kubectl --kubeconfig "$HK" get svc hello -o jsonpath='{.spec.ports[0].nodePort}' >/dev/null
+}
+
+# ---------------------------------------------------------------- cold up, down
+sandbox_up() { "$SANDBOX" --name "$RUN-s" -q up -f "$FIXTURE/sandbox.yaml" >/dev/null; }
+sandbox_down() { "$SANDBOX" --name "$RUN-s" -q down --purge >/dev/null; }
+leftovers() { # leftovers NAME: containers, networks and volumes whose name holds NAME
+  local c n v
+  c=$(docker ps -aq --filter "name=$1" | wc -l)
+  n=$(docker network ls -q --filter "name=$1" | wc -l)
+  v=$(docker volume ls -q --filter "name=$1" | wc -l)
+  echo $((c + n + v))
+}
+cold_s=(); hand_s=(); boot_s=(); down_s=(); hdown_s=(); left_s=0; left_h=0
+time_sandbox() {
+  local s; s=$(now); sandbox_up; cold_s+=("$(since "$s")")
+  s=$(now); sandbox_down; down_s+=("$(since "$s")")
+  left_s=$((left_s + $(leftovers "sandbox-$RUN-s")))
+}
+time_handmade() {
+  local s; s=$(now); handmade_up 3>"$WORKDIR/boot"; hand_s+=("$(since "$s")"); boot_s+=("$(cat "$WORKDIR/boot")")
+  s=$(now); handmade_down; hdown_s+=("$(since "$s")")
+  left_h=$((left_h + $(leftovers "$H")))
+}
+for rep in $(seq "$REPS"); do
+  if [ $((rep % 2)) = 1 ]; then time_sandbox; time_handmade; else time_handmade; time_sandbox; fi
+done
+cold=$(median "${cold_s[@]}"); hand=$(median "${hand_s[@]}"); boot=$(median "${boot_s[@]}")
+table_start lifecycle "Lifecycle (hello fixture)"
+row "cold up (node image present)" "$cold" "hand-made procedure, same node image" "$hand" "-"
+overhead=$(echo "$cold - $boot" | bc); hand_overhead=$(echo "$hand - $boot" | bc)
+row "cold up overhead over node boot" "$overhead" "hand-made procedure's overhead" "$hand_overhead" "< 2 s"
+row "down --purge" "$(median "${down_s[@]}")" "docker rm -f -v + network rm + volume rm" "$(median "${hdown_s[@]}")" "< 3 s"
+row_in objects "leftovers after down (all runs)" "$left_s" "hand-made teardown" "$left_h" "0"
+printf '{"figure":"node boot","seconds":%s}\n' "$boot" >> "$JSON"
+
+# ---------------------------------------------------------------- warm up
+# kubectl's copy in a namespace of its own, so that neither tool changes the other's objects
+"$SANDBOX" --name "$RUN-warm" -q up -f "$FIXTURE/sandbox.yaml" >/dev/null
+kubectl --context "sandbox-$RUN-warm" create namespace peer >/dev/null
+ref=$(docker exec "sandbox-$RUN-warm-node" ctr -n k8s.io images ls -q | grep '/hello:sandbox-' | head -1)
+sed -e 's/\${GREETING}/hello from sandbox/' -e "s|image: hello:0.0.1|image: $ref\n          imagePullPolicy: Never|" \
+  "$FIXTURE/k8s/all-in-one.yaml" > "$WORKDIR/rendered.yaml"
+kpeer() { kubectl --context "sandbox-$RUN-warm" -n peer apply -f "$WORKDIR/rendered.yaml" >/dev/null; }
+kpeer
+warm_s=(); kube_s=()
+for rep in $(seq "$REPS"); do
+  s=$(now); "$SANDBOX" --name "$RUN-warm" -q up -f "$FIXTURE/sandbox.yaml" >/dev/null; warm_s+=("$(since "$s")")
+  s=$(now); kpeer; kube_s+=("$(since "$s")")
+done
+row "warm up, no change" "$(median "${warm_s[@]}")" "kubectl apply -f (same objects)" "$(median "${kube_s[@]}")" "< 1 s and <= 0.5x"
+
+# ---------------------------------------------------------------- binary start, DNS memory
+REPS=$((REPS * 4))
+start_s=$(median_of "$SANDBOX" --version)
+kstart_s=$(median_of kubectl version --client)
+row "binary start (--version)" "$start_s" "kubectl version --client" "$kstart_s" "-"
+dns_pid=$(python3 -c 'import json,os,sys; print(json.load(open(os.environ["XDG_STATE_HOME"]+"/sandbox/dns.json"))["pid"])' 2>/dev/null || echo "")
+if [ -n "$dns_pid" ] && [ -r "/proc/$dns_pid/status" ]; then
+  rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$dns_pid/status")
+  row_in MB "DNS server resident memory (idle, after the runs)" "$rss" "target" 15 "< 15 MB"
+fi
+echo >> "$TABLE"
+echo "Node boot (docker run to node Ready, measured in the hand-made runs): $boot s." >> "$TABLE"
+cat "$TABLE"
