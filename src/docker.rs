@@ -410,6 +410,11 @@ impl Engine {
         Ok(Engine { docker })
     }
 
+    /// The engine's ID (stable across restarts of the engine); `None` when it does not say.
+    pub async fn id(&self) -> Option<String> {
+        self.docker.info().await.ok().and_then(|info| info.id)
+    }
+
     /// Every sandbox node container, running or not.
     pub async fn list_nodes(&self, sandbox: Option<&str>) -> Result<Vec<NodeInfo>, DockerError> {
         let mut pairs = vec![(LABEL_ROLE, "node")];

@@ -321,7 +321,11 @@ async fn create(
     engine
         .ensure_volume(&names.data_volume, &plan::labels(sandbox, "data"))
         .await?;
-    let mut security = Security::Privileged;
+    let engine_id = engine.id().await;
+    let mut security = match &engine_id {
+        Some(id) if refuses_privileged(id) => Security::fallback(),
+        _ => Security::Privileged,
+    };
     let mut attempts = 0;
     let ports = loop {
         attempts += 1;
@@ -335,9 +339,12 @@ async fn create(
             {
                 reporter.info(
                     "the Docker engine refused --privileged (the host cannot grant every capability); \
-                     using all capabilities but SYS_RESOURCE instead",
+                     using all capabilities but SYS_RESOURCE instead (remembered for this engine)",
                 );
                 security = Security::fallback();
+                if let Some(id) = &engine_id {
+                    remember_privileged_refusal(id);
+                }
             }
             // another sandbox took a port between the check and the start: choose again
             Err(DockerError::StartContainer { ref source, .. })
@@ -353,6 +360,29 @@ async fn create(
     }
     step.done(format!("created node {}", names.node));
     Ok(())
+}
+
+/// The file listing the engines (by ID) that refused `--privileged`: the next node on them
+/// is created with the capability set at once (a refused attempt costs about a second).
+fn refusals_path() -> std::path::PathBuf {
+    crate::paths::state_dir().join("privileged-refused")
+}
+
+fn refuses_privileged(engine_id: &str) -> bool {
+    std::fs::read_to_string(refusals_path())
+        .is_ok_and(|text| text.lines().any(|line| line == engine_id))
+}
+
+/// Best effort: a lost note costs one refused attempt next time.
+fn remember_privileged_refusal(engine_id: &str) {
+    use std::io::Write;
+    let path = refusals_path();
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+        let _ = writeln!(file, "{engine_id}");
+    }
 }
 
 async fn wait_ready(

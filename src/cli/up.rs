@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use futures_util::TryFutureExt;
 use serde_json::json;
 
 use super::Context;
@@ -67,34 +66,48 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
     validate_manifests(config)?;
     let engine = Engine::connect().await?;
     let _lock = crate::lock::acquire(&config.name, &ctx.reporter).await?;
-    let (booting, built) = tokio::try_join!(
-        node::boot(
+    // the node boots while the images build; they load into its containerd as soon as both
+    // are there, while its API server is still starting
+    let (booted, boot_known) = tokio::sync::oneshot::channel();
+    let node_side = async {
+        let booting = node::boot(
             &engine,
             &config.name,
             config.profile.as_deref(),
-            &ctx.reporter
+            &ctx.reporter,
         )
-        .map_err(Error::from),
-        images::build_all(&engine, &config.images, &config.base_dir, &ctx.reporter)
-            .map_err(Error::from),
-    )?;
-    let mut requests = images::load_requests(&built);
-    requests.extend(addon_load_requests(&engine, &booting.profile, config.addons.maildev).await?);
-    // the images go into the node's runtime while its API server boots
-    let (node, loaded) = tokio::try_join!(
-        booting
-            .clone()
-            .ready(&engine, config.timeouts.boot, &ctx.reporter)
-            .map_err(Error::from),
-        images::load(
+        .await?;
+        let _ = booted.send(booting.clone());
+        Ok::<_, Error>(
+            booting
+                .ready(&engine, config.timeouts.boot, &ctx.reporter)
+                .await?,
+        )
+    };
+    let image_side = async {
+        let built = images::build_all(&engine, &config.images, &config.base_dir, &ctx.reporter)
+            .await?;
+        // no node: the node side's error is the one try_join reports
+        let Ok(booting) = boot_known.await else {
+            return Err(Error::from(node::NodeError::NotRunning {
+                sandbox: config.name.clone(),
+            }));
+        };
+        let mut requests = images::load_requests(&built);
+        requests.extend(
+            addon_load_requests(&engine, &booting.profile, config.addons.maildev).await?,
+        );
+        let loaded = images::load(
             &engine,
             &booting.names.node,
             &booting.profile,
             &requests,
             &ctx.reporter,
         )
-        .map_err(Error::from),
-    )?;
+        .await?;
+        Ok((built, loaded))
+    };
+    let (node, (built, loaded)) = tokio::try_join!(node_side, image_side)?;
     let kubeconfig = install_context(&node)?;
     let ca = load_ca(ctx)?;
     let addons = apply_addons(ctx, config, &node, &ca).await?;
