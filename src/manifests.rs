@@ -306,14 +306,21 @@ fn substitute_with(
     text: &str,
     value: impl Fn(&str, usize) -> Result<String, ManifestError>,
 ) -> Result<String, ManifestError> {
+    let comments = comment_spans(text);
+    let in_comment = |at: usize| comments.iter().any(|c| c.contains(&at));
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     let mut line = 1;
     while let Some(i) = rest.find('$') {
+        let at = text.len() - rest.len() + i;
         let (before, after) = rest.split_at(i);
         line += before.matches('\n').count();
         out.push_str(before);
-        if let Some(tail) = after.strip_prefix("$${") {
+        if in_comment(at) {
+            // a comment is kept as written: it may mention a variable it does not use
+            out.push('$');
+            rest = &after[1..];
+        } else if let Some(tail) = after.strip_prefix("$${") {
             out.push_str("${");
             rest = tail;
         } else if let Some(tail) = after.strip_prefix("${") {
@@ -335,6 +342,68 @@ fn substitute_with(
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The byte ranges of YAML comments in `text`: from a `#` that starts a line's content or
+/// follows a space or tab, outside quotes, to the end of its line. Lines of a block scalar
+/// (`|`, `>`) are content, never comments.
+fn comment_spans(text: &str) -> Vec<std::ops::Range<usize>> {
+    let mut spans = Vec::new();
+    // the indentation of the line that opened the block scalar we are in
+    let mut block: Option<usize> = None;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let body = line.trim_end_matches(['\n', '\r']);
+        let indent = body.len() - body.trim_start_matches([' ', '\t']).len();
+        if let Some(parent) = block {
+            if body.trim().is_empty() || indent > parent {
+                continue;
+            }
+            block = None;
+        }
+        let comment = comment_start(body);
+        if let Some(at) = comment {
+            spans.push(start + at..start + body.len());
+        }
+        let content = body[..comment.unwrap_or(body.len())].trim_end();
+        // `key: |`, `- >-`, `key: |2`: the last token is a block scalar header
+        let opens_block = content.split_whitespace().last().is_some_and(|token| {
+            token.len() <= 3
+                && token.starts_with(['|', '>'])
+                && token[1..].chars().all(|c| "-+123456789".contains(c))
+        });
+        if opens_block {
+            block = Some(indent);
+        }
+    }
+    spans
+}
+
+/// Where a comment starts in one line, outside single and double quotes.
+fn comment_start(line: &str) -> Option<usize> {
+    let mut quote: Option<char> = None;
+    let mut previous = ' ';
+    for (i, c) in line.char_indices() {
+        match quote {
+            Some('"') if c == '\\' => {}
+            Some(q) if c == q && !(q == '"' && previous == '\\') => quote = None,
+            Some(_) => {}
+            None if c == '#' && (previous == ' ' || previous == '\t') => return Some(i),
+            // `''` inside single quotes is a quote: the closing one is followed by a reopening
+            None if (c == '"' || c == '\'')
+                && (previous == ' '
+                    || "[{:,-".contains(previous)
+                    || (c == '\'' && previous == c)) =>
+            {
+                quote = Some(c)
+            }
+            None => {}
+        }
+        previous = c;
+    }
+    None
 }
 
 /// Splits YAML text into documents at `---` lines, returning each document's text and
@@ -648,6 +717,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(none.contains("it has none: a URL variable is SANDBOX_URL_ and the name of an Ingress with a host"), "{none}");
+    }
+
+    #[test]
+    fn comments_are_kept_as_written() {
+        let text = "# uses ${NOPE} one day\n\
+            a: ${GREETING} # not ${NOPE}\n\
+            b: \"# ${GREETING}\"\n\
+            c: 'it''s # ${GREETING}'\n\
+            d: x#${GREETING}\n\
+            script: |\n  # ${GREETING}\n  echo\n\
+            e: 1 # ${NOPE}\n\
+            list:\n  - >-\n    # ${GREETING}\n  - # ${NOPE}\n";
+        let out = substitute(text, &vars(), Path::new("a.yaml")).unwrap();
+        assert_eq!(
+            out,
+            "# uses ${NOPE} one day\n\
+            a: hi # not ${NOPE}\n\
+            b: \"# hi\"\n\
+            c: 'it''s # hi'\n\
+            d: x#hi\n\
+            script: |\n  # hi\n  echo\n\
+            e: 1 # ${NOPE}\n\
+            list:\n  - >-\n    # hi\n  - # ${NOPE}\n"
+        );
     }
 
     #[test]
