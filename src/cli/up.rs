@@ -85,8 +85,8 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
         )
     };
     let image_side = async {
-        let built = images::build_all(&engine, &config.images, &config.base_dir, &ctx.reporter)
-            .await?;
+        let built =
+            images::build_all(&engine, &config.images, &config.base_dir, &ctx.reporter).await?;
         // no node: the node side's error is the one try_join reports
         let Ok(booting) = boot_known.await else {
             return Err(Error::from(node::NodeError::NotRunning {
@@ -94,9 +94,8 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
             }));
         };
         let mut requests = images::load_requests(&built);
-        requests.extend(
-            addon_load_requests(&engine, &booting.profile, config.addons.maildev).await?,
-        );
+        requests
+            .extend(addon_load_requests(&engine, &booting.profile, config.addons.maildev).await?);
         let loaded = images::load(
             &engine,
             &booting.names.node,
