@@ -29,9 +29,25 @@ use crate::plan::{NodeSpec, Security, LABEL_PROFILE, LABEL_ROLE, LABEL_SANDBOX, 
 /// Errors talking to the Docker engine, one variant per operation.
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    /// No engine answers on the configured socket.
-    #[error("cannot reach the Docker engine (is dockerd running? is DOCKER_HOST right?)")]
-    Connect(#[source] BollardError),
+    /// No engine answers at the configured address.
+    #[error(
+        "cannot reach the Docker engine at {host} (is dockerd running? is DOCKER_HOST right?)"
+    )]
+    Connect {
+        /// The engine's address (`DOCKER_HOST`, else the default socket).
+        host: String,
+        /// Cause.
+        #[source]
+        source: BollardError,
+    },
+    /// Something accepts connections at the engine's address but does not answer.
+    #[error("the Docker engine at {host} did not answer within {seconds} s")]
+    NotAnswering {
+        /// The engine's address.
+        host: String,
+        /// The deadline.
+        seconds: u64,
+    },
     /// Listing containers, networks or volumes failed.
     #[error("cannot list {what}")]
     List {
@@ -272,6 +288,12 @@ impl NodeInfo {
         self.state == "running"
     }
 
+    /// True when the container was created but never started: what an `up` interrupted
+    /// between creating and starting the node leaves (the engine may refuse to start it).
+    pub fn never_started(&self) -> bool {
+        self.state == "created"
+    }
+
     /// The host port publishing container port `port`.
     pub fn host_port(&self, port: u16) -> Option<u16> {
         self.ports.get(&port).copied()
@@ -287,6 +309,22 @@ pub struct ExecOutput {
     pub stdout: String,
     /// Standard error.
     pub stderr: String,
+}
+
+/// The engine used when `DOCKER_HOST` is unset or empty.
+pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+/// How long the engine has to answer the handshake (version, ping): a hung engine fails in
+/// seconds, not after bollard's two-minute request timeout.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The engine's address: `DOCKER_HOST` when set and not empty (any scheme: `unix://`,
+/// `tcp://`, ...), else the default socket, as the docker CLI reads it.
+pub fn engine_host(docker_host: Option<&str>) -> String {
+    docker_host
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .unwrap_or(DEFAULT_HOST)
+        .to_string()
 }
 
 /// A connected Docker engine.
@@ -397,17 +435,58 @@ fn node_info(c: &ContainerSummary) -> Option<NodeInfo> {
     })
 }
 
+/// The host ports of a container's port bindings (`"6443/tcp"` → host port), as created:
+/// known even while it is stopped, when the engine lists no published port.
+pub fn bound_ports(
+    bindings: &HashMap<String, Option<Vec<DockerPortBinding>>>,
+) -> HashMap<u16, u16> {
+    bindings
+        .iter()
+        .filter_map(|(key, binding)| {
+            let container = key.split('/').next()?.parse().ok()?;
+            let host = binding
+                .as_ref()?
+                .first()?
+                .host_port
+                .as_deref()?
+                .parse()
+                .ok()?;
+            Some((container, host))
+        })
+        .collect()
+}
+
 impl Engine {
-    /// Connects to the local engine (DOCKER_HOST or the default socket) and agrees on an
-    /// API version.
+    /// Connects to the engine at [`engine_host`] and agrees on an API version, within
+    /// [`HANDSHAKE_DEADLINE`].
     pub async fn connect() -> Result<Engine, DockerError> {
-        let docker = Docker::connect_with_local_defaults().map_err(DockerError::Connect)?;
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(DockerError::Connect)?;
-        docker.ping().await.map_err(DockerError::Connect)?;
-        Ok(Engine { docker })
+        let host = engine_host(std::env::var("DOCKER_HOST").ok().as_deref());
+        Engine::connect_to(&host, HANDSHAKE_DEADLINE).await
+    }
+
+    /// Connects to the engine at `host` (`unix://PATH`, `tcp://HOST:PORT`), failing when it
+    /// has not answered the handshake within `deadline`.
+    pub async fn connect_to(host: &str, deadline: Duration) -> Result<Engine, DockerError> {
+        let connect_error = |source| DockerError::Connect {
+            host: host.to_string(),
+            source,
+        };
+        // not `connect_with_local_defaults`: it ignores a `tcp://` DOCKER_HOST and silently
+        // talks to the local socket instead
+        let docker = Docker::connect_with_host(host).map_err(connect_error)?;
+        let handshake = async {
+            let docker = docker.negotiate_version().await?;
+            docker.ping().await?;
+            Ok(docker)
+        };
+        match tokio::time::timeout(deadline, handshake).await {
+            Ok(Ok(docker)) => Ok(Engine { docker }),
+            Ok(Err(source)) => Err(connect_error(source)),
+            Err(_) => Err(DockerError::NotAnswering {
+                host: host.to_string(),
+                seconds: deadline.as_secs(),
+            }),
+        }
     }
 
     /// The engine's ID (stable across restarts of the engine); `None` when it does not say.
@@ -624,6 +703,23 @@ impl Engine {
                 source,
             }),
         }
+    }
+
+    /// The host ports container `name` was created to publish (see [`bound_ports`]).
+    pub async fn bound_ports(&self, name: &str) -> Result<HashMap<u16, u16>, DockerError> {
+        let inspect = self
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .map_err(|source| DockerError::InspectContainer {
+                name: name.to_string(),
+                source,
+            })?;
+        Ok(inspect
+            .host_config
+            .and_then(|h| h.port_bindings)
+            .map(|b| bound_ports(&b))
+            .unwrap_or_default())
     }
 
     /// The container's IPv4 address on `network`, if it has one.
@@ -1080,6 +1176,81 @@ mod tests {
         };
         assert!(!is_privilege_refusal(&other));
         assert!(is_port_conflict(&other));
+    }
+
+    #[test]
+    fn bound_ports_read_back_what_the_body_binds() {
+        let body = container_body(&spec(Security::Privileged));
+        let bound = bound_ports(&body.host_config.unwrap().port_bindings.unwrap());
+        assert_eq!(
+            bound,
+            HashMap::from([(6443, 40001), (80, 8080), (443, 8443)])
+        );
+        let unbound = HashMap::from([("80/tcp".to_string(), None)]);
+        assert!(bound_ports(&unbound).is_empty());
+    }
+
+    #[test]
+    fn only_a_created_container_never_started() {
+        let node = |state: &str| NodeInfo {
+            name: "sandbox-demo-node".to_string(),
+            sandbox: "demo".to_string(),
+            profile: "offline".to_string(),
+            security: "privileged".to_string(),
+            image: "sandbox-offline/node:v1.20.2".to_string(),
+            state: state.to_string(),
+            ports: HashMap::new(),
+        };
+        assert!(node("created").never_started());
+        for state in ["running", "exited", "paused", "restarting", "dead"] {
+            assert!(!node(state).never_started(), "{state}");
+        }
+    }
+
+    #[test]
+    fn the_engine_is_docker_host_of_any_scheme_else_the_default_socket() {
+        assert_eq!(engine_host(None), DEFAULT_HOST);
+        assert_eq!(engine_host(Some("")), DEFAULT_HOST);
+        assert_eq!(engine_host(Some("  ")), DEFAULT_HOST);
+        assert_eq!(
+            engine_host(Some("tcp://10.0.0.5:2375")),
+            "tcp://10.0.0.5:2375"
+        );
+        assert_eq!(
+            engine_host(Some("unix:///run/user/1000/docker.sock")),
+            "unix:///run/user/1000/docker.sock"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_is_not_there_is_named() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let host = format!("tcp://127.0.0.1:{port}");
+        match Engine::connect_to(&host, Duration::from_secs(10)).await {
+            Err(DockerError::Connect { host: named, .. }) => assert_eq!(named, host),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("connected to nothing at {host}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_never_answers_fails_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("silent.sock");
+        // accepts connections, never answers
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let host = format!("unix://{}", path.display());
+        let started = std::time::Instant::now();
+        match Engine::connect_to(&host, Duration::from_millis(300)).await {
+            Err(DockerError::NotAnswering { host: named, .. }) => assert_eq!(named, host),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("a silent socket answered"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -169,10 +169,22 @@ impl Error {
             },
             _ => None,
         };
-        if matches!(docker, Some(DockerError::Connect(_))) {
-            return Some(
-                "start Docker (`sudo systemctl start docker`, or `sudo dockerd &`), or run ./install.sh".into(),
-            );
+        match docker {
+            Some(DockerError::Connect { .. }) => {
+                return Some(
+                    "start Docker (`sudo systemctl start docker`, or `sudo dockerd &`), or run ./install.sh; \
+                     or point DOCKER_HOST at a running engine"
+                        .into(),
+                )
+            }
+            Some(DockerError::NotAnswering { .. }) => {
+                return Some(
+                    "the engine accepts connections but does not answer: restart it \
+                     (`sudo systemctl restart docker`), or point DOCKER_HOST at a running engine"
+                        .into(),
+                )
+            }
+            _ => {}
         }
         match self {
             Error::Node(e) => match **e {

@@ -197,7 +197,16 @@ pub async fn boot(
     reporter: &Reporter,
 ) -> Result<Booting, NodeError> {
     let names = Names::of(sandbox);
-    let existing = engine.list_nodes(Some(sandbox)).await?.into_iter().next();
+    let mut existing = engine.list_nodes(Some(sandbox)).await?.into_iter().next();
+    if let Some(info) = existing.take_if(|n| n.never_started()) {
+        // it holds nothing yet (the data is on the volume), and a privileged one the engine
+        // refuses would never start: make it afresh
+        reporter.info(format!(
+            "node {} was created but never started (an interrupted `up`); creating it again",
+            info.name
+        ));
+        engine.remove_container(&info.name).await?;
+    }
     let (profile, created) = match existing {
         Some(info) => {
             if let Some(requested) = requested_profile {
@@ -210,16 +219,12 @@ pub async fn boot(
                 }
             }
             let profile = Profile::named(&info.profile)?;
-            if !info.running() {
-                let step = reporter.step(format!("starting stopped node {}", info.name));
-                engine.start(&info.name).await?;
-                step.done(format!("started node {}", info.name));
-            }
-            (profile, false)
+            let created = !info.running() && start(engine, &info, &profile, reporter).await?;
+            (profile, created)
         }
         None => {
             let profile = choose_profile(engine, requested_profile, reporter).await?;
-            create(engine, sandbox, &profile, reporter).await?;
+            create(engine, sandbox, &profile, None, reporter).await?;
             (profile, true)
         }
     };
@@ -264,6 +269,46 @@ impl Booting {
     }
 }
 
+/// Starts the stopped node `info`; returns whether it had to be created again instead:
+/// when another program (another sandbox's node on 80/443) took one of its host ports
+/// while it was stopped, as a container's ports are fixed. Its cluster lives on the data
+/// volume and carries on.
+async fn start(
+    engine: &Engine,
+    info: &NodeInfo,
+    profile: &Profile,
+    reporter: &Reporter,
+) -> Result<bool, NodeError> {
+    let step = reporter.step(format!("starting stopped node {}", info.name));
+    match engine.start(&info.name).await {
+        Ok(()) => {
+            step.done(format!("started node {}", info.name));
+            Ok(false)
+        }
+        Err(DockerError::StartContainer { ref source, .. })
+            if crate::docker::is_port_conflict(source) =>
+        {
+            drop(step);
+            reporter.info(format!(
+                "a host port of node {} was taken while it was stopped; creating it again, on its other ports (its data is kept)",
+                info.name
+            ));
+            // a stopped container publishes nothing: its ports are in its configuration
+            let bound = engine.bound_ports(&info.name).await?;
+            let port = |p| bound.get(&p).copied().unwrap_or_default();
+            let previous = HostPorts {
+                api: port(profile.node.api_port),
+                http: port(plan::INGRESS_HTTP_PORT),
+                https: port(plan::INGRESS_HTTPS_PORT),
+            };
+            engine.remove_container(&info.name).await?;
+            create(engine, &info.sandbox, profile, Some(previous), reporter).await?;
+            Ok(true)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The running node container of sandbox `sandbox` and its profile.
 pub async fn running(engine: &Engine, sandbox: &str) -> Result<(NodeInfo, Profile), NodeError> {
     let info = engine
@@ -303,11 +348,13 @@ pub async fn ensure_running(engine: &Engine, sandbox: &str) -> Result<Node, Node
 }
 
 /// Creates and starts the node container with `--privileged`, falling back to the explicit
-/// capability set when the engine refuses it.
+/// capability set when the engine refuses it; on the `previous` host ports still free, if
+/// given (see [`plan::choose_host_ports`]).
 async fn create(
     engine: &Engine,
     sandbox: &str,
     profile: &Profile,
+    previous: Option<HostPorts>,
     reporter: &Reporter,
 ) -> Result<(), NodeError> {
     let names = Names::of(sandbox);
@@ -329,7 +376,7 @@ async fn create(
     let mut attempts = 0;
     let ports = loop {
         attempts += 1;
-        let ports = plan::choose_host_ports().map_err(NodeError::Ports)?;
+        let ports = plan::choose_host_ports(previous).map_err(NodeError::Ports)?;
         let spec = plan::node_spec(sandbox, profile, ports, security.clone());
         match engine.run_node(&spec).await {
             Ok(()) => break ports,

@@ -213,11 +213,14 @@ pub fn pick_port(preferred: Option<u16>, taken: &[u16]) -> std::io::Result<u16> 
     }
 }
 
-/// Chooses the host ports of a new node: API on a free port, 80/443 when free.
-pub fn choose_host_ports() -> std::io::Result<HostPorts> {
-    let api = pick_port(None, &[])?;
-    let http = pick_port(Some(80), &[api])?;
-    let https = pick_port(Some(443), &[api, http])?;
+/// Chooses the host ports of a new node: API on a free port, 80/443 when free; or, for a
+/// node made again, each of its `previous` ports (0: none) that is still free, so that its
+/// URLs stay put.
+pub fn choose_host_ports(previous: Option<HostPorts>) -> std::io::Result<HostPorts> {
+    let kept = |port: fn(&HostPorts) -> u16| previous.as_ref().map(port).filter(|p| *p != 0);
+    let api = pick_port(kept(|p| p.api), &[])?;
+    let http = pick_port(kept(|p| p.http).or(Some(INGRESS_HTTP_PORT)), &[api])?;
+    let https = pick_port(kept(|p| p.https).or(Some(INGRESS_HTTPS_PORT)), &[api, http])?;
     Ok(HostPorts { api, http, https })
 }
 
@@ -283,6 +286,18 @@ mod tests {
                 drop: vec!["SYS_RESOURCE".to_string()]
             }
         );
+    }
+
+    #[test]
+    fn a_node_made_again_keeps_its_ports_that_are_still_free() {
+        let free = || pick_port(None, &[]).unwrap();
+        let (api, http, https) = (free(), free(), free());
+        let taken = std::net::TcpListener::bind(("127.0.0.1", http)).unwrap();
+        let previous = HostPorts { api, http, https };
+        let chosen = choose_host_ports(Some(previous)).unwrap();
+        assert_eq!((chosen.api, chosen.https), (api, https));
+        assert_ne!(chosen.http, http);
+        drop(taken);
     }
 
     #[test]

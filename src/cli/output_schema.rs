@@ -248,9 +248,10 @@ async fn documents() -> Vec<Value> {
         summary: "1 workload not ready after 5m".to_string(),
         details: "Deployment default/hello: 0 of 1 replicas available".to_string(),
     };
-    let no_engine = crate::docker::DockerError::Connect(
-        bollard::errors::Error::SocketNotFoundError("/var/run/docker.sock".to_string()),
-    );
+    let no_engine = crate::docker::DockerError::Connect {
+        host: "unix:///var/run/docker.sock".to_string(),
+        source: bollard::errors::Error::SocketNotFoundError("/var/run/docker.sock".to_string()),
+    };
     vec![
         up_outcome(project).await.json(),
         up_outcome(default).await.json(),
