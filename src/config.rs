@@ -551,12 +551,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
         let n: u64 = number.parse().map_err(|_| bad())?;
         number.clear();
-        total += match c {
-            's' => n,
-            'm' => n * 60,
-            'h' => n * 3600,
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
             _ => return Err(bad()),
         };
+        // checked: `18446744073709551615m` overflowed (a panic in debug builds)
+        total = n
+            .checked_mul(unit)
+            .and_then(|secs| total.checked_add(secs))
+            .ok_or_else(bad)?;
     }
     if !number.is_empty() || total == 0 {
         return Err(bad());
@@ -793,6 +798,17 @@ timeouts: {boot: 2m, ready: 90s}
         assert!(parse_duration("5 minutes").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("10x").is_err());
+    }
+
+    #[test]
+    fn huge_durations_are_errors_not_overflows() {
+        assert!(parse_duration("18446744073709551615m").is_err());
+        assert!(parse_duration("99999999999999999h").is_err());
+        assert!(parse_duration("18446744073709551615s1s").is_err());
+        assert_eq!(
+            parse_duration("18446744073709551615s"),
+            Ok(Duration::from_secs(u64::MAX))
+        );
     }
 
     #[test]

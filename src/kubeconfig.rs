@@ -22,6 +22,15 @@ pub enum KubeconfigError {
         /// What is wrong.
         message: String,
     },
+    /// The merged tree cannot be written as YAML: serde_yaml cannot emit a tagged mapping
+    /// key (`!tag key: value`), which a user's kubeconfig may hold.
+    #[error("cannot write {path}: the YAML cannot be written back ({message}); a tagged mapping key such as `!tag key:` is the likely cause")]
+    Unwritable {
+        /// The file.
+        path: PathBuf,
+        /// The emitter's message.
+        message: String,
+    },
     /// File I/O failed.
     #[error("cannot {action} {path}")]
     Io {
@@ -179,7 +188,10 @@ pub fn write(path: &Path, doc: &Value) -> Result<(), KubeconfigError> {
         path: path.to_path_buf(),
         source,
     };
-    let text = serde_yaml::to_string(doc).expect("a YAML tree serialises");
+    let text = serde_yaml::to_string(doc).map_err(|e| KubeconfigError::Unwritable {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -318,5 +330,26 @@ extensions: [{name: keep-me, extension: {a: 1}}]
         assert!(uninstall(&path, "sandbox-demo").unwrap());
         assert!(!uninstall(&path, "sandbox-demo").unwrap());
         assert!(!uninstall(&dir.path().join("absent"), "sandbox-demo").unwrap());
+    }
+
+    #[test]
+    fn a_tagged_key_is_an_error_not_a_panic() {
+        // found by fuzzing (fuzz/fuzz_targets/kubeconfig.rs): serde_yaml reads a tagged
+        // mapping key but cannot emit it, and writing the merged file panicked
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        let text = "apiVersion: v1\nkind: Config\nusers:\n- name: me\n  user:\n    ! exec: {}\n";
+        std::fs::write(&path, text).unwrap();
+        let sandbox = for_host(ADMIN, "sandbox-demo", "https://127.0.0.1:40001").unwrap();
+        let err = install(&path, &sandbox).unwrap_err();
+        assert!(matches!(err, KubeconfigError::Unwritable { .. }), "{err:?}");
+        assert!(err
+            .to_string()
+            .starts_with(&format!("cannot write {}: ", path.display())));
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            text,
+            "left untouched"
+        );
     }
 }
