@@ -25,13 +25,16 @@ median_of() {
 # median VALUES...: the median of numbers
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f\n", m}'; }
 
+# json_number VALUE: VALUE when it is a number, else null (a ratio over zero is "n/a")
+json_number() { [[ $1 =~ ^[0-9.]+$ ]] && echo "$1" || echo null; }
+
 # row NAME SANDBOX_SECONDS PEER_NAME PEER_SECONDS TARGET: one Markdown table row and one JSON line
 row() {
   local ratio
   ratio=$(awk -v a="$2" -v b="$4" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
   printf '| %s | %.3f s | %s | %.3f s | %sx | %s |\n' "$1" "$2" "$3" "$4" "$ratio" "$5" >> "$TABLE"
   printf '{"figure":"%s","sandbox_s":%s,"peer":"%s","peer_s":%s,"ratio":%s,"target":"%s"}\n' \
-    "$1" "$2" "$3" "$4" "$ratio" "$5" >> "$JSON"
+    "${1//\\/}" "$2" "${3//\\/}" "$4" "$(json_number "$ratio")" "$5" >> "$JSON"
 }
 
 # row_in UNIT NAME SANDBOX_VALUE PEER_NAME PEER_VALUE TARGET: like `row`, for figures that are
@@ -41,7 +44,7 @@ row_in() {
   ratio=$(awk -v a="$3" -v b="$5" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
   printf '| %s | %s %s | %s | %s %s | %sx | %s |\n' "$2" "$3" "$1" "$4" "$5" "$1" "$ratio" "$6" >> "$TABLE"
   printf '{"figure":"%s","unit":"%s","sandbox":%s,"peer":"%s","peer_value":%s,"ratio":%s,"target":"%s"}\n' \
-    "$2" "$1" "$3" "$4" "$5" "$ratio" "$6" >> "$JSON"
+    "${2//\\/}" "$1" "$3" "${4//\\/}" "$5" "$(json_number "$ratio")" "$6" >> "$JSON"
 }
 
 # table_start FILE_STEM TITLE [ENVIRONMENT [PEER_COLUMN]]: ENVIRONMENT replaces the Docker
