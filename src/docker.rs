@@ -575,16 +575,23 @@ impl Engine {
             .collect())
     }
 
-    /// Names of anonymous volumes mounted by container `name` (removed with it).
-    pub async fn container_volumes(&self, name: &str) -> Result<Vec<String>, DockerError> {
-        let inspect = self
-            .docker
+    /// Container `name`'s inspection.
+    async fn inspect(
+        &self,
+        name: &str,
+    ) -> Result<bollard::models::ContainerInspectResponse, DockerError> {
+        self.docker
             .inspect_container(name, None::<InspectContainerOptions>)
             .await
             .map_err(|source| DockerError::InspectContainer {
                 name: name.to_string(),
                 source,
-            })?;
+            })
+    }
+
+    /// Names of anonymous volumes mounted by container `name` (removed with it).
+    pub async fn container_volumes(&self, name: &str) -> Result<Vec<String>, DockerError> {
+        let inspect = self.inspect(name).await?;
         Ok(inspect
             .mounts
             .unwrap_or_default()
@@ -707,14 +714,7 @@ impl Engine {
 
     /// The host ports container `name` was created to publish (see [`bound_ports`]).
     pub async fn bound_ports(&self, name: &str) -> Result<HashMap<u16, u16>, DockerError> {
-        let inspect = self
-            .docker
-            .inspect_container(name, None::<InspectContainerOptions>)
-            .await
-            .map_err(|source| DockerError::InspectContainer {
-                name: name.to_string(),
-                source,
-            })?;
+        let inspect = self.inspect(name).await?;
         Ok(inspect
             .host_config
             .and_then(|h| h.port_bindings)
@@ -728,14 +728,7 @@ impl Engine {
         name: &str,
         network: &str,
     ) -> Result<Option<String>, DockerError> {
-        let inspect = self
-            .docker
-            .inspect_container(name, None::<InspectContainerOptions>)
-            .await
-            .map_err(|source| DockerError::InspectContainer {
-                name: name.to_string(),
-                source,
-            })?;
+        let inspect = self.inspect(name).await?;
         Ok(inspect
             .network_settings
             .and_then(|n| n.networks)

@@ -500,16 +500,7 @@ impl Neighbour {
             "network" => vec!["network", "ls", "--format", "{{.Name}}", "--filter", &label],
             _ => vec!["volume", "ls", "--format", "{{.Name}}", "--filter", &label],
         };
-        let out = Command::new("docker")
-            .args(&args)
-            .output()
-            .expect("docker CLI runs");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
+        crate::support::docker_lines(&args)
     }
 
     fn teardown(&self) {

@@ -189,7 +189,8 @@ impl Drop for TestSandbox {
     }
 }
 
-fn docker_lines(args: &[&str]) -> Vec<String> {
+/// The non-empty lines `docker ARGS` prints.
+pub fn docker_lines(args: &[&str]) -> Vec<String> {
     let out = Command::new("docker")
         .args(args)
         .output()
