@@ -18,36 +18,12 @@ use crate::plan::HostPorts;
 use crate::trust::{Action, Exports, Plan, StoreOutcome, StoreReport};
 use crate::urls::Url;
 
-const SCHEMA: &str = include_str!("../../schema/output.v1alpha1.schema.json");
+#[path = "../../tests/integration/output_schema.rs"]
+mod shared;
+use shared::{violations, SCHEMA};
 
 fn schema() -> Value {
     serde_json::from_str(SCHEMA).expect("the schema is JSON")
-}
-
-/// The schema's complaints about `doc`, judged by the definition of its kind (a failed
-/// `oneOf` alone does not say what is wrong).
-fn violations(doc: &Value) -> Vec<String> {
-    let mut schema = schema();
-    if jsonschema::draft202012::is_valid(&schema, doc) {
-        return Vec::new();
-    }
-    if let Some(kind) = doc["kind"]
-        .as_str()
-        .filter(|k| schema["$defs"][k].is_object())
-    {
-        schema.as_object_mut().unwrap().remove("oneOf");
-        schema["$ref"] = json!(format!("#/$defs/{kind}"));
-    }
-    let validator = jsonschema::draft202012::new(&schema).expect("the schema compiles");
-    let found: Vec<String> = validator
-        .iter_errors(doc)
-        .map(|e| format!("at {:?}: {e}", e.instance_path().as_str()))
-        .collect();
-    if found.is_empty() {
-        vec!["matches no single kind of the schema's oneOf".to_string()]
-    } else {
-        found
-    }
 }
 
 fn node_info(name: &str, state: &str, ports: &[(u16, u16)]) -> NodeInfo {

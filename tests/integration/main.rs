@@ -9,6 +9,7 @@ mod hello;
 mod images;
 mod ingress;
 mod lifecycle;
+mod output_schema;
 mod persistence;
 mod phoenix;
 mod prune;

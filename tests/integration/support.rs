@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// At most this many nodes boot at once (2 cores: more only slows every test down).
@@ -233,9 +233,6 @@ pub fn dump(name: &str) {
     }
 }
 
-/// The published schema of every `-o json` document.
-const OUTPUT_SCHEMA: &str = include_str!("../../schema/output.v1alpha1.schema.json");
-
 /// Parses a command's `-o json` stdout: one document, which must validate against the
 /// published schema (else the test fails with the schema's complaints and the document).
 pub fn json_document(stdout: &[u8]) -> serde_json::Value {
@@ -245,46 +242,13 @@ pub fn json_document(stdout: &[u8]) -> serde_json::Value {
             String::from_utf8_lossy(stdout)
         )
     });
-    let found = schema_violations(&doc);
+    let found = crate::output_schema::violations(&doc);
     assert!(
         found.is_empty(),
         "stdout does not validate against schema/output.v1alpha1.schema.json:\n{}\n--- document\n{doc:#}",
         found.join("\n")
     );
     doc
-}
-
-/// What the schema finds wrong with `doc`, judged by the definition of its kind (a failed
-/// `oneOf` alone does not say what is wrong).
-fn schema_violations(doc: &serde_json::Value) -> Vec<String> {
-    static SCHEMA: OnceLock<(serde_json::Value, jsonschema::Validator)> = OnceLock::new();
-    let (schema, validator) = SCHEMA.get_or_init(|| {
-        let schema: serde_json::Value =
-            serde_json::from_str(OUTPUT_SCHEMA).expect("the schema is JSON");
-        let validator = jsonschema::draft202012::new(&schema).expect("the schema compiles");
-        (schema, validator)
-    });
-    if validator.is_valid(doc) {
-        return Vec::new();
-    }
-    let mut narrowed = schema.clone();
-    if let Some(kind) = doc["kind"]
-        .as_str()
-        .filter(|k| schema["$defs"][k].is_object())
-    {
-        narrowed.as_object_mut().unwrap().remove("oneOf");
-        narrowed["$ref"] = serde_json::json!(format!("#/$defs/{kind}"));
-    }
-    let found: Vec<String> = jsonschema::draft202012::new(&narrowed)
-        .expect("the schema compiles")
-        .iter_errors(doc)
-        .map(|e| format!("at {:?}: {e}", e.instance_path().as_str()))
-        .collect();
-    if found.is_empty() {
-        vec!["matches no single kind of the schema's oneOf".to_string()]
-    } else {
-        found
-    }
 }
 
 /// Fails the test unless an `UpResult`/`ApplyResult` reports no object changed.
