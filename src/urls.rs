@@ -87,19 +87,23 @@ pub fn planned(
     namespace: &str,
 ) -> Vec<Url> {
     let mut urls = Vec::new();
-    for doc in docs {
+    // only Ingresses and Services are copied into their types
+    let placed = |doc: &crate::manifests::Document| {
         let mut object = doc.object.clone();
         if doc.namespace().is_none() {
             object["metadata"]["namespace"] = namespace.into();
         }
+        object
+    };
+    for doc in docs {
         match (doc.kind(), node_ip) {
             ("Ingress", _) => {
-                if let Ok(ingress) = serde_json::from_value::<Ingress>(object) {
+                if let Ok(ingress) = serde_json::from_value::<Ingress>(placed(doc)) {
                     urls.extend(ingress_urls(&ingress, https_port));
                 }
             }
             ("Service", Some(ip)) => {
-                if let Ok(service) = serde_json::from_value::<Service>(object) {
+                if let Ok(service) = serde_json::from_value::<Service>(placed(doc)) {
                     urls.extend(service_urls(&service, ip));
                 }
             }
