@@ -23,8 +23,7 @@ ref=$("$SANDBOX" --name "$NAME" -q -o json up -f "$ROOT/fixtures/apps/hello/sand
   python3 -c 'import json,sys; print(json.load(sys.stdin)["images"][0]["reference"])')
 # the same objects sandbox applies, rendered by hand the way the seeds' scripts do (sed)
 rendered=$(mktemp --suffix=.yaml)
-sed -e "s/\${GREETING}/hello from sandbox/" -e "s|image: hello:0.0.1|image: $ref\n          imagePullPolicy: Never|" \
-  "$ROOT/fixtures/apps/hello/k8s/all-in-one.yaml" > "$rendered"
+render_hello "$ref" > "$rendered"
 table_start images "Images"
 
 unset -f prepare

@@ -64,6 +64,14 @@ table_start() {
   } > "$TABLE"
 }
 
+# render_hello IMAGE: the hello fixture's manifests as the seeds' scripts render them (sed),
+# with IMAGE, already in the node, in place of hello:0.0.1
+render_hello() {
+  sed -e 's/\${GREETING}/hello from sandbox/' \
+    -e "s|image: hello:0.0.1|image: $1\n          imagePullPolicy: Never|" \
+    "$ROOT/fixtures/apps/hello/k8s/all-in-one.yaml"
+}
+
 ensure_release_binary() {
   [ -x "$SANDBOX" ] || (cd "$ROOT" && cargo build --release --locked -q)
 }

@@ -62,9 +62,7 @@ handmade_up() {
     -keyout "$WORKDIR/tls.key" -out "$WORKDIR/tls.crt" >/dev/null 2>&1
   kubectl --kubeconfig "$HK" create secret tls hello-tls --cert "$WORKDIR/tls.crt" --key "$WORKDIR/tls.key" >/dev/null
   # the manifests with their placeholders replaced by sed, then applied and waited for
-  sed -e 's/\${GREETING}/hello from sandbox/' \
-    -e 's|image: hello:0.0.1|image: docker.io/library/hello:handmade\n          imagePullPolicy: Never|' \
-    "$FIXTURE/k8s/all-in-one.yaml" | kubectl --kubeconfig "$HK" apply -f - >/dev/null
+  render_hello docker.io/library/hello:handmade | kubectl --kubeconfig "$HK" apply -f - >/dev/null
   kubectl --kubeconfig "$HK" rollout status deploy/hello --timeout=180s >/dev/null
   # the seeds' `minikube service --url`
   kubectl --kubeconfig "$HK" get svc hello -o jsonpath='{.spec.ports[0].nodePort}' >/dev/null
@@ -108,8 +106,7 @@ printf '{"figure":"node boot","seconds":%s}\n' "$boot" >> "$JSON"
 "$SANDBOX" --name "$RUN-warm" -q up -f "$FIXTURE/sandbox.yaml" >/dev/null
 kubectl --context "sandbox-$RUN-warm" create namespace peer >/dev/null
 ref=$(docker exec "sandbox-$RUN-warm-node" ctr -n k8s.io images ls -q | grep '/hello:sandbox-' | head -1)
-sed -e 's/\${GREETING}/hello from sandbox/' -e "s|image: hello:0.0.1|image: $ref\n          imagePullPolicy: Never|" \
-  "$FIXTURE/k8s/all-in-one.yaml" > "$WORKDIR/rendered.yaml"
+render_hello "$ref" > "$WORKDIR/rendered.yaml"
 kpeer() { kubectl --context "sandbox-$RUN-warm" -n peer apply -f "$WORKDIR/rendered.yaml" >/dev/null; }
 kpeer
 warm_s=(); kube_s=()
