@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node as KubeNode, ServiceAccount};
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 
 use crate::docker::{DockerError, Engine, NodeInfo};
 use crate::kubeconfig::{self, KubeconfigError};
@@ -236,12 +236,37 @@ pub async fn boot(
 }
 
 impl Booting {
-    /// Waits until the node is ready (within `boot_timeout`, else the profile's); a node
-    /// this run created and that never became ready is removed.
+    /// Waits until the node is ready to run pods (within `boot_timeout`, else the
+    /// profile's); a node this run created and that never became ready is removed.
     pub async fn ready(
         self,
         engine: &Engine,
         boot_timeout: Option<Duration>,
+        reporter: &Reporter,
+    ) -> Result<Node, NodeError> {
+        let deadline = self.deadline(boot_timeout);
+        let node = self.serving(engine, deadline, reporter).await?;
+        node.schedulable(engine, deadline, reporter).await?;
+        Ok(node)
+    }
+
+    /// When booting must be over: `boot_timeout` from now, else the profile's.
+    pub fn deadline(&self, boot_timeout: Option<Duration>) -> BootDeadline {
+        let timeout = boot_timeout.unwrap_or(self.profile.node.boot_timeout);
+        BootDeadline {
+            at: Instant::now() + timeout,
+            seconds: timeout.as_secs(),
+        }
+    }
+
+    /// Waits until the node's API server takes objects (it is ready and the default
+    /// ServiceAccount exists), by `deadline`. Its pods are scheduled once the node itself
+    /// is Ready ([`Node::schedulable`]): objects can be applied meanwhile. A node this run
+    /// created and that never got there is removed.
+    pub async fn serving(
+        self,
+        engine: &Engine,
+        deadline: BootDeadline,
         reporter: &Reporter,
     ) -> Result<Node, NodeError> {
         let Booting {
@@ -249,23 +274,119 @@ impl Booting {
             profile,
             created,
         } = self;
-        let deadline = boot_timeout.unwrap_or(profile.node.boot_timeout);
         let step = reporter.step(format!(
             "waiting for node {} ({})",
             names.node, profile.name
         ));
-        let node = match wait_ready(engine, &names, &profile, deadline, &step).await {
-            Ok(node) => node,
-            Err(e) => {
-                if created {
-                    // a node this run created and that never worked is not worth keeping
-                    let _ = engine.remove_container(&names.node).await;
-                }
-                return Err(e);
-            }
+        let watch = BootWatch {
+            engine,
+            names: &names,
+            deadline,
+            created,
         };
-        step.done(format!("node {} ready", names.node));
+        let node = wait_serving(&watch, &profile, &step).await?;
+        step.done(format!("API server of node {} ready", names.node));
         Ok(Node { created, ..node })
+    }
+}
+
+impl Node {
+    /// Waits until the node is Ready to run pods, by `deadline`; a node this run created
+    /// and that never got there is removed.
+    pub async fn schedulable(
+        &self,
+        engine: &Engine,
+        deadline: BootDeadline,
+        reporter: &Reporter,
+    ) -> Result<(), NodeError> {
+        let names = Names::of(&self.info.sandbox);
+        let watch = BootWatch {
+            engine,
+            names: &names,
+            deadline,
+            created: self.created,
+        };
+        let step = reporter.step(format!("waiting for node {} to be Ready", names.node));
+        let mut last = String::new();
+        loop {
+            watch.check_running().await?;
+            match node_ready(&self.client, &names.node).await {
+                Ok(()) => break,
+                Err(observed) => {
+                    if observed != last {
+                        step.update(format!("waiting for node {}: {observed}", names.node));
+                    }
+                    last = observed;
+                }
+            }
+            watch.check_time(&last).await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        step.done(format!("node {} ready", names.node));
+        Ok(())
+    }
+}
+
+/// When a node's boot must be over.
+#[derive(Debug, Clone, Copy)]
+pub struct BootDeadline {
+    at: Instant,
+    seconds: u64,
+}
+
+/// A booting node watched until a deadline: it must keep running, and a node this run
+/// created that fails to boot is removed (it is not worth keeping).
+struct BootWatch<'a> {
+    engine: &'a Engine,
+    names: &'a Names,
+    deadline: BootDeadline,
+    created: bool,
+}
+
+impl BootWatch<'_> {
+    /// `Err` (with the node's last log lines) once the container stopped running.
+    async fn check_running(&self) -> Result<(), NodeError> {
+        let state = self.engine.container_state(&self.names.node).await?;
+        if state.as_deref() == Some("running") {
+            return Ok(());
+        }
+        let logs = self.logs().await;
+        Err(self
+            .failed(NodeError::Exited {
+                name: self.names.node.clone(),
+                logs,
+            })
+            .await)
+    }
+
+    /// `Err` once the deadline passed; `last` is what was observed last.
+    async fn check_time(&self, last: &str) -> Result<(), NodeError> {
+        if Instant::now() < self.deadline.at {
+            return Ok(());
+        }
+        let logs = self.logs().await;
+        Err(self
+            .failed(NodeError::BootTimeout {
+                name: self.names.node.clone(),
+                seconds: self.deadline.seconds,
+                last: last.to_string(),
+                logs,
+            })
+            .await)
+    }
+
+    async fn logs(&self) -> String {
+        self.engine
+            .logs_tail(&self.names.node, LOG_TAIL)
+            .await
+            .unwrap_or_default()
+    }
+
+    async fn failed(&self, error: NodeError) -> NodeError {
+        if self.created {
+            let _ = self.engine.remove_container(&self.names.node).await;
+        }
+        error
     }
 }
 
@@ -436,28 +557,16 @@ fn remember_privileged_refusal(engine_id: &str) {
     }
 }
 
-async fn wait_ready(
-    engine: &Engine,
-    names: &Names,
+async fn wait_serving(
+    watch: &BootWatch<'_>,
     profile: &Profile,
-    deadline: Duration,
     step: &crate::report::Step,
 ) -> Result<Node, NodeError> {
-    let start = Instant::now();
+    let (engine, names) = (watch.engine, watch.names);
     let mut last = "container starting".to_string();
     let mut client: Option<(kube::Client, serde_yaml::Value)> = None;
     loop {
-        let state = engine.container_state(&names.node).await?;
-        if state.as_deref() != Some("running") {
-            let logs = engine
-                .logs_tail(&names.node, LOG_TAIL)
-                .await
-                .unwrap_or_default();
-            return Err(NodeError::Exited {
-                name: names.node.clone(),
-                logs,
-            });
-        }
+        watch.check_running().await?;
         if client.is_none() {
             match connect(engine, names, profile).await {
                 Ok(Some(c)) => client = Some(c),
@@ -466,7 +575,7 @@ async fn wait_ready(
             }
         }
         if let Some((c, _)) = &client {
-            match probe(c, &names.node).await {
+            match serving(c).await {
                 Ok(()) => {
                     let (client, kubeconfig) = client.expect("checked");
                     let info = engine
@@ -498,18 +607,7 @@ async fn wait_ready(
                 }
             }
         }
-        if start.elapsed() > deadline {
-            let logs = engine
-                .logs_tail(&names.node, LOG_TAIL)
-                .await
-                .unwrap_or_default();
-            return Err(NodeError::BootTimeout {
-                name: names.node.clone(),
-                seconds: deadline.as_secs(),
-                last,
-                logs,
-            });
-        }
+        watch.check_time(&last).await?;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -596,21 +694,27 @@ pub async fn api_ready(client: &kube::Client) -> Result<(), kube::Error> {
     client.request_text(request).await.map(drop)
 }
 
-/// One readiness probe through the API: `/readyz`, node Ready, default ServiceAccount.
-/// `Err` carries what was observed.
-async fn probe(client: &kube::Client, node_name: &str) -> Result<(), String> {
+/// Whether the API server takes objects: `/readyz`, and the default ServiceAccount (pods
+/// are refused without it). `Err` carries what was observed.
+async fn serving(client: &kube::Client) -> Result<(), String> {
     api_ready(client)
         .await
         .map_err(|e| format!("API server not ready: {}", short_error(&e)))?;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    match accounts.get_opt("default").await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("default ServiceAccount not created yet".to_string()),
+        Err(e) => Err(format!("cannot read ServiceAccounts: {}", short_error(&e))),
+    }
+}
+
+/// Whether node `node_name` is registered and Ready. `Err` carries what was observed.
+async fn node_ready(client: &kube::Client, node_name: &str) -> Result<(), String> {
     let nodes: Api<KubeNode> = Api::all(client.clone());
-    let list = nodes
-        .list(&ListParams::default())
+    let node = nodes
+        .get_opt(node_name)
         .await
-        .map_err(|e| format!("cannot list nodes: {}", short_error(&e)))?;
-    let node = list
-        .items
-        .iter()
-        .find(|n| n.metadata.name.as_deref() == Some(node_name))
+        .map_err(|e| format!("cannot read nodes: {}", short_error(&e)))?
         .ok_or_else(|| format!("node {node_name} not registered yet"))?;
     let ready = node
         .status
@@ -618,22 +722,14 @@ async fn probe(client: &kube::Client, node_name: &str) -> Result<(), String> {
         .and_then(|s| s.conditions.as_ref())
         .and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
     match ready {
-        Some(c) if c.status == "True" => {}
-        Some(c) => {
-            return Err(format!(
-                "node {node_name} not Ready: {}",
-                c.message
-                    .clone()
-                    .unwrap_or_else(|| c.reason.clone().unwrap_or_default())
-            ))
-        }
-        None => return Err(format!("node {node_name} has no Ready condition yet")),
-    }
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-    match accounts.get_opt("default").await {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err("default ServiceAccount not created yet".to_string()),
-        Err(e) => Err(format!("cannot read ServiceAccounts: {}", short_error(&e))),
+        Some(c) if c.status == "True" => Ok(()),
+        Some(c) => Err(format!(
+            "node {node_name} not Ready: {}",
+            c.message
+                .clone()
+                .unwrap_or_else(|| c.reason.clone().unwrap_or_default())
+        )),
+        None => Err(format!("node {node_name} has no Ready condition yet")),
     }
 }
 

