@@ -266,6 +266,8 @@ pub fn is_port_conflict(e: &BollardError) -> bool {
 /// A node container as found through its labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
+    /// Container ID (a node re-created under the same name has another).
+    pub id: String,
     /// Container name (without the leading `/`).
     pub name: String,
     /// Sandbox name (label).
@@ -420,6 +422,7 @@ fn node_info(c: &ContainerSummary) -> Option<NodeInfo> {
         .filter_map(|p| Some((p.private_port, p.public_port?)))
         .collect();
     Some(NodeInfo {
+        id: c.id.clone().unwrap_or_default(),
         name: c
             .names
             .as_ref()?
@@ -1186,6 +1189,7 @@ mod tests {
     #[test]
     fn only_a_created_container_never_started() {
         let node = |state: &str| NodeInfo {
+            id: "0123".to_string(),
             name: "sandbox-demo-node".to_string(),
             sandbox: "demo".to_string(),
             profile: "offline".to_string(),

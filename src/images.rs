@@ -93,6 +93,10 @@ pub struct BuiltImage {
     pub reference: String,
     /// Image ID.
     pub id: String,
+    /// Digest of what it was built from (see [`crate::warm::image_inputs`]); `None` when
+    /// not built by this command or not known.
+    #[serde(skip)]
+    pub inputs: Option<String>,
 }
 
 /// The content tag of an image ID: `sandbox-` and the first 12 hex digits.
@@ -232,16 +236,7 @@ pub async fn build(
     let context = base_dir.join(&image.context);
     let dockerfile = context.join(&image.dockerfile);
     let step = reporter.step(format!("building image {}", image.name));
-    let context_dir = context.clone();
-    let dockerfile_rel = image.dockerfile.trim_start_matches("./").to_string();
-    let tar = tokio::task::spawn_blocking(move || context_tar(&context_dir, &dockerfile_rel))
-        .await
-        .expect("context packing does not panic")
-        .map_err(|source| ImageError::Context {
-            image: image.name.clone(),
-            path: context.clone(),
-            source,
-        })?;
+    let (tar, context_digest) = pack(image, base_dir).await?;
     let build_args: std::collections::HashMap<String, String> = image
         .args
         .iter()
@@ -286,11 +281,33 @@ pub async fn build(
     let tag = content_tag(&id);
     engine.tag(&id, &image.name, &tag).await?;
     let reference = format!("{}:{tag}", image.name);
+    let text = std::fs::read_to_string(&dockerfile).unwrap_or_default();
+    let inputs = crate::warm::image_inputs(engine, image, &text, &context_digest).await;
     step.done(format!("built {reference}"));
     Ok(BuiltImage {
         name: image.name.clone(),
         reference,
         id,
+        inputs,
+    })
+}
+
+/// An image's build context packed as the engine receives it, and its digest.
+pub async fn pack(image: &ImageConfig, base_dir: &Path) -> Result<(Vec<u8>, String), ImageError> {
+    let context = base_dir.join(&image.context);
+    let context_dir = context.clone();
+    let dockerfile_rel = image.dockerfile.trim_start_matches("./").to_string();
+    tokio::task::spawn_blocking(move || {
+        let tar = context_tar(&context_dir, &dockerfile_rel)?;
+        let digest = crate::warm::digest(&tar);
+        Ok((tar, digest))
+    })
+    .await
+    .expect("context packing does not panic")
+    .map_err(|source| ImageError::Context {
+        image: image.name.clone(),
+        path: context,
+        source,
     })
 }
 
@@ -344,6 +361,7 @@ pub async fn latest_builds(
                 name: image.name.clone(),
                 reference,
                 id,
+                inputs: None,
             }),
             None => {
                 return Err(ImageError::NeverBuilt {

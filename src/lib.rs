@@ -29,3 +29,4 @@ pub mod tls;
 pub mod trust;
 pub mod urls;
 pub mod wait;
+pub mod warm;

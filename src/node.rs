@@ -447,13 +447,24 @@ pub async fn running(engine: &Engine, sandbox: &str) -> Result<(NodeInfo, Profil
 /// The running node of sandbox `sandbox`, connected, without creating or starting
 /// anything.
 pub async fn ensure_running(engine: &Engine, sandbox: &str) -> Result<Node, NodeError> {
-    let names = Names::of(sandbox);
     let (info, profile) = running(engine, sandbox).await?;
     let kubeconfig = host_kubeconfig(engine, &info, &profile)
         .await?
         .ok_or_else(|| NodeError::NotRunning {
             sandbox: sandbox.to_string(),
         })?;
+    attach(engine, info, profile, kubeconfig).await
+}
+
+/// The running node `info` with its host kubeconfig (as [`host_kubeconfig`] made it),
+/// connected.
+pub async fn attach(
+    engine: &Engine,
+    info: NodeInfo,
+    profile: Profile,
+    kubeconfig: serde_yaml::Value,
+) -> Result<Node, NodeError> {
+    let names = Names::of(&info.sandbox);
     let client = client_for(&kubeconfig, &names.context).await?;
     let ports = ports_of(&info, &profile);
     let ip = engine.container_ip(&names.node, &names.network).await?;
@@ -658,12 +669,40 @@ pub async fn client_for(
         context: Some(context.to_string()),
         ..Default::default()
     };
-    let mut config = kube::Config::from_custom_kubeconfig(parsed, &options)
+    let config = kube::Config::from_custom_kubeconfig(parsed, &options)
         .await
         .map_err(|e| client_error(e.to_string()))?;
-    config.connect_timeout = Some(Duration::from_secs(5));
-    config.read_timeout = Some(Duration::from_secs(30));
-    kube::Client::try_from(config).map_err(|e| client_error(e.to_string()))
+    multiplexed_client(config).map_err(|e| client_error(e.to_string()))
+}
+
+/// A client whose requests share one connection: HTTP/2 when the server offers it (every
+/// Kubernetes API server does), so that a burst of concurrent requests (the lists of a
+/// no-change `up`, 16 applies at once, the readiness checks) costs one TLS handshake, not
+/// one each as kube's HTTP/1.1 client pays. A dead connection is found by HTTP/2 pings.
+fn multiplexed_client(config: kube::Config) -> Result<kube::Client, kube::Error> {
+    use kube::client::ConfigExt;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config.rustls_client_config()?)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    let client = hyper_util::client::legacy::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .http2_keep_alive_timeout(Duration::from_secs(20))
+        .build(https);
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        .map_err(tower::BoxError::from)
+        .service(client);
+    Ok(kube::Client::new(service, config.default_namespace))
 }
 
 async fn connect(

@@ -20,6 +20,8 @@ pub async fn run(ctx: &Context, _args: ApplyArgs) -> Result<(), Error> {
     super::up::validate_manifests(&config)?;
     let engine = Engine::connect().await?;
     let _lock = crate::lock::acquire(&config.name, &ctx.reporter).await?;
+    // what it applies may differ from what the last `up` recorded
+    crate::warm::forget(&crate::warm::key(&config));
     // the node is neither created nor waited for: apply is for a running sandbox
     let node = crate::node::ensure_running(&engine, &config.name).await?;
     let built = images::latest_builds(&engine, &config.images).await?;

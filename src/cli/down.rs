@@ -24,6 +24,7 @@ pub async fn run(ctx: &Context, args: DownArgs) -> Result<(), Error> {
     let sandbox = ctx.sandbox_name()?;
     let engine = Engine::connect().await?;
     let _lock = crate::lock::acquire(&sandbox, &ctx.reporter).await?;
+    crate::warm::forget_all(&sandbox);
     let step = ctx.reporter.step(format!("removing sandbox {sandbox}"));
     let removed = node::remove(&engine, &sandbox, args.purge).await?;
     step.done(format!("removed sandbox {sandbox}"));
@@ -67,6 +68,7 @@ pub async fn run(ctx: &Context, args: DownArgs) -> Result<(), Error> {
 async fn remove_environment(ctx: &Context) -> Result<(), Error> {
     let config = ctx.config()?;
     let namespace = config.namespace.clone();
+    crate::warm::forget(&crate::warm::key(&config));
     let engine = Engine::connect().await?;
     let (_, client) = super::connect(&engine, &config.name).await?;
     let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);

@@ -28,6 +28,7 @@ fn schema() -> Value {
 
 fn node_info(name: &str, state: &str, ports: &[(u16, u16)]) -> NodeInfo {
     NodeInfo {
+        id: format!("{name}-id"),
         name: format!("sandbox-{name}-node"),
         sandbox: name.to_string(),
         profile: "offline".to_string(),
@@ -81,6 +82,7 @@ fn built() -> Vec<BuiltImage> {
         name: "hello".to_string(),
         reference: "hello:sandbox-0123456789ab".to_string(),
         id: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".to_string(),
+        inputs: None,
     }]
 }
 
@@ -130,6 +132,7 @@ async fn up_outcome(config: SandboxConfig) -> super::up::Outcome {
         pruned: if default { Vec::new() } else { pruned() },
         urls: urls(),
         dns: (!default).then(|| "127.0.0.1:15353".parse().unwrap()),
+        unchanged: false,
         seconds: 21.43,
     }
 }

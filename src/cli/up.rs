@@ -55,23 +55,88 @@ pub struct Outcome {
     pub urls: Vec<Url>,
     /// Where the background DNS server answers (`None` when it could not start).
     pub dns: Option<std::net::SocketAddr>,
+    /// Whether the record of the last complete `up` showed nothing to build, load or
+    /// apply (see [`crate::warm`]).
+    pub unchanged: bool,
     /// Wall time.
     pub seconds: f64,
 }
 
-/// The whole of `up`: node → images → context → manifests → wait.
+/// The whole of `up`: node → images → context → manifests → wait; or, when the record of
+/// the last complete `up` shows that none of it would change anything, the wait alone
+/// (see [`crate::warm`]).
 pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, Error> {
     let started = Instant::now();
     // bad manifests fail before anything is booted or built
     validate_manifests(config)?;
     let engine = Engine::connect().await?;
     let _lock = crate::lock::acquire(&config.name, &ctx.reporter).await?;
+    let up = match unchanged(ctx, config, &engine).await {
+        Ok(up) => up,
+        Err(reason) => {
+            ctx.reporter.detail(format!("a full up: {reason}"));
+            crate::warm::forget(&crate::warm::key(config));
+            converge(ctx, config, &engine).await?
+        }
+    };
+    let waited: Vec<Applied> = up.addons.iter().chain(&up.applied).cloned().collect();
+    wait_ready(ctx, config, &up.node, &waited).await?;
+    if let Some(record) = up.record {
+        save_record(ctx, config, &up.node, record).await;
+    }
+    let dns = start_dns(ctx).await;
+    let urls = urls::collect(
+        &up.node.client,
+        config.environment.as_deref(),
+        up.node.ip.as_deref(),
+        up.node.ports.https,
+    )
+    .await
+    .map_err(|e| Error::Kube(crate::apply::api_message(&e)))?;
+    Ok(Outcome {
+        config: config.clone(),
+        node: up.node,
+        kubeconfig: up.kubeconfig,
+        built: up.built,
+        loaded: up.loaded,
+        applied: up.applied,
+        pruned: up.pruned,
+        urls,
+        dns,
+        unchanged: up.unchanged,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A sandbox whose objects are applied, before the wait for them.
+struct Converged {
+    node: Node,
+    kubeconfig: PathBuf,
+    built: Vec<BuiltImage>,
+    loaded: Vec<String>,
+    /// The add-ons' objects.
+    addons: Vec<Applied>,
+    /// The project's objects.
+    applied: Vec<Applied>,
+    pruned: Vec<InventoryEntry>,
+    /// The record to keep once the objects are ready (`None`: nothing new to record).
+    record: Option<crate::warm::Record>,
+    /// Whether the record showed nothing to do.
+    unchanged: bool,
+}
+
+/// Node, images, context and apply: everything `up` does before it waits.
+async fn converge(
+    ctx: &Context,
+    config: &SandboxConfig,
+    engine: &Engine,
+) -> Result<Converged, Error> {
     // the node boots while the images build; they load into its containerd as soon as both
     // are there, while its API server is still starting
     let (booted, boot_known) = tokio::sync::oneshot::channel();
     let node_side = async {
         let booting = node::boot(
-            &engine,
+            engine,
             &config.name,
             config.profile.as_deref(),
             &ctx.reporter,
@@ -79,12 +144,12 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
         .await?;
         let _ = booted.send(booting.clone());
         let deadline = booting.deadline(config.timeouts.boot);
-        let node = booting.serving(&engine, deadline, &ctx.reporter).await?;
+        let node = booting.serving(engine, deadline, &ctx.reporter).await?;
         Ok::<_, Error>((node, deadline))
     };
     let image_side = async {
         let built =
-            images::build_all(&engine, &config.images, &config.base_dir, &ctx.reporter).await?;
+            images::build_all(engine, &config.images, &config.base_dir, &ctx.reporter).await?;
         // no node: the node side's error is the one try_join reports
         let Ok(booting) = boot_known.await else {
             return Err(Error::from(node::NodeError::NotRunning {
@@ -93,9 +158,9 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
         };
         let mut requests = images::load_requests(&built);
         requests
-            .extend(addon_load_requests(&engine, &booting.profile, config.addons.maildev).await?);
+            .extend(addon_load_requests(engine, &booting.profile, config.addons.maildev).await?);
         let loaded = images::load(
-            &engine,
+            engine,
             &booting.names.node,
             &booting.profile,
             &requests,
@@ -110,39 +175,214 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
     // objects go in as soon as the API server takes them: their pods are scheduled the
     // moment the node (its kubelet, still starting on a new node) is Ready
     let applying = async {
-        let addons = apply_addons(ctx, config, &node, &ca).await?;
+        let (addon_docs, issued) = addon_documents_secured(config, &node, &ca).await?;
+        report_issued(ctx, &issued);
+        let addons = apply_addons(ctx, config, &node, &addon_docs).await?;
         let docs = project_documents(ctx, config, &node, &built, &ca).await?;
         let (applied, pruned) = apply(ctx, config, &node, &docs).await?;
-        Ok::<_, Error>((addons, applied, pruned))
+        let documents = crate::warm::documents_digest(addon_docs.iter().chain(&docs));
+        Ok::<_, Error>((addons, applied, pruned, documents))
     };
     let schedulable = async {
-        node.schedulable(&engine, deadline, &ctx.reporter)
+        node.schedulable(engine, deadline, &ctx.reporter)
             .await
             .map_err(Error::from)
     };
-    let ((), (addons, applied, pruned)) = tokio::try_join!(schedulable, applying)?;
-    let waited: Vec<Applied> = addons.iter().chain(&applied).cloned().collect();
-    wait_ready(ctx, config, &node, &waited).await?;
-    let dns = start_dns(ctx).await;
-    let urls = urls::collect(
-        &node.client,
-        config.environment.as_deref(),
-        node.ip.as_deref(),
-        node.ports.https,
-    )
-    .await
-    .map_err(|e| Error::Kube(crate::apply::api_message(&e)))?;
-    Ok(Outcome {
-        config: config.clone(),
+    let ((), (addons, applied, pruned, documents)) = tokio::try_join!(schedulable, applying)?;
+    let record = new_record(config, &node, &built, documents, &addons, &applied);
+    Ok(Converged {
         node,
         kubeconfig,
         built,
         loaded,
+        addons,
         applied,
         pruned,
-        urls,
-        dns,
-        seconds: started.elapsed().as_secs_f64(),
+        record,
+        unchanged: false,
+    })
+}
+
+/// The record of this `up`, its objects' states still to be observed; `None` when an
+/// image's inputs are not known.
+fn new_record(
+    config: &SandboxConfig,
+    node: &Node,
+    built: &[BuiltImage],
+    documents: String,
+    addons: &[Applied],
+    applied: &[Applied],
+) -> Option<crate::warm::Record> {
+    use crate::warm::{ImageRecord, ObjectRecord, Role};
+    let images = built
+        .iter()
+        .map(|b| {
+            Some(ImageRecord {
+                name: b.name.clone(),
+                inputs: b.inputs.clone()?,
+                id: b.id.clone(),
+                reference: b.reference.clone(),
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let mut objects: Vec<ObjectRecord> = addons
+        .iter()
+        .map(|a| ObjectRecord::applied(a, Role::Addon))
+        .chain(
+            applied
+                .iter()
+                .map(|a| ObjectRecord::applied(a, Role::Project)),
+        )
+        .collect();
+    objects.push(ObjectRecord::inventory(crate::addons::NAMESPACE));
+    if config.source.is_some() {
+        objects.push(ObjectRecord::inventory(&config.namespace));
+    }
+    Some(crate::warm::Record {
+        format: crate::warm::format(),
+        node: node.info.id.clone(),
+        kubeconfig: serde_yaml::to_string(&node.kubeconfig).ok()?,
+        images,
+        documents,
+        objects,
+    })
+}
+
+/// Observes the states the objects were left in and keeps the record; a failure only
+/// means the next `up` is a full one.
+async fn save_record(
+    ctx: &Context,
+    config: &SandboxConfig,
+    node: &Node,
+    mut record: crate::warm::Record,
+) {
+    let saved = match crate::warm::observe(&node.client, &config.name, &record.objects).await {
+        Ok(observed) => {
+            record.objects = observed.into_iter().map(|(o, _)| o).collect();
+            crate::warm::write(&crate::warm::key(config), &record).map_err(|e| e.to_string())
+        }
+        Err(reason) => Err(reason),
+    };
+    if let Err(reason) = saved {
+        ctx.reporter
+            .detail(format!("no record of this up for the next: {reason}"));
+    }
+}
+
+/// The no-change `up`: `Ok` when the record of the last complete `up` still holds (same
+/// node, same image inputs with their images in the engine, the same documents, every
+/// object as it was left), with the objects to wait for; `Err` says what differs.
+async fn unchanged(
+    ctx: &Context,
+    config: &SandboxConfig,
+    engine: &Engine,
+) -> Result<Converged, String> {
+    use crate::warm::Role;
+    let record =
+        crate::warm::read(&crate::warm::key(config)).ok_or("no record of a complete up")?;
+    let (info, profile) = node::running(engine, &config.name)
+        .await
+        .map_err(|e| e.to_string())?;
+    if info.id != record.node {
+        return Err("the node is not the one of the last up".into());
+    }
+    let kubeconfig = serde_yaml::from_str(&record.kubeconfig).map_err(|e| e.to_string())?;
+    let node = node::attach(engine, info, profile, kubeconfig)
+        .await
+        .map_err(|e| e.to_string())?;
+    if record.images.len() != config.images.len() {
+        return Err("the images configured changed".into());
+    }
+    let mut built = Vec::new();
+    for (image, recorded) in config.images.iter().zip(&record.images) {
+        let (_, context) = images::pack(image, &config.base_dir)
+            .await
+            .map_err(|e| e.to_string())?;
+        let dockerfile = config.base_dir.join(&image.context).join(&image.dockerfile);
+        let text = std::fs::read_to_string(&dockerfile).map_err(|e| e.to_string())?;
+        let inputs = crate::warm::image_inputs(engine, image, &text, &context).await;
+        if recorded.name != image.name || inputs.as_ref() != Some(&recorded.inputs) {
+            return Err(format!("image {} has new inputs", image.name));
+        }
+        let id = engine.image_id(&recorded.reference).await.ok().flatten();
+        if id.as_ref() != Some(&recorded.id) {
+            return Err(format!("{} is no longer in the engine", recorded.reference));
+        }
+        built.push(BuiltImage {
+            name: image.name.clone(),
+            reference: recorded.reference.clone(),
+            id: recorded.id.clone(),
+            inputs,
+        });
+    }
+    let ca = load_ca(ctx).map_err(|e| e.to_string())?;
+    let error = |e: Error| e.to_string();
+    let (mut docs, mut issued) = addon_documents_secured(config, &node, &ca)
+        .await
+        .map_err(error)?;
+    let (project, more) = project_documents_secured(config, &node, &built, &ca)
+        .await
+        .map_err(error)?;
+    docs.extend(project);
+    issued.extend(more);
+    if issued
+        .iter()
+        .any(|(_, i)| *i == crate::ingress::Issued::New)
+    {
+        return Err("a certificate is due".into());
+    }
+    if crate::warm::documents_digest(&docs) != record.documents {
+        return Err("the documents to apply changed".into());
+    }
+    let (ready, observed) = tokio::join!(
+        node_ready(&node.client),
+        crate::warm::observe(&node.client, &config.name, &record.objects)
+    );
+    if !ready {
+        return Err("the node is not Ready".into());
+    }
+    let mut addons = Vec::new();
+    let mut applied = Vec::new();
+    for ((now, object), left) in observed?.into_iter().zip(&record.objects) {
+        if !left.state.unchanged(&now.state) {
+            return Err(format!("{} changed since the last up", now.id()));
+        }
+        match now.role {
+            Role::Addon => addons.push(now.as_applied(object)),
+            Role::Project => applied.push(now.as_applied(object)),
+            Role::Inventory => {}
+        }
+    }
+    let kubeconfig = install_context(&node).map_err(error)?;
+    ctx.reporter.info(format!(
+        "nothing to build, load or apply: {} images and {} objects as the last up left them",
+        built.len(),
+        addons.len() + applied.len()
+    ));
+    Ok(Converged {
+        node,
+        kubeconfig,
+        built,
+        loaded: Vec::new(),
+        addons,
+        applied,
+        pruned: Vec::new(),
+        record: None,
+        unchanged: true,
+    })
+}
+
+/// Whether the node reports Ready.
+async fn node_ready(client: &kube::Client) -> bool {
+    let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let Ok(nodes) = api.list(&Default::default()).await else {
+        return false;
+    };
+    nodes.items.iter().any(|n| {
+        n.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
     })
 }
 
@@ -298,14 +538,12 @@ async fn addon_load_requests(
     Ok(requests)
 }
 
-/// Applies the add-ons (the ingress controller) under their own inventory; returns what
-/// was applied, to be waited on with the project's objects.
-async fn apply_addons(
-    ctx: &Context,
+/// The add-ons' documents with the certificates of their Ingresses.
+async fn addon_documents_secured(
     config: &SandboxConfig,
     node: &Node,
     ca: &crate::tls::Ca,
-) -> Result<Vec<Applied>, Error> {
+) -> Result<(Vec<Document>, Vec<IssuedCert>), Error> {
     let builtins = builtins(
         config,
         node.ports.http,
@@ -313,8 +551,7 @@ async fn apply_addons(
         crate::addons::SMTP_DNS_NAME,
     );
     let mut docs = addon_documents(config, &node.profile, &builtins)?;
-    secure_ingresses(
-        ctx,
+    let issued = secure_ingresses(
         node,
         ca,
         &mut docs,
@@ -322,11 +559,22 @@ async fn apply_addons(
         crate::addons::NAMESPACE,
     )
     .await?;
+    Ok((docs, issued))
+}
+
+/// Applies the add-ons (the ingress controller) under their own inventory; returns what
+/// was applied, to be waited on with the project's objects.
+async fn apply_addons(
+    ctx: &Context,
+    config: &SandboxConfig,
+    node: &Node,
+    docs: &[Document],
+) -> Result<Vec<Applied>, Error> {
     let step = ctx
         .reporter
         .step("applying the add-ons (ingress controller, maildev)");
     let mut applier = Applier::new(node.client.clone(), &config.name, crate::addons::NAMESPACE);
-    let applied = applier.apply_all(&docs).await?;
+    let applied = applier.apply_all(docs).await?;
     applier.prune(&applied).await?;
     let changed = applied.iter().filter(|a| a.changed).count();
     step.done(format!("add-ons applied ({changed} changed)"));
@@ -360,14 +608,26 @@ pub(crate) async fn project_documents(
     built: &[BuiltImage],
     ca: &crate::tls::Ca,
 ) -> Result<Vec<Document>, Error> {
+    let (docs, issued) = project_documents_secured(config, node, built, ca).await?;
+    report_issued(ctx, &issued);
+    Ok(docs)
+}
+
+/// [`project_documents`], and what was done for each certificate, without reporting it.
+async fn project_documents_secured(
+    config: &SandboxConfig,
+    node: &Node,
+    built: &[BuiltImage],
+    ca: &crate::tls::Ca,
+) -> Result<(Vec<Document>, Vec<IssuedCert>), Error> {
     let smtp = smtp_host(node).await;
     let mut docs = load_manifests(config, node, built, &smtp)?;
     if config.source.is_none() {
-        return Ok(docs);
+        return Ok((docs, Vec::new()));
     }
-    secure_ingresses(ctx, node, ca, &mut docs, &domain(config), &config.namespace).await?;
+    let issued = secure_ingresses(node, ca, &mut docs, &domain(config), &config.namespace).await?;
     docs.push(crate::ingress::ca_configmap(ca.ca_pem(), &config.namespace));
-    Ok(docs)
+    Ok((docs, issued))
 }
 
 /// The user's CA, created (and said so) when there is none.
@@ -382,20 +642,32 @@ pub(crate) fn load_ca(ctx: &Context) -> Result<crate::tls::Ca, Error> {
     Ok(ca)
 }
 
+/// A certificate Secret and what was done for it.
+type IssuedCert = (crate::ingress::TlsSecret, crate::ingress::Issued);
+
 /// Adds TLS to the Ingresses of `docs` under `domain` and the Secrets they need (see
-/// [`crate::ingress`]).
+/// [`crate::ingress`]); returns what was done for each Secret.
 async fn secure_ingresses(
-    ctx: &Context,
     node: &Node,
     ca: &crate::tls::Ca,
     docs: &mut Vec<Document>,
     domain: &str,
     namespace: &str,
-) -> Result<(), Error> {
+) -> Result<Vec<IssuedCert>, Error> {
     let planned = crate::ingress::plan(docs, domain, namespace);
     let issued =
         crate::ingress::issue(&node.client, ca, &planned, crate::apply::OWNER_LABEL).await?;
+    let mut out = Vec::new();
     for (secret, what, doc) in issued {
+        docs.extend(doc);
+        out.push((secret, what));
+    }
+    Ok(out)
+}
+
+/// Says what was done for each certificate.
+fn report_issued(ctx: &Context, issued: &[IssuedCert]) {
+    for (secret, what) in issued {
         match what {
             crate::ingress::Issued::New => ctx.reporter.info(format!(
                 "issued a certificate for {} (Secret {}/{})",
@@ -411,9 +683,7 @@ async fn secure_ingresses(
             )),
             crate::ingress::Issued::Kept => {}
         }
-        docs.extend(doc);
     }
-    Ok(())
 }
 
 pub(crate) async fn apply(
@@ -509,6 +779,7 @@ impl Outcome {
             "pruned": pruned_json(&self.pruned),
             "urls": self.urls,
             "dns": self.dns.map(|a| json!({"address": a.to_string()})),
+            "unchanged": self.unchanged,
             "elapsedSeconds": (self.seconds * 10.0).round() / 10.0,
         })
     }

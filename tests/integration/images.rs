@@ -146,6 +146,35 @@ fn changed_image_rolls_only_its_deployment_and_no_change_does_nothing() {
     }
     crate::support::assert_nothing_changed(&third, "the third up");
     assert_eq!((rollout(&sb, "web"), node_images(&sb)), before);
+    assert_eq!(third["unchanged"], true, "the third up: {third}");
+
+    // a change made behind sandbox's back: the next up is a full one and undoes it
+    let replicas = || {
+        let out = sb.kubectl(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let configured = replicas();
+    assert_success(
+        &sb.kubectl(&["scale", "deploy", "web", "--replicas=3"]),
+        "kubectl scale",
+    );
+    let fourth = sb.run_json(&["up", "-f", file]);
+    assert_eq!(fourth["unchanged"], false, "after kubectl scale: {fourth}");
+    assert_eq!(replicas(), configured);
+    // a file touched: its image's inputs changed (the build gives the same image)
+    let page = project.join("web/www/index.html");
+    std::fs::write(&page, std::fs::read(&page).unwrap()).unwrap();
+    let fifth = sb.run_json(&["up", "-f", file]);
+    assert_eq!(
+        fifth["unchanged"], false,
+        "after a file was rewritten: {fifth}"
+    );
+    assert_eq!(
+        image(&fifth, "rolling-web")["reference"],
+        web_v2["reference"]
+    );
+    crate::support::assert_nothing_changed(&fifth, "the up after a rewrite");
+    assert_eq!(sb.run_json(&["up", "-f", file])["unchanged"], true);
 
     // `sandbox load` of an image the node holds loads nothing
     let load = sb.run_json(&["load", &web_v1]);
