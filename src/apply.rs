@@ -205,6 +205,22 @@ const KIND_ORDER: &[&str] = &[
     "APIService",
 ];
 
+/// Kinds whose objects make pods as soon as they exist.
+const POD_MAKERS: &[&str] = &[
+    "DaemonSet",
+    "Pod",
+    "ReplicationController",
+    "ReplicaSet",
+    "Deployment",
+    "StatefulSet",
+    "Job",
+];
+
+/// Whether objects of `kind` make pods as soon as they exist.
+pub fn makes_pods(kind: &str) -> bool {
+    POD_MAKERS.contains(&kind)
+}
+
 /// The wave a kind is applied in (see [`KIND_ORDER`]).
 pub fn kind_rank(kind: &str) -> usize {
     KIND_ORDER
@@ -269,6 +285,8 @@ pub struct Applier {
     /// resourceVersion of each object as the dry run saw it (None: it did not exist), to
     /// tell whether the real apply changed it without reading it again.
     seen: std::sync::Mutex<HashMap<String, Option<String>>>,
+    /// When set, what makes pods waits until it says true (see [`Applier::hold_pods`]).
+    pods_held: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Applier {
@@ -281,7 +299,16 @@ impl Applier {
             default_namespace: default_namespace.to_string(),
             resources: HashMap::new(),
             seen: Default::default(),
+            pods_held: None,
         }
+    }
+
+    /// Holds back the objects that make pods until `node_takes_pods` says true (everything
+    /// else is applied meanwhile): a pod created while the node is not Ready yet is refused
+    /// by the scheduler, which tries it again only after a back-off and its next queue
+    /// flush, seconds later. A dropped sender releases the hold.
+    pub fn hold_pods(&mut self, node_takes_pods: tokio::sync::watch::Receiver<bool>) {
+        self.pods_held = Some(node_takes_pods);
     }
 
     async fn resolve(
@@ -426,6 +453,11 @@ impl Applier {
                 .filter(|(d, _)| kind_rank(d.kind()) == rank)
                 .cloned()
                 .collect();
+            if wave.iter().any(|(d, _)| makes_pods(d.kind())) {
+                if let Some(mut held) = self.pods_held.take() {
+                    let _ = held.wait_for(|takes| *takes).await;
+                }
+            }
             applied.extend(self.apply_set(&wave, false).await?);
         }
         Ok(applied)

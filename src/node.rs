@@ -760,8 +760,20 @@ async fn node_ready(client: &kube::Client, node_name: &str) -> Result<(), String
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+    // the node lifecycle controller lifts the not-ready taint a moment after Ready; a pod
+    // created before that is refused and tried again only after a back-off
+    let held_off = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .find(|t| t.key.starts_with("node.kubernetes.io/") && t.effect != "PreferNoSchedule");
     match ready {
-        Some(c) if c.status == "True" => Ok(()),
+        Some(c) if c.status == "True" => match held_off {
+            Some(t) => Err(format!("node {node_name} is tainted {}", t.key)),
+            None => Ok(()),
+        },
         Some(c) => Err(format!(
             "node {node_name} not Ready: {}",
             c.message

@@ -35,7 +35,7 @@ pub async fn run(ctx: &Context, _args: ApplyArgs) -> Result<(), Error> {
     .await?;
     let ca = super::up::load_ca(ctx)?;
     let docs = super::up::project_documents(ctx, &config, &node, &built, &ca).await?;
-    let (applied, pruned) = super::up::apply(ctx, &config, &node, &docs).await?;
+    let (applied, pruned) = super::up::apply(ctx, &config, &node, &docs, None).await?;
     super::up::wait_ready(ctx, &config, &node, &applied).await?;
     let changed = applied.iter().filter(|a| a.changed).count();
     let seconds = started.elapsed().as_secs_f64();

@@ -174,19 +174,22 @@ async fn converge(
     let ca = load_ca(ctx)?;
     // objects go in as soon as the API server takes them: their pods are scheduled the
     // moment the node (its kubelet, still starting on a new node) is Ready
+    // and those that make pods as soon as the node takes them
+    let (takes_pods, node_takes_pods) = tokio::sync::watch::channel(false);
     let applying = async {
         let (addon_docs, issued) = addon_documents_secured(config, &node, &ca).await?;
         report_issued(ctx, &issued);
-        let addons = apply_addons(ctx, config, &node, &addon_docs).await?;
+        let held = Some(node_takes_pods);
+        let addons = apply_addons(ctx, config, &node, &addon_docs, held.clone()).await?;
         let docs = project_documents(ctx, config, &node, &built, &ca).await?;
-        let (applied, pruned) = apply(ctx, config, &node, &docs).await?;
+        let (applied, pruned) = apply(ctx, config, &node, &docs, held).await?;
         let documents = crate::warm::documents_digest(addon_docs.iter().chain(&docs));
         Ok::<_, Error>((addons, applied, pruned, documents))
     };
     let schedulable = async {
-        node.schedulable(engine, deadline, &ctx.reporter)
-            .await
-            .map_err(Error::from)
+        node.schedulable(engine, deadline, &ctx.reporter).await?;
+        let _ = takes_pods.send(true);
+        Ok::<_, Error>(())
     };
     let ((), (addons, applied, pruned, documents)) = tokio::try_join!(schedulable, applying)?;
     let record = new_record(config, &node, &built, documents, &addons, &applied);
@@ -569,11 +572,15 @@ async fn apply_addons(
     config: &SandboxConfig,
     node: &Node,
     docs: &[Document],
+    pods_held: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Result<Vec<Applied>, Error> {
     let step = ctx
         .reporter
         .step("applying the add-ons (ingress controller, maildev)");
     let mut applier = Applier::new(node.client.clone(), &config.name, crate::addons::NAMESPACE);
+    if let Some(held) = pods_held {
+        applier.hold_pods(held);
+    }
     let applied = applier.apply_all(docs).await?;
     applier.prune(&applied).await?;
     let changed = applied.iter().filter(|a| a.changed).count();
@@ -691,6 +698,7 @@ pub(crate) async fn apply(
     config: &SandboxConfig,
     node: &Node,
     docs: &[Document],
+    pods_held: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Result<(Vec<Applied>, Vec<InventoryEntry>), Error> {
     // the built-in default owns no objects: it must never prune a project's
     if config.source.is_none() {
@@ -700,6 +708,9 @@ pub(crate) async fn apply(
         .reporter
         .step(format!("applying {} objects", docs.len()));
     let mut applier = Applier::new(node.client.clone(), &config.name, &config.namespace);
+    if let Some(held) = pods_held {
+        applier.hold_pods(held);
+    }
     let applied = applier.apply_all(docs).await?;
     let pruned = applier.prune(&applied).await?;
     let changed = applied.iter().filter(|a| a.changed).count();
