@@ -18,6 +18,7 @@ pub const ROLE: &str = "addons";
 /// The embedded add-on manifests, by name.
 const MANIFESTS: &[(&str, &str)] = &[
     ("ingress", include_str!("../profiles/addons/ingress.yaml")),
+    ("node", include_str!("../profiles/addons/node.yaml")),
     ("maildev", include_str!("../profiles/addons/maildev.yaml")),
 ];
 /// maildev's SMTP port.
