@@ -307,21 +307,12 @@ impl Node {
             created: self.created,
         };
         let step = reporter.step(format!("waiting for node {} to be Ready", names.node));
-        let mut last = String::new();
-        loop {
-            watch.check_running().await?;
-            match node_ready(&self.client, &names.node).await {
-                Ok(()) => break,
-                Err(observed) => {
-                    if observed != last {
-                        step.update(format!("waiting for node {}: {observed}", names.node));
-                    }
-                    last = observed;
-                }
-            }
-            watch.check_time(&last).await?;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let every = Duration::from_millis(100);
+        watch
+            .poll(&step, String::new(), every, async || {
+                node_ready(&self.client, &names.node).await
+            })
+            .await?;
         step.done(format!("node {} ready", names.node));
         Ok(())
     }
@@ -344,6 +335,33 @@ struct BootWatch<'a> {
 }
 
 impl BootWatch<'_> {
+    /// Tries `probe` every `every` until it gives a value. Each time, it first checks that
+    /// the container still runs, reports on `step` what the probe observed (its `Err`) when
+    /// that changed, and gives up at the deadline with the last observation (`last`
+    /// until the probe has said anything).
+    async fn poll<T>(
+        &self,
+        step: &crate::report::Step,
+        mut last: String,
+        every: Duration,
+        mut probe: impl AsyncFnMut() -> Result<T, String>,
+    ) -> Result<T, NodeError> {
+        loop {
+            self.check_running().await?;
+            match probe().await {
+                Ok(value) => return Ok(value),
+                Err(observed) => {
+                    if observed != last {
+                        step.update(format!("waiting for node {}: {observed}", self.names.node));
+                    }
+                    last = observed;
+                }
+            }
+            self.check_time(&last).await?;
+            tokio::time::sleep(every).await;
+        }
+    }
+
     /// `Err` (with the node's last log lines) once the container stopped running.
     async fn check_running(&self) -> Result<(), NodeError> {
         let state = self.engine.container_state(&self.names.node).await?;
@@ -574,53 +592,44 @@ async fn wait_serving(
     step: &crate::report::Step,
 ) -> Result<Node, NodeError> {
     let (engine, names) = (watch.engine, watch.names);
-    let mut last = "container starting".to_string();
-    let mut client: Option<(kube::Client, serde_yaml::Value)> = None;
-    loop {
-        watch.check_running().await?;
-        if client.is_none() {
-            match connect(engine, names, profile).await {
-                Ok(Some(c)) => client = Some(c),
-                Ok(None) => last = format!("{} not written yet", profile.node.kubeconfig_path),
-                Err(e) => last = e.to_string(),
-            }
-        }
-        if let Some((c, _)) = &client {
-            match serving(c).await {
-                Ok(()) => {
-                    let (client, kubeconfig) = client.expect("checked");
-                    let info = engine
-                        .list_nodes(Some(&names.sandbox))
-                        .await?
-                        .into_iter()
-                        .find(|n| n.name == names.node)
-                        .ok_or_else(|| NodeError::Exited {
-                            name: names.node.clone(),
-                            logs: String::new(),
-                        })?;
-                    let ports = ports_of(&info, profile);
-                    let ip = engine.container_ip(&names.node, &names.network).await?;
-                    return Ok(Node {
-                        info,
-                        profile: profile.clone(),
-                        ports,
-                        ip,
-                        kubeconfig,
-                        client,
-                        created: false,
-                    });
-                }
-                Err(observed) => {
-                    if observed != last {
-                        step.update(format!("waiting for node {}: {observed}", names.node));
+    let mut connected: Option<(kube::Client, serde_yaml::Value)> = None;
+    let every = Duration::from_millis(250);
+    let (client, kubeconfig) = watch
+        .poll(step, "container starting".to_string(), every, async || {
+            if connected.is_none() {
+                connected = match connect(engine, names, profile).await {
+                    Ok(Some(c)) => Some(c),
+                    Ok(None) => {
+                        return Err(format!("{} not written yet", profile.node.kubeconfig_path))
                     }
-                    last = observed;
-                }
+                    Err(e) => return Err(e.to_string()),
+                };
             }
-        }
-        watch.check_time(&last).await?;
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+            let (client, _) = connected.as_ref().expect("connected above");
+            serving(client).await?;
+            Ok(connected.take().expect("connected above"))
+        })
+        .await?;
+    let info = engine
+        .list_nodes(Some(&names.sandbox))
+        .await?
+        .into_iter()
+        .find(|n| n.name == names.node)
+        .ok_or_else(|| NodeError::Exited {
+            name: names.node.clone(),
+            logs: String::new(),
+        })?;
+    let ports = ports_of(&info, profile);
+    let ip = engine.container_ip(&names.node, &names.network).await?;
+    Ok(Node {
+        info,
+        profile: profile.clone(),
+        ports,
+        ip,
+        kubeconfig,
+        client,
+        created: false,
+    })
 }
 
 /// The host ports a node publishes.

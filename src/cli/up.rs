@@ -358,9 +358,9 @@ async fn unchanged(
     }
     let kubeconfig = install_context(&node).map_err(error)?;
     ctx.reporter.info(format!(
-        "nothing to build, load or apply: {} images and {} objects as the last up left them",
-        built.len(),
-        addons.len() + applied.len()
+        "nothing to build, load or apply: {} and {} as the last up left them",
+        count(built.len(), "image"),
+        count(addons.len() + applied.len(), "object")
     ));
     Ok(Converged {
         node,
@@ -373,6 +373,15 @@ async fn unchanged(
         record: None,
         unchanged: true,
     })
+}
+
+/// `1 image`, `2 images`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// Whether the node reports Ready.
