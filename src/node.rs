@@ -681,14 +681,22 @@ pub async fn client_for(
     let config = kube::Config::from_custom_kubeconfig(parsed, &options)
         .await
         .map_err(|e| client_error(e.to_string()))?;
-    multiplexed_client(config).map_err(|e| client_error(e.to_string()))
+    multiplexed_client(config, RESPONSE_TIMEOUT).map_err(|e| client_error(e.to_string()))
 }
+
+/// How long a request may wait for its response's head (a hung API server).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A client whose requests share one connection: HTTP/2 when the server offers it (every
 /// Kubernetes API server does), so that a burst of concurrent requests (the lists of a
 /// no-change `up`, 16 applies at once, the readiness checks) costs one TLS handshake, not
-/// one each as kube's HTTP/1.1 client pays. A dead connection is found by HTTP/2 pings.
-fn multiplexed_client(config: kube::Config) -> Result<kube::Client, kube::Error> {
+/// one each as kube's HTTP/1.1 client pays. A dead connection is found by HTTP/2 pings; a
+/// response whose head has not come within `timeout` fails (a streamed body, a watch's or
+/// `logs --follow`'s, is not bounded).
+fn multiplexed_client(
+    config: kube::Config,
+    timeout: Duration,
+) -> Result<kube::Client, kube::Error> {
     use kube::client::ConfigExt;
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
@@ -709,6 +717,7 @@ fn multiplexed_client(config: kube::Config) -> Result<kube::Client, kube::Error>
         .layer(config.base_uri_layer())
         .option_layer(config.auth_layer()?)
         .layer(config.extra_headers_layer()?)
+        .layer(tower::timeout::TimeoutLayer::new(timeout))
         .map_err(tower::BoxError::from)
         .service(client);
     Ok(kube::Client::new(service, config.default_namespace))
@@ -836,4 +845,29 @@ pub async fn remove(engine: &Engine, sandbox: &str, purge: bool) -> Result<Remov
     }
     removed.context = kubeconfig::uninstall(&kubeconfig::user_kubeconfig_path(), &names.context)?;
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_the_api_server_never_answers_fails() {
+        // a server that takes connections and requests and never answers
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let config = kube::Config::new(format!("http://{address}").parse().unwrap());
+        let client = multiplexed_client(config, Duration::from_millis(200)).unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(20), api_ready(&client)).await;
+        let error = outcome
+            .expect("the client gives up by itself")
+            .expect_err("nothing answered");
+        assert!(error.to_string().contains("timed out"), "{error}");
+    }
 }
