@@ -157,6 +157,19 @@ pub fn judge(object: &Value) -> Option<Readiness> {
     })
 }
 
+/// How a container that has restarted last ended, when that was an error.
+fn crashed_before(
+    cs: &k8s_openapi::api::core::v1::ContainerStatus,
+) -> Option<&k8s_openapi::api::core::v1::ContainerStateTerminated> {
+    if cs.restart_count == 0 {
+        return None;
+    }
+    cs.last_state
+        .as_ref()
+        .and_then(|l| l.terminated.as_ref())
+        .filter(|t| t.exit_code != 0)
+}
+
 /// Why a pod's containers are not running, e.g. `web: CrashLoopBackOff (back-off 10s ...)`.
 pub fn pod_problems(pod: &Pod) -> Vec<String> {
     let Some(status) = &pod.status else {
@@ -190,6 +203,19 @@ pub fn pod_problems(pod: &Pod) -> Vec<String> {
             }
         } else if state.running.is_some() && !cs.ready {
             out.push(format!("container {}: running but not ready", cs.name));
+        }
+        // running again after a crash: what killed it is the problem (a deadline can fall
+        // in the moment a crash-looping container runs)
+        if state.running.is_some() {
+            if let Some(t) = crashed_before(cs) {
+                out.push(format!(
+                    "container {}: restarted {} times, last exited {} ({})",
+                    cs.name,
+                    cs.restart_count,
+                    t.exit_code,
+                    t.reason.clone().unwrap_or_default()
+                ));
+            }
         }
     }
     for c in status.conditions.iter().flatten() {
@@ -527,13 +553,14 @@ async fn pod_problems_of(client: &kube::Client, a: &Applied) -> Vec<String> {
                 .flatten()
                 .chain(s.container_statuses.iter().flatten())
         });
-        for cs in statuses.filter(|cs| !cs.ready) {
-            let crashed_before =
-                cs.restart_count > 0 && cs.state.as_ref().is_some_and(|s| s.waiting.is_some());
+        for cs in statuses.filter(|cs| !cs.ready || crashed_before(cs).is_some()) {
+            // a container waiting to restart or running again: the logs of the one that died
+            let previous =
+                cs.restart_count > 0 && cs.state.as_ref().is_some_and(|s| s.terminated.is_none());
             let params = kube::api::LogParams {
                 container: Some(cs.name.clone()),
                 tail_lines: Some(FAILING_LOG_LINES),
-                previous: crashed_before,
+                previous,
                 ..Default::default()
             };
             if let Ok(text) = pods.logs(&name, &params).await {
@@ -676,6 +703,17 @@ mod tests {
         assert_eq!(
             pod_problems(&unready),
             vec!["container web: running but not ready".to_string()]
+        );
+        let running_again: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "status": {"containerStatuses": [{"name": "web", "ready": true, "restartCount": 3, "image": "x", "imageID": "",
+                "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}},
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}
+        }))
+        .unwrap();
+        assert_eq!(
+            pod_problems(&running_again),
+            vec!["container web: restarted 3 times, last exited 1 (Error)".to_string()]
         );
     }
 
