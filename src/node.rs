@@ -765,8 +765,9 @@ async fn serving(client: &kube::Client) -> Result<(), String> {
     }
 }
 
-/// Whether node `node_name` is registered and Ready. `Err` carries what was observed.
-async fn node_ready(client: &kube::Client, node_name: &str) -> Result<(), String> {
+/// Whether node `node_name` is registered, Ready and free of the lifecycle taints that keep
+/// pods off it. `Err` carries what was observed.
+pub(crate) async fn node_ready(client: &kube::Client, node_name: &str) -> Result<(), String> {
     let nodes: Api<KubeNode> = Api::all(client.clone());
     let node = nodes
         .get_opt(node_name)

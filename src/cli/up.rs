@@ -172,9 +172,8 @@ async fn converge(
     let ((node, deadline), (built, loaded)) = tokio::try_join!(node_side, image_side)?;
     let kubeconfig = install_context(&node)?;
     let ca = load_ca(ctx)?;
-    // objects go in as soon as the API server takes them: their pods are scheduled the
-    // moment the node (its kubelet, still starting on a new node) is Ready
-    // and those that make pods as soon as the node takes them
+    // objects go in as soon as the API server takes them, while the kubelet of a new node
+    // still starts; those that make pods as soon as the node takes them (see hold_pods)
     let (takes_pods, node_takes_pods) = tokio::sync::watch::channel(false);
     let applying = async {
         let (addon_docs, issued) = addon_documents_secured(config, &node, &ca).await?;
@@ -338,12 +337,10 @@ async fn unchanged(
         return Err("the documents to apply changed".into());
     }
     let (ready, observed) = tokio::join!(
-        node_ready(&node.client),
+        node::node_ready(&node.client, &node.info.name),
         crate::warm::observe(&node.client, &config.name, &record.objects)
     );
-    if !ready {
-        return Err("the node is not Ready".into());
-    }
+    ready?;
     let mut addons = Vec::new();
     let mut applied = Vec::new();
     for ((now, object), left) in observed?.into_iter().zip(&record.objects) {
@@ -382,20 +379,6 @@ fn count(n: usize, noun: &str) -> String {
     } else {
         format!("{n} {noun}s")
     }
-}
-
-/// Whether the node reports Ready.
-async fn node_ready(client: &kube::Client) -> bool {
-    let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
-    let Ok(nodes) = api.list(&Default::default()).await else {
-        return false;
-    };
-    nodes.items.iter().any(|n| {
-        n.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    })
 }
 
 /// The sandbox's wildcard domain: an environment gets its own subdomain.
