@@ -1,11 +1,13 @@
-//! Readiness of applied workloads: pure judgement of an object's status, and a poll loop
-//! under one deadline that reports what it last saw.
+//! Readiness of applied workloads: pure judgement of an object's status, and a loop under
+//! one deadline, woken by watches of what it waits on, that reports what it last saw.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DynamicObject, ListParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, WatchEvent, WatchParams};
 use serde_json::Value;
 
 use crate::apply::Applied;
@@ -271,8 +273,13 @@ pub fn unsteady(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Option<String> 
     None
 }
 
+/// How often the wait checks everything it waits on, changes seen or not: what only time
+/// settles (a restarted container staying up) and what a watch may have missed.
+const BEAT: Duration = Duration::from_millis(500);
+
 /// Waits until every applied workload is ready, failing fast on failed ones, under
-/// `deadline`.
+/// `deadline`. An object is checked again as soon as a watch says it changed, and
+/// everything on every [`BEAT`].
 pub async fn wait_all(
     client: &kube::Client,
     applied: &[Applied],
@@ -286,10 +293,26 @@ pub async fn wait_all(
         .map(|a| (a, Readiness::Pending("not checked yet".into())))
         .collect();
     let total = pending.len();
+    let waited: Vec<&Applied> = pending.iter().map(|(a, _)| *a).collect();
+    let mut changes = Changes::watch(client, &waited);
+    // `None`: check everything
+    let mut changed: Option<HashSet<Key>> = None;
+    let mut beat = Instant::now();
     loop {
-        let checks = pending.iter().map(|(a, _)| check(client, a));
-        let states = join_all(checks).await;
-        for (slot, state) in pending.iter_mut().zip(states) {
+        let full = changed.is_none() || Instant::now() >= beat;
+        if full {
+            beat = Instant::now() + BEAT;
+        }
+        let due: Vec<usize> = (0..pending.len())
+            .filter(|&i| {
+                full || changed
+                    .as_ref()
+                    .is_some_and(|c| c.contains(&key(pending[i].0)))
+            })
+            .collect();
+        let states = join_all(due.iter().map(|&i| check(client, pending[i].0))).await;
+        for (&i, state) in due.iter().zip(states) {
+            let slot = &mut pending[i];
             match &state {
                 Readiness::Ready => step.item_done(&slot.0.id(), "ready"),
                 Readiness::Pending(m) => step.item(&slot.0.id(), m),
@@ -341,7 +364,141 @@ pub async fn wait_all(
                 details,
             });
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let keys: HashSet<Key> = pending.iter().map(|(a, _)| key(a)).collect();
+        let seen = changes.next(beat, &keys).await;
+        changed = (!seen.is_empty()).then_some(seen);
+    }
+}
+
+/// What a change names: the waited object's kind (a Service's for a change to its
+/// Endpoints), namespace and name.
+type Key = (String, Option<String>, String);
+
+fn key(a: &Applied) -> Key {
+    (a.resource.kind.clone(), a.namespace.clone(), a.name.clone())
+}
+
+/// Where a waited object's changes show: its own resource, or for a Service that selects
+/// pods, its Endpoints.
+fn watched_resource(a: &Applied) -> ApiResource {
+    if selects_pods(&a.object) {
+        ApiResource::erase::<k8s_openapi::api::core::v1::Endpoints>(&())
+    } else {
+        a.resource.clone()
+    }
+}
+
+/// Changes to the objects waited on, as they happen: one metadata-only watch per resource
+/// and namespace. They only bring a check forward; the beat checks everything anyway, so a
+/// watch that fails or misses an event costs time, never a wrong answer.
+struct Changes {
+    events: tokio::sync::mpsc::UnboundedReceiver<Key>,
+    watches: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Changes {
+    fn watch(client: &kube::Client, waited: &[&Applied]) -> Changes {
+        let (sender, events) = tokio::sync::mpsc::unbounded_channel();
+        let mut scopes: Vec<(ApiResource, Option<String>, String)> = Vec::new();
+        for a in waited {
+            let scope = (
+                watched_resource(a),
+                a.namespace.clone(),
+                a.resource.kind.clone(),
+            );
+            if !scopes.contains(&scope) {
+                scopes.push(scope);
+            }
+        }
+        let watches = scopes
+            .into_iter()
+            .map(|(resource, namespace, kind)| {
+                let client = client.clone();
+                let sender = sender.clone();
+                tokio::spawn(watch_scope(client, resource, namespace, kind, sender))
+            })
+            .collect();
+        Changes { events, watches }
+    }
+
+    /// The keys among `waited` that changed, as soon as one did (with those that came
+    /// with it); empty when `until` came first.
+    async fn next(&mut self, until: Instant, waited: &HashSet<Key>) -> HashSet<Key> {
+        let mut changed = HashSet::new();
+        let until = tokio::time::Instant::from_std(until);
+        while changed.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return changed,
+                event = self.events.recv() => match event {
+                    Some(k) => {
+                        if waited.contains(&k) {
+                            changed.insert(k);
+                        }
+                    }
+                    // no watch left: the beat alone
+                    None => {
+                        tokio::time::sleep_until(until).await;
+                        return changed;
+                    }
+                },
+            }
+        }
+        while let Ok(k) = self.events.try_recv() {
+            if waited.contains(&k) {
+                changed.insert(k);
+            }
+        }
+        changed
+    }
+}
+
+impl Drop for Changes {
+    fn drop(&mut self) {
+        for w in &self.watches {
+            w.abort();
+        }
+    }
+}
+
+/// Sends the key of every object of `resource` in `namespace` that changes, as `kind`,
+/// until the receiver is gone. A watch the server ends (they are closed after a while) or
+/// refuses is opened again after a pause.
+async fn watch_scope(
+    client: kube::Client,
+    resource: ApiResource,
+    namespace: Option<String>,
+    kind: String,
+    sender: tokio::sync::mpsc::UnboundedSender<Key>,
+) {
+    let api: Api<DynamicObject> = match &namespace {
+        Some(ns) => Api::namespaced_with(client, ns, &resource),
+        None => Api::all_with(client, &resource),
+    };
+    loop {
+        if let Ok(stream) = api.watch_metadata(&WatchParams::default(), "0").await {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(event)) = stream.next().await {
+                let meta = match event {
+                    WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => {
+                        o.metadata
+                    }
+                    WatchEvent::Bookmark(_) => continue,
+                    WatchEvent::Error(_) => break,
+                };
+                let changed = (
+                    kind.clone(),
+                    namespace.clone(),
+                    meta.name.unwrap_or_default(),
+                );
+                if sender.send(changed).is_err() {
+                    return;
+                }
+            }
+        }
+        if sender.is_closed() {
+            return;
+        }
+        tokio::time::sleep(BEAT).await;
     }
 }
 
@@ -748,5 +905,37 @@ mod tests {
             .contains("restarted 1 times"));
         assert_eq!(unsteady(&running("2026-11-25T11:59:30Z", 1), now), None);
         assert_eq!(unsteady(&running("2026-11-25T11:59:59Z", 0), now), None);
+    }
+
+    #[tokio::test]
+    async fn a_change_wakes_the_wait_only_for_what_it_waits_on() {
+        let (sender, events) = tokio::sync::mpsc::unbounded_channel();
+        let mut changes = Changes {
+            events,
+            watches: Vec::new(),
+        };
+        let key =
+            |kind: &str, name: &str| (kind.to_string(), Some("ns".to_string()), name.to_string());
+        let waited: HashSet<Key> = [key("Deployment", "web"), key("Service", "web")].into();
+        let far = Instant::now() + Duration::from_secs(30);
+        // a change to something else does not wake it; one to a waited object does, with
+        // the others already sent
+        sender.send(key("Deployment", "other")).unwrap();
+        sender.send(key("Service", "web")).unwrap();
+        sender.send(key("Deployment", "web")).unwrap();
+        let started = Instant::now();
+        let changed = changes.next(far, &waited).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(changed, waited);
+        // nothing changed: the beat, empty
+        let changed = changes
+            .next(Instant::now() + Duration::from_millis(20), &waited)
+            .await;
+        assert!(changed.is_empty());
+        // every watch gone: still only the beat, never a busy loop
+        drop(sender);
+        let beat = Instant::now() + Duration::from_millis(50);
+        assert!(changes.next(beat, &waited).await.is_empty());
+        assert!(Instant::now() >= beat);
     }
 }
