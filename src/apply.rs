@@ -287,6 +287,8 @@ pub struct Applier {
     seen: std::sync::Mutex<HashMap<String, Option<String>>>,
     /// When set, what makes pods waits until it says true (see [`Applier::hold_pods`]).
     pods_held: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Told once everything before what makes pods is in (see [`Applier::announce_pods`]).
+    before_pods: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Applier {
@@ -300,6 +302,7 @@ impl Applier {
             resources: HashMap::new(),
             seen: Default::default(),
             pods_held: None,
+            before_pods: None,
         }
     }
 
@@ -309,6 +312,13 @@ impl Applier {
     /// flush, seconds later. A dropped sender releases the hold.
     pub fn hold_pods(&mut self, node_takes_pods: tokio::sync::watch::Receiver<bool>) {
         self.pods_held = Some(node_takes_pods);
+    }
+
+    /// Sends on `applied` once every object of the waves before those that make pods is
+    /// applied (at the end when none makes pods); dropped unsent when the apply fails
+    /// before.
+    pub fn announce_pods(&mut self, applied: tokio::sync::oneshot::Sender<()>) {
+        self.before_pods = Some(applied);
     }
 
     async fn resolve(
@@ -454,11 +464,17 @@ impl Applier {
                 .cloned()
                 .collect();
             if wave.iter().any(|(d, _)| makes_pods(d.kind())) {
+                if let Some(announced) = self.before_pods.take() {
+                    let _ = announced.send(());
+                }
                 if let Some(mut held) = self.pods_held.take() {
                     let _ = held.wait_for(|takes| *takes).await;
                 }
             }
             applied.extend(self.apply_set(&wave, false).await?);
+        }
+        if let Some(announced) = self.before_pods.take() {
+            let _ = announced.send(());
         }
         Ok(applied)
     }

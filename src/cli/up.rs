@@ -179,9 +179,21 @@ async fn converge(
         let (addon_docs, issued) = addon_documents_secured(config, &node, &ca).await?;
         report_issued(ctx, &issued);
         let held = Some(node_takes_pods);
-        let addons = apply_addons(ctx, config, &node, &addon_docs, held.clone()).await?;
-        let docs = project_documents(ctx, config, &node, &built, &ca).await?;
-        let (applied, pruned) = apply(ctx, config, &node, &docs, held).await?;
+        // side by side, the pods of both held for the same moment; the project's documents
+        // once the add-ons' Services exist (without cluster DNS, they name maildev's by
+        // its address)
+        let (services, services_applied) = tokio::sync::oneshot::channel();
+        let addons = apply_addons(ctx, config, &node, &addon_docs, held.clone(), services);
+        let project = async {
+            // a failed add-on apply drops the sender: its error is the one reported
+            let _ = services_applied.await;
+            let docs = project_documents(ctx, config, &node, &built, &ca).await?;
+            let (applied, pruned) = apply(ctx, config, &node, &docs, held).await?;
+            Ok::<_, Error>((docs, applied, pruned))
+        };
+        // both run to their end, so that a failure of one never stops the other halfway
+        let (addons, project) = tokio::join!(addons, project);
+        let (addons, (docs, applied, pruned)) = (addons?, project?);
         let documents = crate::warm::documents_digest(addon_docs.iter().chain(&docs));
         Ok::<_, Error>((addons, applied, pruned, documents))
     };
@@ -565,6 +577,7 @@ async fn apply_addons(
     node: &Node,
     docs: &[Document],
     pods_held: Option<tokio::sync::watch::Receiver<bool>>,
+    services_applied: tokio::sync::oneshot::Sender<()>,
 ) -> Result<Vec<Applied>, Error> {
     let step = ctx
         .reporter
@@ -573,6 +586,7 @@ async fn apply_addons(
     if let Some(held) = pods_held {
         applier.hold_pods(held);
     }
+    applier.announce_pods(services_applied);
     let applied = applier.apply_all(docs).await?;
     applier.prune(&applied).await?;
     let changed = applied.iter().filter(|a| a.changed).count();
