@@ -293,8 +293,9 @@ pub async fn wait_all(
         .map(|a| (a, Readiness::Pending("not checked yet".into())))
         .collect();
     let total = pending.len();
-    let waited: Vec<&Applied> = pending.iter().map(|(a, _)| *a).collect();
-    let mut changes = Changes::watch(client, &waited);
+    // opened once something is still pending after the first check (a no-change `up` finds
+    // everything ready at once)
+    let mut changes: Option<Changes> = None;
     // `None`: check everything
     let mut changed: Option<HashSet<Key>> = None;
     let mut beat = Instant::now();
@@ -365,6 +366,10 @@ pub async fn wait_all(
             });
         }
         let keys: HashSet<Key> = pending.iter().map(|(a, _)| key(a)).collect();
+        let changes = changes.get_or_insert_with(|| {
+            let waited: Vec<&Applied> = pending.iter().map(|(a, _)| *a).collect();
+            Changes::watch(client, &waited)
+        });
         let seen = changes.next(beat, &keys).await;
         changed = (!seen.is_empty()).then_some(seen);
     }
