@@ -94,12 +94,17 @@ pub struct Applied {
 }
 
 impl Applied {
-    /// `Kind/name` or `Kind namespace/name`.
+    /// `Kind name` or `Kind namespace/name` (see [`object_id`]).
     pub fn id(&self) -> String {
-        match &self.namespace {
-            Some(ns) => format!("{} {ns}/{}", self.resource.kind, self.name),
-            None => format!("{} {}", self.resource.kind, self.name),
-        }
+        object_id(&self.resource.kind, self.namespace.as_deref(), &self.name)
+    }
+}
+
+/// How an object is named to the user: `Kind name`, or `Kind namespace/name`.
+pub fn object_id(kind: &str, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
     }
 }
 
@@ -131,10 +136,7 @@ impl InventoryEntry {
 
     /// `Kind namespace/name`.
     pub fn id(&self) -> String {
-        match &self.namespace {
-            Some(ns) => format!("{} {ns}/{}", self.kind, self.name),
-            None => format!("{} {}", self.kind, self.name),
-        }
+        object_id(&self.kind, self.namespace.as_deref(), &self.name)
     }
 }
 

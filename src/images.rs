@@ -281,8 +281,7 @@ pub async fn build(
     let tag = content_tag(&id);
     engine.tag(&id, &image.name, &tag).await?;
     let reference = format!("{}:{tag}", image.name);
-    let text = std::fs::read_to_string(&dockerfile).unwrap_or_default();
-    let inputs = crate::warm::image_inputs(engine, image, &text, &context_digest).await;
+    let inputs = inputs(engine, image, base_dir, &context_digest).await;
     step.done(format!("built {reference}"));
     Ok(BuiltImage {
         name: image.name.clone(),
@@ -290,6 +289,20 @@ pub async fn build(
         id,
         inputs,
     })
+}
+
+/// The digest of everything an image is built from (see [`crate::warm::image_inputs`]),
+/// its context packed as `context_digest`; `None` when a base image is not in the engine
+/// or the Dockerfile cannot be read.
+pub async fn inputs(
+    engine: &Engine,
+    image: &ImageConfig,
+    base_dir: &Path,
+    context_digest: &str,
+) -> Option<String> {
+    let dockerfile = base_dir.join(&image.context).join(&image.dockerfile);
+    let text = std::fs::read_to_string(&dockerfile).ok()?;
+    crate::warm::image_inputs(engine, image, &text, context_digest).await
 }
 
 /// An image's build context packed as the engine receives it, and its digest.

@@ -484,6 +484,18 @@ pub async fn attach(
 ) -> Result<Node, NodeError> {
     let names = Names::of(&info.sandbox);
     let client = client_for(&kubeconfig, &names.context).await?;
+    assemble(engine, info, profile, kubeconfig, client).await
+}
+
+/// The node of `info`, reached with `client` (made from `kubeconfig`).
+async fn assemble(
+    engine: &Engine,
+    info: NodeInfo,
+    profile: Profile,
+    kubeconfig: serde_yaml::Value,
+    client: kube::Client,
+) -> Result<Node, NodeError> {
+    let names = Names::of(&info.sandbox);
     let ports = ports_of(&info, &profile);
     let ip = engine.container_ip(&names.node, &names.network).await?;
     Ok(Node {
@@ -619,17 +631,7 @@ async fn wait_serving(
             name: names.node.clone(),
             logs: String::new(),
         })?;
-    let ports = ports_of(&info, profile);
-    let ip = engine.container_ip(&names.node, &names.network).await?;
-    Ok(Node {
-        info,
-        profile: profile.clone(),
-        ports,
-        ip,
-        kubeconfig,
-        client,
-        created: false,
-    })
+    assemble(engine, info, profile.clone(), kubeconfig, client).await
 }
 
 /// The host ports a node publishes.

@@ -194,10 +194,7 @@ impl ObjectRecord {
 
     /// `Kind namespace/name`.
     pub fn id(&self) -> String {
-        match &self.namespace {
-            Some(ns) => format!("{} {ns}/{}", self.kind, self.name),
-            None => format!("{} {}", self.kind, self.name),
-        }
+        crate::apply::object_id(&self.kind, self.namespace.as_deref(), &self.name)
     }
 
     /// The object as applied, with its live state, for the readiness wait.

@@ -312,9 +312,7 @@ async fn unchanged(
         let (_, context) = images::pack(image, &config.base_dir)
             .await
             .map_err(|e| e.to_string())?;
-        let dockerfile = config.base_dir.join(&image.context).join(&image.dockerfile);
-        let text = std::fs::read_to_string(&dockerfile).map_err(|e| e.to_string())?;
-        let inputs = crate::warm::image_inputs(engine, image, &text, &context).await;
+        let inputs = images::inputs(engine, image, &config.base_dir, &context).await;
         if recorded.name != image.name || inputs.as_ref() != Some(&recorded.inputs) {
             return Err(format!("image {} has new inputs", image.name));
         }
