@@ -93,6 +93,10 @@ for rep in $(seq "$REPS"); do
   if [ $((rep % 2)) = 1 ]; then time_sandbox; time_handmade; else time_handmade; time_sandbox; fi
 done
 cold=$(median "${cold_s[@]}"); hand=$(median "${hand_s[@]}"); boot=$(median "${boot_s[@]}")
+# each repetition's figures, for the spread behind the medians
+{ echo "# $(date -u +%FT%TZ) REPS=$REPS: rep, sandbox cold up, hand-made, node boot (s)"
+  for i in "${!cold_s[@]}"; do echo "$((i + 1)) ${cold_s[$i]} ${hand_s[$i]} ${boot_s[$i]}"; done
+} >> "$RESULTS/lifecycle-runs.log"
 table_start lifecycle "Lifecycle (hello fixture)"
 row "cold up (node image present)" "$cold" "hand-made procedure, same node image" "$hand" "-"
 overhead=$(echo "$cold - $boot" | bc); hand_overhead=$(echo "$hand - $boot" | bc)
