@@ -69,28 +69,26 @@ kubectl_apply() {
 }
 # each repetition on a quiet node (the previous namespaces fully deleted: their terminating
 # pods would slow whichever tool runs next), the two tools taking turns to go first
-times_s=(); times_k=()
 time_sandbox() { local s e; s=$(date +%s.%N); sandbox_apply; e=$(date +%s.%N); times_s+=("$(echo "$e - $s" | bc)"); }
 time_kubectl() { local s e; s=$(date +%s.%N); kubectl_apply; e=$(date +%s.%N); times_k+=("$(echo "$e - $s" | bc)"); }
-for rep in $(seq "$REPS"); do
-  fresh_namespaces
-  if [ $((rep % 2)) = 1 ]; then time_sandbox; time_kubectl; else time_kubectl; time_sandbox; fi
-  kubectl --context "$CTX" delete namespace "$NS_S" "$NS_K" --timeout=300s >/dev/null
-done
-row "apply 300 objects and wait" "$(median "${times_s[@]}")" "kubectl apply --server-side + rollout status" "$(median "${times_k[@]}")" "<= 0.5x"
+# alternating: one row of both tools applying and waiting, over REPS fresh namespaces
+alternating() { # alternating FIGURE TARGET
+  times_s=(); times_k=()
+  for rep in $(seq "$REPS"); do
+    fresh_namespaces
+    if [ $((rep % 2)) = 1 ]; then time_sandbox; time_kubectl; else time_kubectl; time_sandbox; fi
+    kubectl --context "$CTX" delete namespace "$NS_S" "$NS_K" --timeout=300s >/dev/null
+  done
+  row "$1" "$(median "${times_s[@]}")" "kubectl apply --server-side + rollout status" "$(median "${times_k[@]}")" "$2"
+}
+alternating "apply 300 objects and wait" "<= 0.5x"
 
 # the floor under that figure: the same ten Deployments and their Services alone (20
 # objects), the same way; what the 300-object figure adds to it is the other 280 objects
 gen_pods() { gen "$1" | awk 'BEGIN {RS = "---\n"; ORS = ""} /kind: (Deployment|Service)\n/ {print "---\n" $0}'; }
 run=200
 GEN=gen_pods
-times_s=(); times_k=()
-for rep in $(seq "$REPS"); do
-  fresh_namespaces
-  if [ $((rep % 2)) = 1 ]; then time_sandbox; time_kubectl; else time_kubectl; time_sandbox; fi
-  kubectl --context "$CTX" delete namespace "$NS_S" "$NS_K" --timeout=300s >/dev/null
-done
-row "apply the 10 Deployments + 10 Services alone and wait" "$(median "${times_s[@]}")" "kubectl apply --server-side + rollout status" "$(median "${times_k[@]}")" "-"
+alternating "apply the 10 Deployments + 10 Services alone and wait" "-"
 GEN=gen
 
 # no-change re-apply of the last set, both tools
