@@ -323,6 +323,13 @@ impl Applier {
         self.before_pods = Some(applied);
     }
 
+    /// Tells (once) that everything before what makes pods is in.
+    fn announce(&mut self) {
+        if let Some(announced) = self.before_pods.take() {
+            let _ = announced.send(());
+        }
+    }
+
     async fn resolve(
         &mut self,
         doc: &Document,
@@ -466,18 +473,14 @@ impl Applier {
                 .cloned()
                 .collect();
             if wave.iter().any(|(d, _)| makes_pods(d.kind())) {
-                if let Some(announced) = self.before_pods.take() {
-                    let _ = announced.send(());
-                }
+                self.announce();
                 if let Some(mut held) = self.pods_held.take() {
                     let _ = held.wait_for(|takes| *takes).await;
                 }
             }
             applied.extend(self.apply_set(&wave, false).await?);
         }
-        if let Some(announced) = self.before_pods.take() {
-            let _ = announced.send(());
-        }
+        self.announce();
         Ok(applied)
     }
 

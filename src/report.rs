@@ -8,6 +8,15 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// `1 image`, `2 images`: a count with its noun.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -266,6 +275,13 @@ impl Drop for Step {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_name_their_noun_in_the_singular_only_for_one() {
+        assert_eq!(count(0, "image"), "0 images");
+        assert_eq!(count(1, "trust store"), "1 trust store");
+        assert_eq!(count(2, "object"), "2 objects");
+    }
 
     #[test]
     fn items_keep_one_line_per_resource_until_done() {

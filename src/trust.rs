@@ -74,7 +74,7 @@ pub enum TrustError {
     /// Some stores were not updated; the others were.
     #[error(
         "{} not updated: {}",
-        if .failed.len() == 1 { "1 trust store".to_string() } else { format!("{} trust stores", .failed.len()) },
+        crate::report::count(.failed.len(), "trust store"),
         .failed.join("; ")
     )]
     Incomplete {

@@ -366,8 +366,8 @@ async fn unchanged(
     let kubeconfig = install_context(&node).map_err(error)?;
     ctx.reporter.info(format!(
         "nothing to build, load or apply: {} and {} as the last up left them",
-        count(built.len(), "image"),
-        count(addons.len() + applied.len(), "object")
+        crate::report::count(built.len(), "image"),
+        crate::report::count(addons.len() + applied.len(), "object")
     ));
     Ok(Converged {
         node,
@@ -380,15 +380,6 @@ async fn unchanged(
         record: None,
         unchanged: true,
     })
-}
-
-/// `1 image`, `2 images`.
-fn count(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
 }
 
 /// The sandbox's wildcard domain: an environment gets its own subdomain.
