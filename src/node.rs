@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{BoxStream, StreamExt};
 use k8s_openapi::api::core::v1::{Node as KubeNode, ServiceAccount};
-use kube::api::Api;
+use kube::api::{Api, PartialObjectMeta, WatchEvent, WatchParams};
 
 use crate::docker::{DockerError, Engine, NodeInfo};
 use crate::kubeconfig::{self, KubeconfigError};
@@ -307,14 +308,64 @@ impl Node {
             created: self.created,
         };
         let step = reporter.step(format!("waiting for node {} to be Ready", names.node));
-        let every = Duration::from_millis(100);
+        // the node's own changes (its Ready condition, the taint lifted after it) wake the
+        // check the moment they happen
+        let mut changes = NodeChanges::new(&self.client, &names.node);
         watch
-            .poll(&step, String::new(), every, async || {
-                node_ready(&self.client, &names.node).await
-            })
+            .poll(
+                &step,
+                String::new(),
+                async || changes.next().await,
+                async || node_ready(&self.client, &names.node).await,
+            )
             .await?;
         step.done(format!("node {} ready", names.node));
         Ok(())
+    }
+}
+
+/// The changes of one Node object, seen through a metadata watch. The watch only brings
+/// checks forward: one that cannot be opened, fails or ends leaves them every `AT_MOST`
+/// (it is opened again at the next call).
+struct NodeChanges<'a> {
+    client: &'a kube::Client,
+    name: &'a str,
+    stream: Option<BoxStream<'static, kube::Result<WatchEvent<PartialObjectMeta<KubeNode>>>>>,
+}
+
+impl<'a> NodeChanges<'a> {
+    /// The longest pause between two checks: the container's state is looked at as often.
+    const AT_MOST: Duration = Duration::from_millis(250);
+
+    fn new(client: &'a kube::Client, name: &'a str) -> Self {
+        NodeChanges {
+            client,
+            name,
+            stream: None,
+        }
+    }
+
+    /// Returns once the node changed, or after `AT_MOST`.
+    async fn next(&mut self) {
+        if self.stream.is_none() {
+            let nodes: Api<KubeNode> = Api::all(self.client.clone());
+            let params = WatchParams::default().fields(&format!("metadata.name={}", self.name));
+            // from the current state: what changed since the last check is not missed
+            if let Ok(stream) = nodes.watch_metadata(&params, "0").await {
+                self.stream = Some(stream.boxed());
+            }
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return tokio::time::sleep(Self::AT_MOST).await;
+        };
+        // a change, or AT_MOST gone by (Err): time for a check
+        if let Ok(Some(Ok(WatchEvent::Error(_)) | Err(_)) | None) =
+            tokio::time::timeout(Self::AT_MOST, stream.next()).await
+        {
+            // a pause before it is opened again: no busy loop on a failing watch
+            self.stream = None;
+            tokio::time::sleep(Self::AT_MOST).await;
+        }
     }
 }
 
@@ -335,15 +386,15 @@ struct BootWatch<'a> {
 }
 
 impl BootWatch<'_> {
-    /// Tries `probe` every `every` until it gives a value. Each time, it first checks that
-    /// the container still runs, reports on `step` what the probe observed (its `Err`) when
-    /// that changed, and gives up at the deadline with the last observation (`last`
+    /// Tries `probe` until it gives a value, after each `pause`. Each time, it first checks
+    /// that the container still runs, reports on `step` what the probe observed (its `Err`)
+    /// when that changed, and gives up at the deadline with the last observation (`last`
     /// until the probe has said anything).
     async fn poll<T>(
         &self,
         step: &crate::report::Step,
         mut last: String,
-        every: Duration,
+        mut pause: impl AsyncFnMut(),
         mut probe: impl AsyncFnMut() -> Result<T, String>,
     ) -> Result<T, NodeError> {
         loop {
@@ -358,7 +409,7 @@ impl BootWatch<'_> {
                 }
             }
             self.check_time(&last).await?;
-            tokio::time::sleep(every).await;
+            pause().await;
         }
     }
 
@@ -606,8 +657,9 @@ async fn wait_serving(
     let (engine, names) = (watch.engine, watch.names);
     let mut connected: Option<(kube::Client, serde_yaml::Value)> = None;
     let every = Duration::from_millis(250);
+    let pause = async || tokio::time::sleep(every).await;
     let (client, kubeconfig) = watch
-        .poll(step, "container starting".to_string(), every, async || {
+        .poll(step, "container starting".to_string(), pause, async || {
             if connected.is_none() {
                 connected = match connect(engine, names, profile).await {
                     Ok(Some(c)) => Some(c),
@@ -872,5 +924,24 @@ mod tests {
             .expect("the client gives up by itself")
             .expect_err("nothing answered");
         assert!(error.to_string().contains("timed out"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_node_watch_that_cannot_open_leaves_checks_paced() {
+        // nothing listens there any more: every watch is refused at once
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let config = kube::Config::new(format!("http://{address}").parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let mut changes = NodeChanges::new(&client, "n");
+        for _ in 0..2 {
+            let started = Instant::now();
+            tokio::time::timeout(Duration::from_secs(20), changes.next())
+                .await
+                .expect("a failed watch does not hold the check back");
+            // not a busy loop: the check comes at the pace it would without a watch
+            assert!(started.elapsed() >= NodeChanges::AT_MOST);
+        }
     }
 }

@@ -80,11 +80,12 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
         }
     };
     let waited: Vec<Applied> = up.addons.iter().chain(&up.applied).cloned().collect();
-    wait_ready(ctx, config, &up.node, &waited).await?;
+    // the user's DNS server is made sure of while the workloads start, not after them
+    let (ready, dns) = tokio::join!(wait_ready(ctx, config, &up.node, &waited), start_dns(ctx));
+    ready?;
     if let Some(record) = up.record {
         save_record(ctx, config, &up.node, record).await;
     }
-    let dns = start_dns(ctx).await;
     let urls = urls::collect(
         &up.node.client,
         config.environment.as_deref(),
