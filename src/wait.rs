@@ -538,18 +538,18 @@ async fn check(client: &kube::Client, a: &Applied) -> Readiness {
     let cannot = |e: kube::Error| {
         Readiness::Pending(format!("cannot read it: {}", crate::apply::api_message(&e)))
     };
-    if selects_pods(&a.object) {
-        let ns = a.namespace.as_deref().unwrap_or("default");
-        let api: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), ns);
+    // what is read is what is watched: a Service that selects pods through its Endpoints
+    let resource = watched_resource(a);
+    let api: Api<DynamicObject> = match &a.namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    if resource.kind == "Endpoints" {
         return match api.get_opt(&a.name).await {
             Ok(e) => judge_endpoints(e.and_then(|e| serde_json::to_value(e).ok()).as_ref()),
             Err(e) => cannot(e),
         };
     }
-    let api: Api<DynamicObject> = match &a.namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &a.resource),
-        None => Api::all_with(client.clone(), &a.resource),
-    };
     let object = match api.get(&a.name).await {
         Ok(o) => serde_json::to_value(&o).unwrap_or_default(),
         Err(e) => return cannot(e),
