@@ -3,15 +3,17 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{BoxStream, StreamExt};
+use std::collections::HashSet;
+
 use k8s_openapi::api::core::v1::{Node as KubeNode, ServiceAccount};
-use kube::api::{Api, PartialObjectMeta, WatchEvent, WatchParams};
+use kube::api::{Api, ApiResource};
 
 use crate::docker::{DockerError, Engine, NodeInfo};
 use crate::kubeconfig::{self, KubeconfigError};
 use crate::plan::{self, HostPorts, Names, Security};
 use crate::profile::{self, Profile, ProfileError};
 use crate::report::Reporter;
+use crate::wait::{Changes, Key};
 
 /// How long to try pulling the preferred node image before falling back.
 const PULL_DEADLINE: Duration = Duration::from_secs(300);
@@ -309,64 +311,33 @@ impl Node {
         };
         let step = reporter.step(format!("waiting for node {} to be Ready", names.node));
         // the node's own changes (its Ready condition, the taint lifted after it) wake the
-        // check the moment they happen
-        let mut changes = NodeChanges::new(&self.client, &names.node);
+        // check the moment they happen; without them, it comes every CHECK_AT_MOST
+        let (mut changes, node) = node_changes(&self.client, &names.node);
+        let pause = async || {
+            let until = Instant::now() + CHECK_AT_MOST;
+            changes.next(until, &node).await;
+        };
         watch
-            .poll(
-                &step,
-                String::new(),
-                async || changes.next().await,
-                async || node_ready(&self.client, &names.node).await,
-            )
+            .poll(&step, String::new(), pause, async || {
+                node_ready(&self.client, &names.node).await
+            })
             .await?;
         step.done(format!("node {} ready", names.node));
         Ok(())
     }
 }
 
-/// The changes of one Node object, seen through a metadata watch. The watch only brings
-/// checks forward: one that cannot be opened, fails or ends leaves them every `AT_MOST`
-/// (it is opened again at the next call).
-struct NodeChanges<'a> {
-    client: &'a kube::Client,
-    name: &'a str,
-    stream: Option<BoxStream<'static, kube::Result<WatchEvent<PartialObjectMeta<KubeNode>>>>>,
-}
+/// The longest pause between two checks of a node taking pods: the container's state is
+/// looked at as often.
+const CHECK_AT_MOST: Duration = Duration::from_millis(250);
 
-impl<'a> NodeChanges<'a> {
-    /// The longest pause between two checks: the container's state is looked at as often.
-    const AT_MOST: Duration = Duration::from_millis(250);
-
-    fn new(client: &'a kube::Client, name: &'a str) -> Self {
-        NodeChanges {
-            client,
-            name,
-            stream: None,
-        }
-    }
-
-    /// Returns once the node changed, or after `AT_MOST`.
-    async fn next(&mut self) {
-        if self.stream.is_none() {
-            let nodes: Api<KubeNode> = Api::all(self.client.clone());
-            let params = WatchParams::default().fields(&format!("metadata.name={}", self.name));
-            // from the current state: what changed since the last check is not missed
-            if let Ok(stream) = nodes.watch_metadata(&params, "0").await {
-                self.stream = Some(stream.boxed());
-            }
-        }
-        let Some(stream) = self.stream.as_mut() else {
-            return tokio::time::sleep(Self::AT_MOST).await;
-        };
-        // a change, or AT_MOST gone by (Err): time for a check
-        if let Ok(Some(Ok(WatchEvent::Error(_)) | Err(_)) | None) =
-            tokio::time::timeout(Self::AT_MOST, stream.next()).await
-        {
-            // a pause before it is opened again: no busy loop on a failing watch
-            self.stream = None;
-            tokio::time::sleep(Self::AT_MOST).await;
-        }
-    }
+/// The changes of Node `name` (a metadata watch of the Nodes, see [`crate::wait::Changes`]),
+/// and the key they name it by.
+fn node_changes(client: &kube::Client, name: &str) -> (Changes, HashSet<Key>) {
+    let kind = "Node".to_string();
+    let nodes = (ApiResource::erase::<KubeNode>(&()), None, kind.clone());
+    let key = (kind, None, name.to_string());
+    (Changes::of(client, vec![nodes]), HashSet::from([key]))
 }
 
 /// When a node's boot must be over.
@@ -934,14 +905,15 @@ mod tests {
         drop(listener);
         let config = kube::Config::new(format!("http://{address}").parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
-        let mut changes = NodeChanges::new(&client, "n");
+        let (mut changes, node) = node_changes(&client, "n");
         for _ in 0..2 {
             let started = Instant::now();
-            tokio::time::timeout(Duration::from_secs(20), changes.next())
+            let until = started + CHECK_AT_MOST;
+            tokio::time::timeout(Duration::from_secs(20), changes.next(until, &node))
                 .await
                 .expect("a failed watch does not hold the check back");
             // not a busy loop: the check comes at the pace it would without a watch
-            assert!(started.elapsed() >= NodeChanges::AT_MOST);
+            assert!(started.elapsed() >= CHECK_AT_MOST);
         }
     }
 }

@@ -377,7 +377,7 @@ pub async fn wait_all(
 
 /// What a change names: the waited object's kind (a Service's for a change to its
 /// Endpoints), namespace and name.
-type Key = (String, Option<String>, String);
+pub(crate) type Key = (String, Option<String>, String);
 
 fn key(a: &Applied) -> Key {
     (a.resource.kind.clone(), a.namespace.clone(), a.name.clone())
@@ -396,14 +396,13 @@ fn watched_resource(a: &Applied) -> ApiResource {
 /// Changes to the objects waited on, as they happen: one metadata-only watch per resource
 /// and namespace. They only bring a check forward; the beat checks everything anyway, so a
 /// watch that fails or misses an event costs time, never a wrong answer.
-struct Changes {
+pub(crate) struct Changes {
     events: tokio::sync::mpsc::UnboundedReceiver<Key>,
     watches: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Changes {
     fn watch(client: &kube::Client, waited: &[&Applied]) -> Changes {
-        let (sender, events) = tokio::sync::mpsc::unbounded_channel();
         let mut scopes: Vec<(ApiResource, Option<String>, String)> = Vec::new();
         for a in waited {
             let scope = (
@@ -415,6 +414,16 @@ impl Changes {
                 scopes.push(scope);
             }
         }
+        Changes::of(client, scopes)
+    }
+
+    /// The changes of every object of each `(resource, namespace, kind)` scope, named as
+    /// `kind`.
+    pub(crate) fn of(
+        client: &kube::Client,
+        scopes: Vec<(ApiResource, Option<String>, String)>,
+    ) -> Changes {
+        let (sender, events) = tokio::sync::mpsc::unbounded_channel();
         let watches = scopes
             .into_iter()
             .map(|(resource, namespace, kind)| {
@@ -428,7 +437,7 @@ impl Changes {
 
     /// The keys among `waited` that changed, as soon as one did (with those that came
     /// with it); empty when `until` came first.
-    async fn next(&mut self, until: Instant, waited: &HashSet<Key>) -> HashSet<Key> {
+    pub(crate) async fn next(&mut self, until: Instant, waited: &HashSet<Key>) -> HashSet<Key> {
         let mut changed = HashSet::new();
         let until = tokio::time::Instant::from_std(until);
         while changed.is_empty() {
