@@ -4,7 +4,8 @@
 floor.py KUBECONFIG NODE OBJECTS.json START: waits (polling every 20 ms) until the default
 ServiceAccount exists and NODE is Ready with no node.kubernetes.io/ scheduling taint (what
 sandbox waits for before its pod-making objects), then creates the Deployments of
-OBJECTS.json (kubectl's JSON output; its other objects are created before the wait) and polls every 20 ms until every Deployment among them is rolled out.
+OBJECTS.json (kubectl's JSON output; its other objects are created before the wait) and
+polls every 20 ms until every Deployment among them is rolled out.
 Prints two figures: the node's boot (from START, seconds since the epoch, to the node
 taking pods) and the pods' floor (from then to the last Deployment rolled out). No tool's
 start is inside the floor: any tool that applies and waits takes at least this long.
@@ -30,15 +31,16 @@ def client(kubeconfig):
         return re.search(r"^\s*%s:\s*(\S+)\s*$" % name, text, re.M).group(1)
 
     server = re.match(r"https://([^:/]+):(\d+)", field("server"))
-    files = tempfile.mkdtemp()
-    paths = {}
-    for name in ("certificate-authority-data", "client-certificate-data", "client-key-data"):
-        paths[name] = os.path.join(files, name)
-        with open(paths[name], "wb") as f:
-            f.write(base64.b64decode(field(name)))
-    context = ssl.create_default_context(cafile=paths["certificate-authority-data"])
-    context.check_hostname = False
-    context.load_cert_chain(paths["client-certificate-data"], paths["client-key-data"])
+    # the ssl module reads certificates and keys from files only: kept while it reads them
+    with tempfile.TemporaryDirectory() as files:
+        paths = {}
+        for name in ("certificate-authority-data", "client-certificate-data", "client-key-data"):
+            paths[name] = os.path.join(files, name)
+            with open(paths[name], "wb") as f:
+                f.write(base64.b64decode(field(name)))
+        context = ssl.create_default_context(cafile=paths["certificate-authority-data"])
+        context.check_hostname = False
+        context.load_cert_chain(paths["client-certificate-data"], paths["client-key-data"])
     return http.client.HTTPSConnection(server.group(1), int(server.group(2)), context=context)
 
 
@@ -110,10 +112,11 @@ def create(conn, objects):
 
 def main():
     kubeconfig, node, objects, started = sys.argv[1:5]
-    items, text, at = [], open(objects).read(), 0
-    while text[at:].strip():  # kubectl prints one JSON document after the other
-        obj, end = json.JSONDecoder().raw_decode(text[at:].lstrip())
-        at = len(text) - len(text[at:].lstrip()) + end
+    # kubectl prints one JSON document after the other
+    items, text, at, decoder = [], open(objects).read(), 0, json.JSONDecoder()
+    while text[at:].strip():
+        at += len(text[at:]) - len(text[at:].lstrip())
+        obj, at = decoder.raw_decode(text, at)
         items.extend(obj.get("items", [obj]))
     conn = client(kubeconfig)
     until(
