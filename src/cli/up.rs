@@ -69,6 +69,7 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
     let started = Instant::now();
     // bad manifests fail before anything is booted or built
     validate_manifests(config)?;
+    report_kustomizations(ctx, config);
     let engine = Engine::connect().await?;
     let _lock = crate::lock::acquire(&config.name, &ctx.reporter).await?;
     let up = match unchanged(ctx, config, &engine).await {
@@ -417,6 +418,20 @@ async fn smtp_host(node: &Node) -> String {
         }
     }
     crate::addons::SMTP_DNS_NAME.to_string()
+}
+
+/// Says (with `-v`) which program renders each kustomization of the manifests.
+fn report_kustomizations(ctx: &Context, config: &SandboxConfig) {
+    let Ok(sources) = manifests::resolve(&config.manifests, &config.base_dir) else {
+        return;
+    };
+    let tool = crate::kustomize::Tool::find();
+    for source in sources {
+        if let (manifests::Source::Kustomization(dir), Some(tool)) = (source, &tool) {
+            ctx.reporter
+                .detail(format!("rendered with `{}`", tool.command_line(&dir)));
+        }
+    }
 }
 
 pub(crate) fn validate_manifests(config: &SandboxConfig) -> Result<(), Error> {

@@ -8,6 +8,7 @@ mod environments;
 mod hello;
 mod images;
 mod ingress;
+mod kustomize;
 mod lifecycle;
 mod output_schema;
 mod persistence;
