@@ -97,6 +97,34 @@ mod tests {
     }
 
     #[test]
+    fn the_controller_marks_routed_answers_with_the_header_up_checks() {
+        let profile = Profile::named("offline").unwrap();
+        let docs = documents(&profile, &builtins(443), true).unwrap();
+        let dynamic = docs
+            .iter()
+            .find(|d| d.kind() == "ConfigMap" && d.name() == "traefik-sandbox")
+            .expect("Traefik's file-provider ConfigMap");
+        let config: serde_yaml::Value =
+            serde_yaml::from_str(dynamic.object["data"]["dynamic.yaml"].as_str().unwrap()).unwrap();
+        let headers =
+            &config["http"]["middlewares"]["sandbox-routed"]["headers"]["customResponseHeaders"];
+        let names: Vec<String> = headers
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap().to_ascii_lowercase())
+            .collect();
+        assert_eq!(names, [crate::routes::ROUTED_HEADER]);
+        let args = container(&docs)["args"].as_array().unwrap().clone();
+        for arg in [
+            "--entrypoints.websecure.http.middlewares=sandbox-routed@file",
+            "--providers.file.filename=/etc/traefik/sandbox/dynamic.yaml",
+        ] {
+            assert!(args.iter().any(|a| a == arg), "{arg} missing: {args:?}");
+        }
+    }
+
+    #[test]
     fn every_profile_renders_its_ingress_controller() {
         for name in ["k3s", "offline"] {
             let profile = Profile::named(name).unwrap();

@@ -71,6 +71,18 @@ pub enum ApplyError {
         /// What is wrong.
         message: String,
     },
+    /// A bare Pod's ServiceAccount (or its token) did not appear.
+    #[error("{document}: ServiceAccount {account}{} did not appear within {seconds} s: the API server admits the Pod only once it does", if *.token { " (with its token)" } else { "" })]
+    Account {
+        /// Where the Pod is.
+        document: String,
+        /// `namespace/name`.
+        account: String,
+        /// Whether its token was waited for.
+        token: bool,
+        /// Deadline.
+        seconds: u64,
+    },
     /// A CRD did not become Established.
     #[error("CustomResourceDefinition {name} was not Established within {seconds} s")]
     CrdTimeout {
@@ -310,6 +322,36 @@ fn gvk_of(doc: &Document) -> GroupVersionKind {
     GroupVersionKind::gvk(group, version, doc.kind())
 }
 
+/// The ServiceAccount a bare Pod runs as: `(namespace, name, mounts its token)`.
+fn pod_account(doc: &Document, default_namespace: &str) -> Option<(String, String, bool)> {
+    if doc.kind() != "Pod" {
+        return None;
+    }
+    let spec = &doc.object["spec"];
+    let name = spec["serviceAccountName"]
+        .as_str()
+        .or(spec["serviceAccount"].as_str())
+        .unwrap_or("default");
+    Some((
+        doc.namespace().unwrap_or(default_namespace).to_string(),
+        name.to_string(),
+        spec["automountServiceAccountToken"] != false,
+    ))
+}
+
+/// The ServiceAccounts the documents define, as `(namespace, name)`.
+fn accounts_defined(docs: &[Document], default_namespace: &str) -> Vec<(String, String)> {
+    docs.iter()
+        .filter(|d| d.kind() == "ServiceAccount")
+        .map(|d| {
+            (
+                d.namespace().unwrap_or(default_namespace).to_string(),
+                d.name().to_string(),
+            )
+        })
+        .collect()
+}
+
 /// Kinds defined by CustomResourceDefinitions among the documents, as `(group, kind)`.
 fn kinds_defined(docs: &[Document]) -> Vec<(String, String)> {
     docs.iter()
@@ -337,9 +379,8 @@ pub struct Applier {
     pods_held: Option<tokio::sync::watch::Receiver<bool>>,
     /// Told once everything before what makes pods is in (see [`Applier::announce_pods`]).
     before_pods: Option<tokio::sync::oneshot::Sender<()>>,
-    /// Whether the server needs defaulted list-map keys written out (see
-    /// [`crate::normalize`]); asked once, by [`Applier::apply_all`].
-    fills_list_keys: bool,
+    /// The server's version, asked once by [`Applier::apply_all`] (`None`: it did not say).
+    server: Option<crate::normalize::Server>,
 }
 
 impl Applier {
@@ -354,7 +395,7 @@ impl Applier {
             seen: Default::default(),
             pods_held: None,
             before_pods: None,
-            fills_list_keys: true,
+            server: None,
         }
     }
 
@@ -435,13 +476,12 @@ impl Applier {
     /// namespaces and CRDs, then the rest (dry run first for what could not be judged
     /// before). Returns the applied objects in document order.
     pub async fn apply_all(&mut self, docs: &[Document]) -> Result<Vec<Applied>, ApplyError> {
-        // a server that does not say its version gets the defaults written: they are the
-        // values it would default anyway
-        self.fills_list_keys = match self.client.apiserver_version().await {
-            Ok(info) => crate::normalize::Server::parse(&info.major, &info.minor)
-                .is_none_or(|s| s.fills_list_keys()),
-            Err(_) => true,
-        };
+        self.server = self
+            .client
+            .apiserver_version()
+            .await
+            .ok()
+            .and_then(|info| crate::normalize::Server::parse(&info.major, &info.minor));
         let crd_kinds = kinds_defined(docs);
         // namespaces this apply creates: those in the manifests and the sandbox's own
         let default_namespace = self.default_namespace.clone();
@@ -474,10 +514,17 @@ impl Applier {
                 let ns = doc.namespace().unwrap_or(&self.default_namespace);
                 existing_namespaces.iter().any(|n| n == ns) || !new_namespaces.contains(&ns)
             };
+        // a bare Pod is admitted only once its ServiceAccount exists (with its token, before
+        // 1.24); one whose account these manifests create is judged in its own wave
+        let accounts = accounts_defined(docs, &default_namespace);
+        let deferred = |doc: &Document| {
+            pod_account(doc, &default_namespace)
+                .is_some_and(|(ns, name, _)| accounts.contains(&(ns, name)))
+        };
         // 1. dry run of everything the server can judge now: a bad document means nothing is written
         let early: Vec<_> = planned
             .iter()
-            .filter(|(d, r)| judgeable(d, r))
+            .filter(|(d, r)| judgeable(d, r) && !deferred(d))
             .map(|(d, r)| (*d, r.clone().expect("judgeable implies resolved")))
             .collect();
         self.apply_set(&early, true).await?;
@@ -522,9 +569,13 @@ impl Applier {
         }
         let late: Vec<_> = rest
             .iter()
-            .filter(|(d, _)| !early.iter().any(|(e, _)| std::ptr::eq(*e, *d)))
+            .filter(|(d, _)| !early.iter().any(|(e, _)| std::ptr::eq(*e, *d)) && !deferred(d))
             .cloned()
             .collect();
+        // the default account of a namespace this apply created comes a moment after it
+        for (doc, _) in &late {
+            self.wait_account(doc).await?;
+        }
         self.apply_set(&late, true).await?;
         // in waves by kind, so that what pods use exists before them (a Service's
         // environment variables, a ConfigMap they mount, the PVC they claim)
@@ -543,10 +594,47 @@ impl Applier {
                     let _ = held.wait_for(|takes| *takes).await;
                 }
             }
+            let judged_now: Vec<_> = wave.iter().filter(|(d, _)| deferred(d)).cloned().collect();
+            for (doc, _) in &judged_now {
+                self.wait_account(doc).await?;
+            }
+            self.apply_set(&judged_now, true).await?;
             applied.extend(self.apply_set(&wave, false).await?);
         }
         self.announce();
         Ok(applied)
+    }
+
+    /// For a bare Pod: waits until the ServiceAccount it runs as exists and, on a server
+    /// before 1.24 and unless the Pod mounts no token, holds its token Secret (the
+    /// ServiceAccount admission plugin refuses the Pod until then: "No API token found").
+    async fn wait_account(&self, doc: &Document) -> Result<(), ApplyError> {
+        let Some((namespace, name, token)) = pod_account(doc, &self.default_namespace) else {
+            return Ok(());
+        };
+        let token = token && self.server.is_none_or(|s| (s.major, s.minor) < (1, 24));
+        let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), &namespace);
+        let deadline = Duration::from_secs(60);
+        let start = Instant::now();
+        loop {
+            let ready = match api.get_opt(&name).await {
+                Ok(Some(account)) => !token || account.secrets.is_some_and(|s| !s.is_empty()),
+                _ => false,
+            };
+            if ready {
+                return Ok(());
+            }
+            if start.elapsed() > deadline {
+                return Err(ApplyError::Account {
+                    document: doc.describe(),
+                    account: format!("{namespace}/{name}"),
+                    token,
+                    seconds: deadline.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Deletes objects the previous `up` applied that are no longer in the manifests (only
@@ -681,7 +769,9 @@ impl Applier {
                 .to_string()
         });
         let mut object = prepare(&doc.object, &self.sandbox, namespace.as_deref());
-        if self.fills_list_keys {
+        // a server that does not say its version gets the defaults written: they are the
+        // values it would default anyway
+        if self.server.is_none_or(|s| s.fills_list_keys()) {
             crate::normalize::fill_list_keys(&mut object);
         }
         let api = self.api(resource, caps, namespace.as_deref());
@@ -912,6 +1002,35 @@ mod tests {
         );
         assert!(not_served("Widget", "example.com/v1", &[], &server)
             .starts_with("the cluster (Kubernetes v1.20.2) has no kind Widget in example.com/v1, nor in any other version"));
+    }
+
+    #[test]
+    fn a_pods_account_is_its_own_or_default() {
+        let pod = doc("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: []}\n");
+        assert_eq!(
+            pod_account(&pod, "web"),
+            Some(("web".into(), "default".into(), true))
+        );
+        let pod = doc(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: ops}\n\
+            spec: {serviceAccountName: agent, automountServiceAccountToken: false}\n",
+        );
+        assert_eq!(
+            pod_account(&pod, "web"),
+            Some(("ops".into(), "agent".into(), false))
+        );
+        // the deprecated field still names it
+        let pod =
+            doc("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {serviceAccount: old}\n");
+        assert_eq!(pod_account(&pod, "web").unwrap().1, "old");
+        let deploy = doc("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n");
+        assert_eq!(pod_account(&deploy, "web"), None);
+        let sa =
+            doc("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: agent, namespace: ops}\n");
+        assert_eq!(
+            accounts_defined(&[sa, deploy], "web"),
+            [("ops".to_string(), "agent".to_string())]
+        );
     }
 
     #[test]

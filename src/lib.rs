@@ -26,6 +26,7 @@ pub mod paths;
 pub mod plan;
 pub mod profile;
 pub mod report;
+pub mod routes;
 pub mod secrets;
 pub mod tls;
 pub mod trust;

@@ -486,7 +486,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Document>, ManifestError> {
             continue;
         }
         index += 1;
-        let value: Value = serde_yaml::from_str(&doc_text).map_err(|e| {
+        let yaml_error = |e: serde_yaml::Error| {
             let (line, column) = e
                 .location()
                 .map(|l| (l.line(), l.column()))
@@ -503,7 +503,21 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Document>, ManifestError> {
                     .unwrap_or_default()
                     .to_string(),
             }
-        })?;
+        };
+        let value: Value = if doc_text.contains("<<") {
+            // merge keys (`<<: *defaults`) are YAML 1.1, which kubectl follows: merged here
+            let mut yaml: serde_yaml::Value =
+                serde_yaml::from_str(&doc_text).map_err(yaml_error)?;
+            yaml.apply_merge().map_err(yaml_error)?;
+            serde_json::to_value(yaml).map_err(|e| ManifestError::NotAnObject {
+                path: path.to_path_buf(),
+                document: index,
+                line: start,
+                message: format!("not representable as JSON: {e}"),
+            })?
+        } else {
+            serde_yaml::from_str(&doc_text).map_err(yaml_error)?
+        };
         let not_object = |message: String| ManifestError::NotAnObject {
             path: path.to_path_buf(),
             document: index,
@@ -546,6 +560,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Document>, ManifestError> {
             }
             // a `kubectl get -o yaml` dump applies as what it describes
             crate::normalize::strip_server_fields(&mut object);
+            crate::normalize::fold_string_data(&mut object);
             out.push(Document {
                 path: path.to_path_buf(),
                 index,
@@ -845,6 +860,30 @@ mod tests {
         assert!(err.to_string().contains("generateName"), "{err}");
         let err = parse("- a\n- b\n", Path::new("x.yaml")).unwrap_err();
         assert!(err.to_string().contains("mapping"), "{err}");
+    }
+
+    #[test]
+    fn merge_keys_are_merged() {
+        let text = "x-labels: &labels {app: web, tier: front}\n\
+            apiVersion: v1\nkind: ConfigMap\n\
+            metadata: {name: a, labels: {<<: *labels, tier: back}}\n\
+            data:\n  <<: [{A: '1'}, {B: '2'}]\n  C: '3'\n";
+        let docs = parse(text, Path::new("m.yaml")).unwrap();
+        assert_eq!(
+            docs[0].object["metadata"]["labels"],
+            serde_json::json!({"app": "web", "tier": "back"})
+        );
+        assert_eq!(
+            docs[0].object["data"],
+            serde_json::json!({"A": "1", "B": "2", "C": "3"})
+        );
+        // a string that merely contains `<<` is left alone
+        let docs = parse(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\ndata: {heredoc: 'cat <<EOF'}\n",
+            Path::new("m.yaml"),
+        )
+        .unwrap();
+        assert_eq!(docs[0].object["data"]["heredoc"], "cat <<EOF");
     }
 
     #[test]

@@ -112,6 +112,42 @@ pub fn strip_server_fields(object: &mut Value) {
     }
 }
 
+/// Folds a Secret's `stringData` into `data` (base64), as the API server does on every
+/// write: applied as is, `stringData` makes each apply rewrite the Secret, so every `up`
+/// would report it changed. A key in both takes `stringData`'s value, as on the server.
+pub fn fold_string_data(object: &mut Value) {
+    use base64::Engine as _;
+    if object["kind"] != "Secret" {
+        return;
+    }
+    let Some(top) = object.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(strings)) = top.remove("stringData") else {
+        return;
+    };
+    let data = top
+        .entry("data")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if data.is_null() {
+        *data = Value::Object(Map::new());
+    }
+    let Some(data) = data.as_object_mut() else {
+        return;
+    };
+    for (key, value) in strings {
+        let text = match value {
+            Value::String(s) => s,
+            Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        data.insert(
+            key,
+            Value::String(base64::engine::general_purpose::STANDARD.encode(text)),
+        );
+    }
+}
+
 /// Removes `creationTimestamp: null` from every `metadata` mapping inside `value`.
 fn drop_null_timestamps(value: &mut Value) {
     match value {
@@ -328,6 +364,28 @@ mod tests {
             assert_eq!(fill_list_keys(&mut object), 0, "{text}");
             assert_eq!(object, before);
         }
+    }
+
+    #[test]
+    fn string_data_is_folded_into_data() {
+        let mut secret = yaml(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n\
+             data: {a: b2xk, keep: eA==}\nstringData: {a: new, user: admin}\n",
+        );
+        fold_string_data(&mut secret);
+        assert_eq!(
+            secret,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+                   "data": {"a": "bmV3", "keep": "eA==", "user": "YWRtaW4="}})
+        );
+        let mut only = yaml("kind: Secret\nmetadata: {name: s}\nstringData: {p: 'x y'}\n");
+        fold_string_data(&mut only);
+        assert_eq!(only["data"], json!({"p": "eCB5"}));
+        // other kinds keep a field of that name
+        let mut cm = yaml("kind: ConfigMap\nmetadata: {name: c}\nstringData: {p: x}\n");
+        let before = cm.clone();
+        fold_string_data(&mut cm);
+        assert_eq!(cm, before);
     }
 
     #[test]

@@ -14,6 +14,19 @@ pub struct Url {
     pub kind: String,
     /// The URL.
     pub url: String,
+    /// How to check that it answers through the route a user takes (not printed).
+    #[serde(skip)]
+    pub probe: Probe,
+}
+
+/// What a URL's check asks (see [`crate::routes`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Probe {
+    /// The path to request: one the Ingress routes (its rule's first path), else `/`.
+    pub path: String,
+    /// Whether the Ingress has a TLS section for the host: its certificate, not the
+    /// controller's default, must be served.
+    pub tls: bool,
 }
 
 /// Namespaces whose objects are the cluster's own, not the project's.
@@ -44,6 +57,7 @@ pub fn service_urls(service: &Service, node_ip: &str) -> Vec<Url> {
                 name: name.clone(),
                 kind: kind.to_string(),
                 url: format!("{scheme}://{node_ip}:{node_port}/"),
+                probe: Probe::default(),
             })
         })
         .collect()
@@ -61,17 +75,38 @@ pub fn ingress_urls(ingress: &Ingress, https_port: u16) -> Vec<Url> {
     } else {
         format!(":{https_port}")
     };
+    let tls_hosts: Vec<&str> = ingress
+        .spec
+        .iter()
+        .flat_map(|s| s.tls.iter().flatten())
+        .flat_map(|t| t.hosts.iter().flatten())
+        .map(String::as_str)
+        .collect();
     let mut urls: Vec<Url> = Vec::new();
     for rule in ingress.spec.iter().flat_map(|s| s.rules.iter().flatten()) {
         let Some(host) = rule.host.as_deref().filter(|h| !h.contains('*')) else {
             continue;
         };
         let url = format!("https://{host}{port}/");
+        // a path the rule routes (a regular expression of ImplementationSpecific: `/`)
+        let path = rule
+            .http
+            .iter()
+            .flat_map(|h| h.paths.iter())
+            .filter_map(|p| p.path.as_deref())
+            .find(|p| p.starts_with('/'))
+            .filter(|p| !p.contains(['(', '*', '[', '$', '^']))
+            .unwrap_or("/")
+            .to_string();
         if !urls.iter().any(|u| u.url == url) {
             urls.push(Url {
                 name: name.clone(),
                 kind: "Ingress".to_string(),
                 url,
+                probe: Probe {
+                    path,
+                    tls: tls_hosts.contains(&host),
+                },
             });
         }
     }
@@ -237,6 +272,37 @@ mod tests {
     }
 
     #[test]
+    fn ingress_urls_are_probed_on_a_routed_path_and_their_own_certificate() {
+        let ing: Ingress = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "api", "namespace": "default"},
+            "spec": {"tls": [{"hosts": ["api.127.0.0.1.nip.io"], "secretName": "api-tls"}],
+                     "rules": [
+                {"host": "api.127.0.0.1.nip.io", "http": {"paths": [
+                    {"path": "/v1", "pathType": "Prefix", "backend": {"service": {"name": "api", "port": {"number": 80}}}}]}},
+                {"host": "re.127.0.0.1.nip.io", "http": {"paths": [
+                    {"path": "/(.*)", "pathType": "ImplementationSpecific", "backend": {"service": {"name": "api", "port": {"number": 80}}}}]}}]}
+        }))
+        .unwrap();
+        let probes: Vec<Probe> = ingress_urls(&ing, 443)
+            .into_iter()
+            .map(|u| u.probe)
+            .collect();
+        assert_eq!(
+            probes,
+            [
+                Probe {
+                    path: "/v1".into(),
+                    tls: true
+                },
+                Probe {
+                    path: "/".into(),
+                    tls: false
+                }
+            ]
+        );
+    }
+
+    #[test]
     fn ingress_hosts_become_https_urls() {
         let ing: Ingress = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web", "namespace": "default"},
@@ -247,6 +313,13 @@ mod tests {
         let urls = ingress_urls(&ing, 443);
         assert_eq!(urls.len(), 1);
         assert_eq!(urls[0].url, "https://app.127.0.0.1.nip.io/");
+        assert_eq!(
+            urls[0].probe,
+            Probe {
+                path: "/".into(),
+                tls: false
+            }
+        );
         assert_eq!(
             ingress_urls(&ing, 8443)[0].url,
             "https://app.127.0.0.1.nip.io:8443/"

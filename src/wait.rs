@@ -35,6 +35,9 @@ pub enum WaitError {
         /// One block per failing resource.
         details: String,
     },
+    /// A URL did not answer through its route (see [`crate::routes`]).
+    #[error(transparent)]
+    Unanswered(#[from] crate::routes::Unanswered),
 }
 
 fn int(v: &Value) -> i64 {

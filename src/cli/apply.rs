@@ -36,7 +36,9 @@ pub async fn run(ctx: &Context, _args: ApplyArgs) -> Result<(), Error> {
     let ca = super::up::load_ca(ctx)?;
     let docs = super::up::project_documents(ctx, &config, &node, &built, &ca).await?;
     let (applied, pruned) = super::up::apply(ctx, &config, &node, &docs, None).await?;
+    let ready_since = std::time::Instant::now();
     super::up::wait_ready(ctx, &config, &node, &applied).await?;
+    super::up::wait_answering(ctx, &config, &node, ready_since).await?;
     let changed = applied.iter().filter(|a| a.changed).count();
     let seconds = started.elapsed().as_secs_f64();
     ctx.print(

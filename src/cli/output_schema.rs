@@ -89,11 +89,13 @@ fn built() -> Vec<BuiltImage> {
 fn urls() -> Vec<Url> {
     vec![
         Url {
+            probe: Default::default(),
             name: "default/hello".to_string(),
             kind: "NodePort".to_string(),
             url: "http://172.18.0.2:31234/".to_string(),
         },
         Url {
+            probe: Default::default(),
             name: "sandbox-system/maildev".to_string(),
             kind: "Ingress".to_string(),
             url: "https://maildev.127.0.0.1.nip.io:8443/".to_string(),

@@ -18,6 +18,43 @@ use crate::plan::Names;
 use crate::urls::{self, Url};
 use crate::{kubeconfig, secrets, wait};
 
+/// Every URL of the sandbox, once each answers the way a user reaches it (see
+/// [`crate::routes`]), within what is left of the ready timeout since `ready_since` (at
+/// least 5 s).
+pub(crate) async fn wait_answering(
+    ctx: &Context,
+    config: &SandboxConfig,
+    node: &Node,
+    ready_since: Instant,
+) -> Result<Vec<Url>, Error> {
+    let urls = urls::collect(
+        &node.client,
+        config.environment.as_deref(),
+        node.ip.as_deref(),
+        node.ports.https,
+    )
+    .await
+    .map_err(|e| Error::Kube(crate::apply::api_message(&e)))?;
+    let checks = crate::routes::plan(&urls, node.ports.https);
+    if checks.is_empty() {
+        return Ok(urls);
+    }
+    let budget = config
+        .timeouts
+        .ready
+        .saturating_sub(ready_since.elapsed())
+        .max(std::time::Duration::from_secs(5));
+    let step = ctx.reporter.step(format!(
+        "checking {}",
+        crate::report::count(checks.len(), "URL")
+    ));
+    crate::routes::wait_all(&checks, budget, &|line| step.update(line))
+        .await
+        .map_err(wait::WaitError::from)?;
+    step.done("URLs answer");
+    Ok(urls)
+}
+
 /// The wildcard domain of the laptop's loopback.
 pub const DEFAULT_DOMAIN: &str = "127.0.0.1.nip.io";
 /// The address the laptop reaches the ingress on.
@@ -81,20 +118,16 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
         }
     };
     let waited: Vec<Applied> = up.addons.iter().chain(&up.applied).cloned().collect();
+    let ready_since = Instant::now();
     // the user's DNS server is made sure of while the workloads start, not after them
     let (ready, dns) = tokio::join!(wait_ready(ctx, config, &up.node, &waited), start_dns(ctx));
     ready?;
-    if let Some(record) = up.record {
-        save_record(ctx, config, &up.node, record).await;
-    }
-    let urls = urls::collect(
-        &up.node.client,
-        config.environment.as_deref(),
-        up.node.ip.as_deref(),
-        up.node.ports.https,
-    )
-    .await
-    .map_err(|e| Error::Kube(crate::apply::api_message(&e)))?;
+    let (urls, ()) = tokio::join!(wait_answering(ctx, config, &up.node, ready_since), async {
+        if let Some(record) = up.record {
+            save_record(ctx, config, &up.node, record).await;
+        }
+    });
+    let urls = urls?;
     Ok(Outcome {
         config: config.clone(),
         node: up.node,

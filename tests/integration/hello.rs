@@ -1,9 +1,7 @@
 //! The guestbook-style fixture: image built locally, Deployment + NodePort Service, URL
 //! answering from the host; a second `up` changes nothing.
 
-use std::time::Duration;
-
-use crate::support::{eventually, http_get, TestSandbox};
+use crate::support::{http_get, TestSandbox};
 
 #[test]
 fn hello_fixture_answers_and_second_up_changes_nothing() {
@@ -21,16 +19,11 @@ fn hello_fixture_answers_and_second_up_changes_nothing() {
     let reference = up["images"][0]["reference"].as_str().unwrap().to_string();
     assert!(reference.starts_with("hello:sandbox-"), "{reference}");
 
-    // kube-proxy programs the NodePort shortly after the rollout: poll, do not sleep
-    let body = eventually(
-        "hello answers 200",
-        Duration::from_secs(60),
-        || match http_get(&url) {
-            Ok((200, body)) => Ok(body),
-            Ok((code, _)) => Err(format!("HTTP {code}")),
-            Err(e) => Err(e.to_string()),
-        },
-    );
+    // one request, no retry: `up` returns once every URL it printed answers
+    let body = match http_get(&url) {
+        Ok((200, body)) => body,
+        other => panic!("{url} right after up: {other:?}"),
+    };
     assert_eq!(body.trim(), "hello from sandbox");
 
     // the rewritten reference is what runs, and it never pulls

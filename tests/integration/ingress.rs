@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{assert_success, eventually, TestSandbox};
+use crate::support::{assert_success, TestSandbox};
 use crate::web::{https_get, resolve, split_url, url_of, with_status, Browser};
 
 /// One plain HTTP GET: (status, headers+body).
@@ -55,22 +55,17 @@ fn hello_ingress_is_served_over_trusted_https_by_name() {
     // trusting only the sandbox CA
     let ca_path = sb.dir.path().join("data/sandbox/ca/ca.crt");
     let ca = std::fs::read(&ca_path).unwrap();
-    let (_, response) =
-        eventually(
-            "https://hello answers 200",
-            Duration::from_secs(60),
-            || match https_get(SocketAddr::new(ip, https_port), &host, "/", &ca) {
-                Ok((200, r)) => Ok(((), r)),
-                Ok((code, r)) => Err(format!("HTTP {code}: {r:.200}")),
-                Err(e) => Err(e),
-            },
-        );
+    // one request, no retry: `up` returns once every URL it printed answers
+    let response = match https_get(SocketAddr::new(ip, https_port), &host, "/", &ca) {
+        Ok((200, r)) => r,
+        other => panic!("{url} right after up: {other:.300?}"),
+    };
     assert!(response.contains("hello over https"), "{response}");
 
     // plain http: a redirect to the same path over https on the laptop's port
     let http_port = up["ports"]["http"].as_u64().unwrap() as u16;
     let (code, response) = http_get(SocketAddr::new(ip, http_port), &host).unwrap();
-    assert!((301..=308).contains(&code), "HTTP {code}: {response}");
+    assert_eq!(code, 301, "a GET is redirected permanently: {response}");
     let location = response
         .lines()
         .find_map(|l| l.strip_prefix("Location: "))
@@ -229,4 +224,44 @@ fn chromium_loads(url: &str, host: &str, ca: &Path, https_port: u16) {
         shot.display()
     );
     eprintln!("screenshot: {}", shot.display());
+}
+
+/// As a CI harness uses it (`sandbox up && curl "$URL"`): ten times in a row, a fresh
+/// sandbox, then exactly one request per URL `up` printed, right after it returns; every
+/// request must be answered by the app (not the controller's 404, not its default
+/// certificate, not a refused node port), then `down --purge`.
+#[test]
+fn every_printed_url_answers_when_up_returns_ten_times_in_a_row() {
+    let sb = TestSandbox::new("urls-loop");
+    let (file, _) = sb.fixture("hello-ingress");
+    let mut failures = Vec::new();
+    for round in 1..=10 {
+        let up = sb.run_json(&["up", "-f", &file]);
+        let browser = Browser::of(&sb, &up);
+        let urls: Vec<String> = up["urls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|u| u["url"].as_str().map(str::to_string))
+            .collect();
+        assert!(urls.len() >= 2, "hello and maildev: {up}");
+        for url in &urls {
+            let answer = if url.starts_with("https://") {
+                browser.request("GET", url, None)
+            } else {
+                crate::support::http_get(url).map_err(|e| e.to_string())
+            };
+            match answer {
+                Ok((200, _)) => {}
+                other => failures.push(format!("round {round}: {url}: {other:.200?}")),
+            }
+        }
+        assert_success(&sb.run(&["down", "--purge"]), "sandbox down --purge");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} first requests failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

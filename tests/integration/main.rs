@@ -5,6 +5,7 @@
 mod broken;
 mod drills;
 mod environments;
+mod field;
 mod hello;
 mod images;
 mod ingress;

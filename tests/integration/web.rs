@@ -9,7 +9,7 @@ use std::time::Duration;
 use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
 
-use crate::support::{eventually, TestSandbox};
+use crate::support::TestSandbox;
 
 /// `scheme://host[:port]/path` → (host, port, path).
 pub fn split_url(url: &str, scheme: &str, default_port: u16) -> (String, u16, String) {
@@ -134,18 +134,14 @@ impl Browser {
         https_request(addr, &host, method, &path, form, &self.ca)
     }
 
-    /// GETs `url` until it answers 200 (the deadline is generous: the ingress controller
-    /// may still be syncing a new route); returns the response.
+    /// GETs `url` once and requires 200 (`up` returned only once every URL it printed
+    /// answered: no retry); returns the response.
     pub fn get_ok(&self, url: &str) -> String {
-        eventually(
-            &format!("{url} answers 200"),
-            Duration::from_secs(60),
-            || match self.request("GET", url, None) {
-                Ok((200, r)) => Ok(r),
-                Ok((code, r)) => Err(format!("HTTP {code}: {r:.200}")),
-                Err(e) => Err(e),
-            },
-        )
+        match self.request("GET", url, None) {
+            Ok((200, r)) => r,
+            Ok((code, r)) => panic!("{url}: HTTP {code}: {r:.300}"),
+            Err(e) => panic!("{url}: {e}"),
+        }
     }
 }
 
