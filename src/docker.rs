@@ -366,6 +366,10 @@ pub fn container_body(spec: &NodeSpec) -> ContainerCreateBody {
         }]),
         network_mode: Some(spec.network.clone()),
         cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
+        // on an engine with userns-remap, a privileged container (or one that mounts and
+        // manages cgroups) must opt out of the remapping, as k3d's node does (k3d
+        // pkg/runtimes/docker/translate.go); elsewhere "host" is the default anyway
+        userns_mode: Some("host".to_string()),
         init: Some(spec.init),
         security_opt: Some(vec![
             "seccomp=unconfined".to_string(),
@@ -1091,7 +1095,11 @@ mod tests {
     use crate::profile::Profile;
 
     fn spec(security: Security) -> NodeSpec {
-        let p = Profile::named("offline").unwrap();
+        profile_spec("offline", security)
+    }
+
+    fn profile_spec(profile: &str, security: Security) -> NodeSpec {
+        let p = Profile::named(profile).unwrap();
         node_spec(
             "demo",
             &p,
@@ -1155,6 +1163,20 @@ mod tests {
         let mount = &host.mounts.unwrap()[0];
         assert_eq!(mount.source.as_deref(), Some("sandbox-demo-data"));
         assert_eq!(mount.target.as_deref(), Some("/var/lib/sandbox"));
+    }
+
+    #[test]
+    fn every_node_opts_out_of_userns_remap() {
+        // k3d's node does the same (pkg/runtimes/docker/translate.go): Docker refuses a
+        // privileged container on an engine with userns-remap unless it asks for "host"
+        for profile in crate::profile::names() {
+            for security in [Security::Privileged, Security::fallback()] {
+                let host = container_body(&profile_spec(profile, security))
+                    .host_config
+                    .unwrap();
+                assert_eq!(host.userns_mode.as_deref(), Some("host"), "{profile}");
+            }
+        }
     }
 
     #[test]
