@@ -358,12 +358,18 @@ pub fn container_body(spec: &NodeSpec) -> ContainerCreateBody {
     let mut host = HostConfig {
         port_bindings: Some(port_bindings),
         tmpfs: Some(tmpfs),
-        mounts: Some(vec![Mount {
-            target: Some(spec.data_path.clone()),
-            source: Some(spec.data_volume.clone()),
-            typ: Some(bollard::models::MountType::VOLUME),
-            ..Default::default()
-        }]),
+        // the data volume, at the profile's data path and at its extra ones
+        mounts: Some(
+            std::iter::once(&spec.data_path)
+                .chain(&spec.extra_data_paths)
+                .map(|target| Mount {
+                    target: Some(target.clone()),
+                    source: Some(spec.data_volume.clone()),
+                    typ: Some(bollard::models::MountType::VOLUME),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
         network_mode: Some(spec.network.clone()),
         cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
         // on an engine with userns-remap, a privileged container (or one that mounts and
@@ -1177,6 +1183,43 @@ mod tests {
                 assert_eq!(host.userns_mode.as_deref(), Some("host"), "{profile}");
             }
         }
+    }
+
+    #[test]
+    fn the_k3s_node_runs_k3s_as_pid_1_and_keeps_its_password_on_the_data_volume() {
+        let body = container_body(&profile_spec("k3s", Security::Privileged));
+        // no Docker init and no entrypoint of ours: the image's /bin/k3s is PID 1, which
+        // is when k3s evacuates the root cgroup on cgroup v2 and reaps its children
+        // (k3s pkg/cli/cmds/init_linux.go, log_linux.go)
+        assert_eq!(body.entrypoint, None);
+        assert_eq!(body.cmd.as_ref().unwrap()[0], "server");
+        let host = body.host_config.unwrap();
+        assert_eq!(host.init, Some(false));
+        let mounts: Vec<(&str, &str)> = host
+            .mounts
+            .iter()
+            .flatten()
+            .map(|m| {
+                assert_eq!(m.typ, Some(bollard::models::MountType::VOLUME));
+                (m.source.as_deref().unwrap(), m.target.as_deref().unwrap())
+            })
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                ("sandbox-demo-data", "/var/lib/rancher/k3s"),
+                ("sandbox-demo-data", "/etc/rancher/node"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_offline_node_mounts_its_data_volume_once() {
+        let host = container_body(&spec(Security::Privileged))
+            .host_config
+            .unwrap();
+        assert_eq!(host.mounts.unwrap().len(), 1);
+        assert_eq!(host.init, Some(false));
     }
 
     #[test]

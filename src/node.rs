@@ -58,6 +58,17 @@ pub enum NodeError {
         /// Log tail.
         logs: String,
     },
+    /// The engine refused `--privileged` and the profile cannot run without it.
+    #[error(
+        "the Docker engine refused --privileged (its host cannot grant every capability), and \
+         profile {profile} cannot run without it: {reason}; `--profile offline` runs without it"
+    )]
+    PrivilegedRequired {
+        /// Profile name.
+        profile: String,
+        /// Why the profile needs it.
+        reason: &'static str,
+    },
     /// The node did not become ready in time.
     #[error("node {name} was not ready within {seconds} s (last seen: {last}); its last log lines:\n{logs}")]
     BootTimeout {
@@ -112,7 +123,8 @@ pub struct Node {
 }
 
 /// Picks the profile for a new node: the requested one, else k3s when its image is in the
-/// engine, else the offline profile when its image is, else k3s pulled.
+/// engine (and the engine is not known to refuse the `--privileged` k3s needs), else the
+/// offline profile when its image is, else k3s pulled.
 pub async fn choose_profile(
     engine: &Engine,
     requested: Option<&str>,
@@ -124,11 +136,22 @@ pub async fn choose_profile(
         return Ok(profile);
     }
     let preferred = Profile::named(profile::PREFERRED)?;
-    if engine.image_id(&preferred.node.image).await?.is_some() {
-        return Ok(preferred);
-    }
     let fallback = Profile::named(profile::FALLBACK)?;
-    if engine.image_id(&fallback.node.image).await?.is_some() {
+    let has = async |p: &Profile| engine.image_id(&p.node.image).await.map(|id| id.is_some());
+    if has(&preferred).await? {
+        // an engine known to refuse --privileged cannot run it: the fallback can
+        let refused = preferred.node.requires_privileged
+            && engine.id().await.as_deref().is_some_and(refuses_privileged);
+        if !refused || !has(&fallback).await? {
+            return Ok(preferred);
+        }
+        reporter.info(format!(
+            "this Docker engine refuses --privileged, which profile {} needs; using profile {} ({})",
+            preferred.name, fallback.name, fallback.node.image
+        ));
+        return Ok(fallback);
+    }
+    if has(&fallback).await? {
         reporter.info(format!(
             "{} is not in the Docker engine; using profile {} ({})",
             preferred.node.image, fallback.name, fallback.node.image
@@ -553,10 +576,8 @@ async fn create(
         .ensure_volume(&names.data_volume, &plan::labels(sandbox, "data"))
         .await?;
     let engine_id = engine.id().await;
-    let mut security = match &engine_id {
-        Some(id) if refuses_privileged(id) => Security::fallback(),
-        _ => Security::Privileged,
-    };
+    let refused_before = engine_id.as_deref().is_some_and(refuses_privileged);
+    let mut security = Security::first(profile, refused_before);
     let mut attempts = 0;
     let ports = loop {
         attempts += 1;
@@ -568,14 +589,20 @@ async fn create(
                 if security == Security::Privileged
                     && crate::docker::is_privilege_refusal(source) =>
             {
+                if let Some(id) = engine_id.as_deref().filter(|_| !refused_before) {
+                    remember_privileged_refusal(id);
+                }
+                let Some(fallback) = Security::after_refusal(profile) else {
+                    return Err(NodeError::PrivilegedRequired {
+                        profile: profile.name.clone(),
+                        reason: PRIVILEGED_REASON,
+                    });
+                };
                 reporter.info(
                     "the Docker engine refused --privileged (the host cannot grant every capability); \
                      using all capabilities but SYS_RESOURCE instead (remembered for this engine)",
                 );
-                security = Security::fallback();
-                if let Some(id) = &engine_id {
-                    remember_privileged_refusal(id);
-                }
+                security = fallback;
             }
             // another sandbox took a port between the check and the start: choose again
             Err(DockerError::StartContainer { ref source, .. })
@@ -592,6 +619,10 @@ async fn create(
     step.done(format!("created node {}", names.node));
     Ok(())
 }
+
+/// Why a profile that requires `--privileged` does (the only one that does is k3s).
+const PRIVILEGED_REASON: &str =
+    "its containerd gives every pod sandbox oom_score_adj -998, which needs CAP_SYS_RESOURCE";
 
 /// The file listing the engines (by ID) that refused `--privileged`: the next node on them
 /// is created with the capability set at once (a refused attempt costs about a second).
@@ -876,6 +907,19 @@ pub async fn remove(engine: &Engine, sandbox: &str, purge: bool) -> Result<Remov
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_privileged_k3s_says_what_to_do() {
+        let error = NodeError::PrivilegedRequired {
+            profile: "k3s".into(),
+            reason: PRIVILEGED_REASON,
+        };
+        let text = error.to_string();
+        assert!(text.contains("refused --privileged"), "{text}");
+        assert!(text.contains("profile k3s cannot run without it"), "{text}");
+        assert!(text.contains("CAP_SYS_RESOURCE"), "{text}");
+        assert!(text.contains("`--profile offline`"), "{text}");
+    }
 
     #[tokio::test]
     async fn a_request_the_api_server_never_answers_fails() {

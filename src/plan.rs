@@ -45,6 +45,22 @@ impl Security {
         }
     }
 
+    /// How a new node of `profile` is first created: with the capability set at once on
+    /// an engine known to refuse `--privileged` (`engine_refuses`), unless the profile
+    /// cannot run without it (it asks, and is refused, again: see [`Security::after_refusal`]).
+    pub fn first(profile: &Profile, engine_refuses: bool) -> Security {
+        match Security::after_refusal(profile) {
+            Some(fallback) if engine_refuses => fallback,
+            _ => Security::Privileged,
+        }
+    }
+
+    /// What a node of `profile` gets when the engine refuses `--privileged`: the
+    /// capability set, or `None` when the profile requires `--privileged`.
+    pub fn after_refusal(profile: &Profile) -> Option<Security> {
+        (!profile.node.requires_privileged).then(Security::fallback)
+    }
+
     /// The label value recorded on the node.
     pub fn label(&self) -> &'static str {
         match self {
@@ -93,6 +109,8 @@ pub struct NodeSpec {
     pub data_volume: String,
     /// Mount point of the data volume.
     pub data_path: String,
+    /// Further mount points of the (whole) data volume.
+    pub extra_data_paths: Vec<String>,
     /// tmpfs mounts.
     pub tmpfs: Vec<String>,
     /// Ports published on 127.0.0.1.
@@ -175,6 +193,7 @@ pub fn node_spec(
         network: names.network,
         data_volume: names.data_volume,
         data_path: profile.node.data_path.clone(),
+        extra_data_paths: profile.node.extra_data_paths.clone(),
         tmpfs: profile.node.tmpfs.clone(),
         ports: vec![
             PortBinding {
@@ -270,12 +289,41 @@ mod tests {
     #[test]
     fn node_spec_from_k3s_profile() {
         let p = Profile::named("k3s").unwrap();
-        let s = node_spec("demo", &p, ports(), Security::fallback());
+        let s = node_spec("demo", &p, ports(), Security::Privileged);
         assert_eq!(s.args[0], "server");
-        assert!(s.init);
+        // k3s must be PID 1: it evacuates the root cgroup (cgroup v2) only then (k3s
+        // pkg/cli/cmds/init_linux.go), and reaps its children as PID 1 (log_linux.go)
+        assert!(!s.init);
         assert!(s.env.contains(&"K3S_KUBECONFIG_MODE=644".to_string()));
-        assert_eq!(s.labels[LABEL_SECURITY], "capabilities");
+        assert_eq!(s.labels[LABEL_SECURITY], "privileged");
         assert_eq!(s.data_path, "/var/lib/rancher/k3s");
+        // the node password the server checks lives with the server's state
+        assert_eq!(s.extra_data_paths, ["/etc/rancher/node"]);
+    }
+
+    #[test]
+    fn k3s_never_falls_back_to_the_capability_set() {
+        // its containerd lowers each pod sandbox's oom_score_adj, which needs the very
+        // capability the fallback lacks (k3s pkg/agent/templates/templates_linux.go)
+        let k3s = Profile::named("k3s").unwrap();
+        assert_eq!(Security::after_refusal(&k3s), None);
+        // it asks for --privileged even on an engine known to refuse it, and says why
+        assert_eq!(Security::first(&k3s, true), Security::Privileged);
+        assert_eq!(Security::first(&k3s, false), Security::Privileged);
+    }
+
+    #[test]
+    fn offline_falls_back_to_the_capability_set() {
+        let offline = Profile::named("offline").unwrap();
+        assert_eq!(
+            Security::after_refusal(&offline),
+            Some(Security::fallback())
+        );
+        assert_eq!(Security::first(&offline, true), Security::fallback());
+        assert_eq!(Security::first(&offline, false), Security::Privileged);
+        let s = node_spec("demo", &offline, ports(), Security::fallback());
+        assert!(s.extra_data_paths.is_empty());
+        assert!(!s.init);
     }
 
     #[test]

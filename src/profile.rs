@@ -69,15 +69,24 @@ pub struct NodeProfile {
     /// Extra environment.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Run Docker's init as PID 1.
+    /// Run Docker's init as PID 1 (else the image's entrypoint is PID 1).
     #[serde(default)]
     pub init: bool,
+    /// The node cannot run without `--privileged`: when the engine refuses it, creating
+    /// the node fails instead of falling back to the capability set.
+    #[serde(default)]
+    pub requires_privileged: bool,
     /// The API server's port inside the node.
     pub api_port: u16,
     /// Path of the admin kubeconfig inside the node.
     pub kubeconfig_path: String,
     /// Directory inside the node backed by the sandbox's data volume.
     pub data_path: String,
+    /// Further paths where the data volume is mounted too, for state the node keeps
+    /// outside `data_path` that must outlive the container. The whole volume is mounted
+    /// there: what the node writes at such a path lands at the volume's root.
+    #[serde(default)]
+    pub extra_data_paths: Vec<String>,
     /// tmpfs mounts.
     #[serde(default)]
     pub tmpfs: Vec<String>,
@@ -173,6 +182,17 @@ mod tests {
         let offline = Profile::named(FALLBACK).unwrap();
         assert!(offline.node.image.starts_with("sandbox-offline/"));
         assert_eq!(offline.provides.ingress, "none");
+    }
+
+    #[test]
+    fn k3s_runs_as_pid_1_only_where_it_is_privileged() {
+        let k3s = Profile::named("k3s").unwrap();
+        assert!(!k3s.node.init);
+        assert!(k3s.node.requires_privileged);
+        assert_eq!(k3s.node.extra_data_paths, ["/etc/rancher/node"]);
+        let offline = Profile::named("offline").unwrap();
+        assert!(!offline.node.requires_privileged);
+        assert!(offline.node.extra_data_paths.is_empty());
     }
 
     #[test]
