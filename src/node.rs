@@ -830,11 +830,25 @@ pub(crate) async fn node_ready(client: &kube::Client, node_name: &str) -> Result
         .await
         .map_err(|e| format!("cannot read nodes: {}", short_error(&e)))?
         .ok_or_else(|| format!("node {node_name} not registered yet"))?;
-    let ready = node
+    takes_pods(&node, node_name)
+}
+
+/// Prefixes of the taints Kubernetes itself puts on a node and lifts again: the node
+/// lifecycle controller's and the kubelet's (`node.kubernetes.io/not-ready`,
+/// `.../disk-pressure`, ...) and the cloud provider's `uninitialized` (k3s runs its own
+/// cloud controller).
+const SYSTEM_TAINTS: &[&str] = &["node.kubernetes.io/", "node.cloudprovider.kubernetes.io/"];
+
+/// Whether `node` (named `name`) takes pods: Ready, and no system taint that keeps pods
+/// off it. `Err` says what holds it back, naming the taint and, for a pressure taint, the
+/// kubelet's condition message.
+fn takes_pods(node: &KubeNode, name: &str) -> Result<(), String> {
+    let conditions = node
         .status
         .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    let ready = conditions.iter().find(|c| c.type_ == "Ready");
     // the node lifecycle controller lifts the not-ready taint a moment after Ready; a pod
     // created before that is refused and tried again only after a back-off
     let held_off = node
@@ -843,19 +857,38 @@ pub(crate) async fn node_ready(client: &kube::Client, node_name: &str) -> Result
         .and_then(|s| s.taints.as_ref())
         .into_iter()
         .flatten()
-        .find(|t| t.key.starts_with("node.kubernetes.io/") && t.effect != "PreferNoSchedule");
+        .find(|t| {
+            SYSTEM_TAINTS.iter().any(|p| t.key.starts_with(p)) && t.effect != "PreferNoSchedule"
+        });
     match ready {
         Some(c) if c.status == "True" => match held_off {
-            Some(t) => Err(format!("node {node_name} is tainted {}", t.key)),
+            Some(t) => {
+                let mut text = format!("node {name} has taint {}:{}", t.key, t.effect);
+                // node.kubernetes.io/disk-pressure comes with the condition DiskPressure
+                let condition = t
+                    .key
+                    .strip_prefix("node.kubernetes.io/")
+                    .map(|k| k.replace('-', ""))
+                    .and_then(|k| conditions.iter().find(|c| c.type_.eq_ignore_ascii_case(&k)))
+                    .filter(|c| c.status == "True");
+                if let Some(c) = condition {
+                    let why = c.message.as_deref().or(c.reason.as_deref()).unwrap_or("");
+                    text.push_str(&format!(" ({}: {why})", c.type_));
+                }
+                if t.key.ends_with("/disk-pressure") {
+                    text.push_str("; free space on the Docker engine's disk");
+                }
+                Err(text)
+            }
             None => Ok(()),
         },
         Some(c) => Err(format!(
-            "node {node_name} not Ready: {}",
+            "node {name} not Ready: {}",
             c.message
                 .clone()
                 .unwrap_or_else(|| c.reason.clone().unwrap_or_default())
         )),
-        None => Err(format!("node {node_name} has no Ready condition yet")),
+        None => Err(format!("node {name} has no Ready condition yet")),
     }
 }
 
@@ -907,6 +940,98 @@ pub async fn remove(engine: &Engine, sandbox: &str, purge: bool) -> Result<Remov
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(conditions: serde_json::Value, taints: serde_json::Value) -> KubeNode {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n"},
+            "spec": {"taints": taints},
+            "status": {"conditions": conditions},
+        }))
+        .unwrap()
+    }
+
+    fn ready() -> serde_json::Value {
+        serde_json::json!({"type": "Ready", "status": "True", "reason": "KubeletReady"})
+    }
+
+    #[test]
+    fn a_ready_untainted_node_takes_pods() {
+        assert_eq!(
+            takes_pods(
+                &node(serde_json::json!([ready()]), serde_json::json!([])),
+                "n"
+            ),
+            Ok(())
+        );
+        // a taint of the user's own, or one that only steers, does not hold the node back
+        let taints = serde_json::json!([
+            {"key": "example.com/gpu", "effect": "NoSchedule"},
+            {"key": "node.kubernetes.io/whatever", "effect": "PreferNoSchedule"},
+        ]);
+        assert_eq!(
+            takes_pods(&node(serde_json::json!([ready()]), taints), "n"),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_taint_that_holds_the_node_back_is_named() {
+        let conditions = serde_json::json!([
+            ready(),
+            {"type": "DiskPressure", "status": "True", "reason": "KubeletHasDiskPressure",
+             "message": "kubelet has disk pressure"},
+        ]);
+        let taints = serde_json::json!([
+            {"key": "node.kubernetes.io/disk-pressure", "effect": "NoSchedule"},
+        ]);
+        let held = takes_pods(&node(conditions, taints), "n").unwrap_err();
+        assert_eq!(
+            held,
+            "node n has taint node.kubernetes.io/disk-pressure:NoSchedule \
+             (DiskPressure: kubelet has disk pressure); free space on the Docker engine's disk"
+        );
+        // and the boot timeout shows it as what it saw last
+        let error = NodeError::BootTimeout {
+            name: "n".into(),
+            seconds: 180,
+            last: held,
+            logs: String::new(),
+        };
+        assert!(
+            error.to_string().contains(
+                "(last seen: node n has taint node.kubernetes.io/disk-pressure:NoSchedule"
+            ),
+            "{error}"
+        );
+        // k3s's own cloud controller lifts this one (the kubelet runs with an external
+        // cloud provider): pods created before are refused too
+        let taints = serde_json::json!([
+            {"key": "node.cloudprovider.kubernetes.io/uninitialized", "value": "true",
+             "effect": "NoSchedule"},
+        ]);
+        assert_eq!(
+            takes_pods(&node(serde_json::json!([ready()]), taints), "n").unwrap_err(),
+            "node n has taint node.cloudprovider.kubernetes.io/uninitialized:NoSchedule"
+        );
+    }
+
+    #[test]
+    fn a_node_not_ready_says_why() {
+        let conditions = serde_json::json!([
+            {"type": "Ready", "status": "False", "message": "container runtime network not ready"},
+        ]);
+        let taints = serde_json::json!([
+            {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"},
+        ]);
+        assert_eq!(
+            takes_pods(&node(conditions, taints), "n").unwrap_err(),
+            "node n not Ready: container runtime network not ready"
+        );
+        assert_eq!(
+            takes_pods(&node(serde_json::json!([]), serde_json::json!([])), "n").unwrap_err(),
+            "node n has no Ready condition yet"
+        );
+    }
 
     #[test]
     fn a_refused_privileged_k3s_says_what_to_do() {

@@ -185,6 +185,50 @@ mod tests {
     }
 
     #[test]
+    fn k3s_keeps_its_node_free_of_disk_pressure_and_host_port_clashes() {
+        let k3s = Profile::named("k3s").unwrap();
+        let args = &k3s.node.args;
+        let has = |arg: &str| args.iter().any(|a| a == arg);
+        // ServiceLB's hostPort pods would take 80/443 from sandbox's Traefik (hostPort
+        // 80/443, profiles/addons/ingress.yaml); LoadBalancer Services keep their node
+        // ports, which the URL table lists (src/urls.rs)
+        assert!(has("--disable=servicelb"), "{args:?}");
+        assert!(has("--disable=traefik"), "{args:?}");
+        // every hard eviction threshold off ("0%" is ignored by the kubelet's
+        // parseThresholdStatement) and image GC off (100), as on the offline node, so a
+        // nearly full laptop disk neither taints the node nor deletes loaded images
+        let kubelet: Vec<&str> = args
+            .iter()
+            .filter_map(|a| a.strip_prefix("--kubelet-arg="))
+            .collect();
+        let eviction = kubelet
+            .iter()
+            .find_map(|a| a.strip_prefix("eviction-hard="))
+            .expect("eviction-hard");
+        let mut signals: Vec<&str> = eviction.split(',').collect();
+        signals.sort();
+        assert_eq!(
+            signals,
+            [
+                "imagefs.available<0%",
+                "memory.available<0%",
+                "nodefs.available<0%",
+                "nodefs.inodesFree<0%"
+            ]
+        );
+        assert!(
+            kubelet.contains(&"image-gc-high-threshold=100"),
+            "{kubelet:?}"
+        );
+        // the offline node's kubelet configuration, mirrored
+        let entrypoint = include_str!("../profiles/offline/node/entrypoint");
+        assert!(entrypoint.contains("imageGCHighThresholdPercent: 100"));
+        assert!(entrypoint.contains(
+            r#"evictionHard: {memory.available: "0%", nodefs.available: "0%", nodefs.inodesFree: "0%", imagefs.available: "0%"}"#
+        ));
+    }
+
+    #[test]
     fn k3s_runs_as_pid_1_only_where_it_is_privileged() {
         let k3s = Profile::named("k3s").unwrap();
         assert!(!k3s.node.init);
