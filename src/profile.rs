@@ -239,6 +239,263 @@ mod tests {
         assert!(offline.node.extra_data_paths.is_empty());
     }
 
+    /// The `sandbox.override` key of the coredns-custom ConfigMap, as `up` renders it for
+    /// the k3s profile.
+    fn rendered_override() -> String {
+        let k3s = Profile::named("k3s").unwrap();
+        let builtins = crate::manifests::Builtins {
+            name: "demo".into(),
+            namespace: "default".into(),
+            domain: "127.0.0.1.nip.io".into(),
+            ip: "127.0.0.1".into(),
+            http_port: 80,
+            https_port: 443,
+            smtp_host: crate::addons::SMTP_DNS_NAME.into(),
+            smtp_port: crate::addons::SMTP_PORT,
+        };
+        let docs = crate::addons::documents(&k3s, &builtins, true).unwrap();
+        let custom = docs.iter().find(|d| d.name() == "coredns-custom").unwrap();
+        assert_eq!(custom.namespace(), Some("kube-system"));
+        custom.object["data"]["sandbox.override"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// A checker of `rewrite` directives as CoreDNS v1.12.0 (the one k3s v1.31.4+k3s1
+    /// ships: k3s-io/docs docs/release-notes/v1.31.X.md, k3s#11454) reads them, written
+    /// from its sources:
+    /// - coredns/caddy's Caddyfile lexer: tokens are split on white space; `"` quotes,
+    ///   `#` starts a comment (even inside a token) and `{$NAME}` is an environment
+    ///   variable; a backslash outside quotes is kept as it is;
+    /// - plugin/rewrite/setup.go (`rewriteParse`): with fewer than two arguments on the
+    ///   directive's line, every token of its `{ }` block is appended to them;
+    /// - plugin/rewrite/rewrite.go (`newRule`): an optional `stop`/`continue`, then the
+    ///   field (`name` here);
+    /// - plugin/rewrite/name.go (`newNameRule`, `parseAnswerRules`): a match type, FROM,
+    ///   TO, then answer options `answer auto | answer name FROM TO | answer value FROM TO`
+    ///   (`answer` may be left out after the first), `auto` not combined with `name`; a
+    ///   regex FROM must compile (RE2) and TO may use no more `{N}` groups than it has.
+    mod rewrite_grammar {
+        /// The tokens of a Corefile fragment, or why the lexer would read it otherwise.
+        pub fn tokens(text: &str) -> Result<Vec<Vec<String>>, String> {
+            let mut lines = Vec::new();
+            for line in text.lines() {
+                if line.contains(['"', '#']) || line.contains("{$") {
+                    return Err(format!("quote, comment or variable in {line:?}"));
+                }
+                let words: Vec<String> = line.split_whitespace().map(String::from).collect();
+                if !words.is_empty() {
+                    lines.push(words);
+                }
+            }
+            Ok(lines)
+        }
+
+        /// The argument lists of every `rewrite` directive, as `rewriteParse` builds them.
+        pub fn directives(text: &str) -> Result<Vec<Vec<String>>, String> {
+            let mut lines = tokens(text)?.into_iter();
+            let mut out = Vec::new();
+            while let Some(line) = lines.next() {
+                let (name, rest) = line.split_first().ok_or("empty line")?;
+                if name != "rewrite" {
+                    return Err(format!("not a rewrite directive: {line:?}"));
+                }
+                let mut args: Vec<String> = rest.to_vec();
+                if args.last().map(String::as_str) == Some("{") {
+                    args.pop();
+                    if args.len() >= 2 {
+                        return Err("a block after two arguments is not read".into());
+                    }
+                    loop {
+                        let block = lines.next().ok_or("unclosed block")?;
+                        if block == ["}"] {
+                            break;
+                        }
+                        if block.iter().any(|t| t == "{" || t == "}") {
+                            return Err(format!("nested or misplaced brace: {block:?}"));
+                        }
+                        args.extend(block);
+                    }
+                }
+                out.push(args);
+            }
+            Ok(out)
+        }
+
+        /// Checks one directive's arguments as `newRule` and `newNameRule` would.
+        pub fn check(args: &[String]) -> Result<(), String> {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let rest = match args.first() {
+                Some(&"stop") | Some(&"continue") => &args[1..],
+                _ => &args[..],
+            };
+            let (field, rule) = rest.split_first().ok_or("no rule type")?;
+            if *field != "name" {
+                return Err(format!("only name rules are checked here, not {field}"));
+            }
+            let [kind, from, to, options @ ..] = rule else {
+                return Err("a name rule with options needs a match type, FROM and TO".into());
+            };
+            if !["exact", "prefix", "suffix", "substring", "regex"].contains(kind) {
+                return Err(format!("unknown match type {kind}"));
+            }
+            if *kind == "regex" {
+                let groups = re2_groups(from)?;
+                let used = (0..=100)
+                    .filter(|i| to.contains(&format!("{{{i}}}")))
+                    .count();
+                if used > groups {
+                    return Err(format!("{to} uses {used} groups of {groups}"));
+                }
+            }
+            if !options.is_empty() {
+                answers(options)?;
+            }
+            Ok(())
+        }
+
+        /// `parseAnswerRules`.
+        fn answers(mut args: &[&str]) -> Result<(), String> {
+            if args.len() < 2 {
+                return Err("invalid arguments for answer rules".into());
+            }
+            let (mut first, mut auto, mut names) = (true, false, 0);
+            while !args.is_empty() {
+                if args[0] == "answer" {
+                    args = &args[1..];
+                } else if first {
+                    return Err(format!("{:?} is not an answer rule", args[0]));
+                }
+                first = false;
+                let (kind, rest) = args.split_first().ok_or("answer type missing")?;
+                args = rest;
+                match *kind {
+                    "auto" => auto = true,
+                    "name" | "value" => {
+                        let [from, to, rest @ ..] = args else {
+                            return Err(format!("{kind} answer rule: 2 arguments required"));
+                        };
+                        let groups = re2_groups(from)?;
+                        let used = (0..=100)
+                            .filter(|i| to.contains(&format!("{{{i}}}")))
+                            .count();
+                        if used > groups {
+                            return Err(format!("{to} uses {used} groups of {groups}"));
+                        }
+                        names += usize::from(*kind == "name");
+                        args = rest;
+                    }
+                    other => return Err(format!("invalid answer rule type {other:?}")),
+                }
+            }
+            if auto && names > 0 {
+                return Err("answer auto cannot be combined with answer name".into());
+            }
+            Ok(())
+        }
+
+        /// The capture groups of an RE2 pattern, or why it would not compile: brackets
+        /// must balance, and RE2 has no look-around nor back-references.
+        fn re2_groups(pattern: &str) -> Result<usize, String> {
+            let (mut depth, mut groups, mut class) = (0usize, 0, false);
+            let mut chars = pattern.chars().peekable();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => match chars.next() {
+                        Some(d) if d.is_ascii_digit() && !class => {
+                            return Err(format!("back-reference \\{d} in {pattern}"))
+                        }
+                        Some(_) => {}
+                        None => return Err(format!("trailing backslash in {pattern}")),
+                    },
+                    '[' if !class => class = true,
+                    ']' if class => class = false,
+                    '(' if !class => {
+                        depth += 1;
+                        if chars.peek() == Some(&'?') {
+                            let mut ahead = chars.clone();
+                            ahead.next();
+                            if matches!(ahead.next(), Some('=' | '!' | '<')) {
+                                return Err(format!("look-around in {pattern}"));
+                            }
+                        } else {
+                            groups += 1;
+                        }
+                    }
+                    ')' if !class => {
+                        depth = depth
+                            .checked_sub(1)
+                            .ok_or(format!("unbalanced ) in {pattern}"))?
+                    }
+                    _ => {}
+                }
+            }
+            if depth != 0 || class {
+                return Err(format!("unbalanced brackets in {pattern}"));
+            }
+            Ok(groups)
+        }
+
+        #[test]
+        fn the_checker_refuses_what_coredns_refuses() {
+            let rule = |text: &str| {
+                directives(text).and_then(|d| d.iter().try_for_each(|args| check(args)))
+            };
+            assert!(rule("rewrite stop {\n  name regex (a).b x.{1}.\n  answer auto\n}\n").is_ok());
+            assert!(rule("rewrite name regex (a).b x.{1}. answer name (x)\\. {1}.b.").is_ok());
+            // the classic two-line form (CoreDNS before 1.8.5 accepted only this one)
+            assert!(rule("rewrite stop {\n name regex (a) b\n answer name (b) {1}\n}").is_ok());
+            for bad in [
+                "rewrite stop {\n  name regex (a b.\n  answer auto\n}\n",
+                "rewrite stop {\n  name regex (a) {1}.{2}\n}\n",
+                "rewrite stop {\n  name regex a b\n  answer question\n}\n",
+                "rewrite stop {\n  name regex a b\n  answer auto name a b\n}\n",
+                "rewrite stop {\n  name regex a b\n  auto\n}\n",
+                "rewrite stop {\n  name regex a b\n  answer\n}\n",
+                "rewrite stop {\n  name regex (?=a) b\n}\n",
+                "rewrite stop {\n  name regex a#b c\n}\n",
+                "rewrite stop {\n  name glob a b answer auto\n}\n",
+                "rewrite stop {\n  name regex a b\n",
+            ] {
+                assert!(rule(bad).is_err(), "{bad}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_in_cluster_names_rewrite_is_one_coredns_1_12_accepts() {
+        let text = rendered_override();
+        // the exact text; its grammar: see `rewrite_grammar`. `answer auto` (CoreDNS
+        // 1.8.5 and later, plugin/rewrite/name.go `AutoMatch`) maps the answer's owner
+        // name, traefik.sandbox-system.svc.cluster.local., back to the name asked, as
+        // `answer name` cannot: every nip.io form differs. Without it the answer's name
+        // differs from the question's and resolvers (glibc, Go) drop the records.
+        assert_eq!(
+            text,
+            "rewrite stop {\n  \
+             name regex ^(.*[.-])?(127[.-]0[.-]0[.-]1|7f000001)\\.(nip|sslip)\\.io\\.$ \
+             traefik.sandbox-system.svc.cluster.local.\n  \
+             answer auto\n\
+             }\n"
+        );
+        let rules = rewrite_grammar::directives(&text).unwrap();
+        assert_eq!(rules.len(), 1);
+        rewrite_grammar::check(&rules[0]).unwrap();
+        assert_eq!(
+            rules[0],
+            [
+                "stop",
+                "name",
+                "regex",
+                r"^(.*[.-])?(127[.-]0[.-]0[.-]1|7f000001)\.(nip|sslip)\.io\.$",
+                "traefik.sandbox-system.svc.cluster.local.",
+                "answer",
+                "auto"
+            ]
+        );
+    }
+
     #[test]
     fn unknown_profile_lists_known_ones() {
         let err = Profile::named("minikube").unwrap_err().to_string();
