@@ -37,14 +37,19 @@ fn cases(cluster: bool) -> Vec<(String, PathBuf, Expect)> {
     out
 }
 
-/// Runs one case from a copy of the corpus (cases may share `_` directories).
-fn run_case(sb: &TestSandbox, name: &str, expect: &Expect) -> Vec<String> {
+/// Runs one case from a copy of the corpus (cases may share `_` directories), in its own
+/// environment (namespace) when one is given.
+fn run_case(sb: &TestSandbox, name: &str, expect: &Expect, namespace: Option<&str>) -> Vec<String> {
     let copy = sb.cwd().join("broken");
     if !copy.exists() {
         copy_dir(&root().join("fixtures/broken"), &copy);
     }
     let file = copy.join(name).join("sandbox.yaml");
-    let out = sb.run(&["up", "-f", file.to_str().unwrap(), "-o", "json"]);
+    let mut args = vec!["up", "-f", file.to_str().unwrap(), "-o", "json"];
+    if let Some(ns) = namespace {
+        args.extend(["--namespace", ns]);
+    }
+    let out = sb.run(&args);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let mut failures = Vec::new();
     let error = crate::support::json_document(&out.stdout);
@@ -62,6 +67,8 @@ fn run_case(sb: &TestSandbox, name: &str, expect: &Expect) -> Vec<String> {
         ));
     }
     for want in &expect.stderr {
+        // `${NAMESPACE}`: the namespace the case runs in
+        let want = want.replace("${NAMESPACE}", namespace.unwrap_or("default"));
         if !stderr.contains(want.as_str()) {
             failures.push(format!("{name}: stderr lacks {want:?}"));
         }
@@ -89,17 +96,28 @@ fn broken_inputs_fail_before_anything_is_created() {
     assert!(cases.len() >= 15, "corpus too small: {}", cases.len());
     let mut failures = Vec::new();
     for (name, _, expect) in &cases {
-        failures.extend(run_case(&sb, name, expect));
-        if !sb.leftovers("container").is_empty() {
-            failures.push(format!("{name}: a container was created"));
-            sb.teardown();
+        failures.extend(run_case(&sb, name, expect, None));
+        for kind in ["container", "network", "volume"] {
+            let left = sb.leftovers(kind);
+            if !left.is_empty() {
+                failures.push(format!("{name}: a {kind} was created: {left:?}"));
+                sb.teardown();
+            }
         }
     }
     report(failures);
 }
 
-fn exists(sb: &TestSandbox, object: &str) -> bool {
-    let out = sb.kubectl(&["get", object, "--ignore-not-found", "-o", "name"]);
+fn exists(sb: &TestSandbox, namespace: &str, object: &str) -> bool {
+    let out = sb.kubectl(&[
+        "-n",
+        namespace,
+        "get",
+        object,
+        "--ignore-not-found",
+        "-o",
+        "name",
+    ]);
     !String::from_utf8_lossy(&out.stdout).trim().is_empty()
 }
 
@@ -114,30 +132,17 @@ fn broken_inputs_on_a_cluster_fail_clearly_and_apply_nothing_invalid() {
         cases.len()
     );
     let mut failures = Vec::new();
-    for (name, _, expect) in &cases {
-        failures.extend(run_case(&sb, name, expect));
+    for (i, (name, _, expect)) in cases.iter().enumerate() {
+        // each case in a namespace of its own: none sees what another left
+        let namespace = format!("broken-{i}");
+        failures.extend(run_case(&sb, name, expect, Some(&namespace)));
         for object in &expect.absent {
-            if exists(&sb, object) {
+            if exists(&sb, &namespace, object) {
                 failures.push(format!(
                     "{name}: {object} was created although the input is invalid"
                 ));
             }
         }
-        // the next case starts from a clean namespace
-        let label = format!("dev.sandbox/sandbox={}", sb.name);
-        let _ = sb.kubectl(&[
-            "delete",
-            "deploy,job,configmap,pod",
-            "-l",
-            &label,
-            "--wait=false",
-        ]);
-        let _ = sb.kubectl(&[
-            "delete",
-            "configmap",
-            "sandbox-inventory",
-            "--ignore-not-found",
-        ]);
     }
     report(failures);
 }

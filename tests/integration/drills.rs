@@ -162,24 +162,16 @@ fn dns_servers(state: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// Deployment `name` is rolled out, as `kubectl rollout status` judges it.
+/// Deployment `name` is rolled out, as `kubectl rollout status` judges it, checked once
+/// (`up` returned only once it was: no waiting here).
 fn assert_rolled_out(sb: &TestSandbox, name: &str) {
     let deployment = format!("deployment/{name}");
-    eventually(
-        &format!("{deployment} rolled out"),
-        Duration::from_secs(30),
-        || {
-            let out = sb.kubectl(&["rollout", "status", &deployment, "--timeout=5s"]);
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ))
-            }
-        },
+    let out = sb.kubectl(&["rollout", "status", &deployment, "--watch=false"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("successfully rolled out"),
+        "{deployment} right after up: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -194,17 +186,12 @@ fn first_env(sb: &TestSandbox, name: &str) -> String {
     String::from_utf8_lossy(&value.stdout).to_string()
 }
 
-/// Polls `url` until it answers 200; returns the body.
+/// One GET of `url` right after `up`, which must answer 200 (no retry); returns the body.
 fn http_ok(url: &str) -> String {
-    eventually(
-        &format!("{url} answers 200"),
-        Duration::from_secs(90),
-        || match http_get(url) {
-            Ok((200, body)) => Ok(body),
-            Ok((code, body)) => Err(format!("HTTP {code}: {body:.200}")),
-            Err(e) => Err(e.to_string()),
-        },
-    )
+    match http_get(url) {
+        Ok((200, body)) => body,
+        other => panic!("{url} right after up: {other:.200?}"),
+    }
 }
 
 /// The URL of `up`'s JSON named `name` (`default/hello`).
@@ -425,7 +412,12 @@ fn node_restarted_killed_or_removed_behind_sandboxs_back_is_repaired_and_keeps_c
     let before = result["ports"].clone();
     let http = before["http"].as_u64().unwrap() as u16;
     docker(&["kill", &node]);
-    let taker = TcpListener::bind(("127.0.0.1", http));
+    // the engine's proxy lets go of the port a moment after the kill: take it once free
+    let taker = eventually(
+        &format!("the node's HTTP port {http} is free to take"),
+        Duration::from_secs(10),
+        || TcpListener::bind(("127.0.0.1", http)).map_err(|e| e.to_string()),
+    );
     let (result, progress) = up("up after docker kill with the node's port taken");
     assert!(
         progress.contains("was taken while it was stopped"),

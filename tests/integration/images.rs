@@ -2,11 +2,9 @@
 //! image's source rebuilds and rolls only its Deployment; no change builds, loads and rolls
 //! nothing.
 
-use std::time::Duration;
-
 use serde_json::Value;
 
-use crate::support::{assert_success, eventually, http_get, TestSandbox};
+use crate::support::{assert_success, serves, TestSandbox};
 
 fn image<'a>(up: &'a Value, name: &str) -> &'a Value {
     up["images"]
@@ -70,19 +68,6 @@ fn node_images(sb: &TestSandbox) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn serves(url: &str, want: &str) {
-    let want = want.to_string();
-    eventually(
-        &format!("{url} serves {want:?}"),
-        Duration::from_secs(60),
-        || match http_get(url) {
-            Ok((200, body)) if body.trim() == want => Ok(()),
-            Ok((code, body)) => Err(format!("HTTP {code}: {}", body.trim())),
-            Err(e) => Err(e.to_string()),
-        },
-    );
 }
 
 #[test]

@@ -209,12 +209,19 @@ fn chromium_loads(url: &str, host: &str, ca: &Path, https_port: u16) {
         dom.contains("hello over https"),
         "Chromium did not render the page over https (port {https_port}); certificate error?\n{dom:.2000}"
     );
-    // the control: the same browser without the CA does not render the page
+    // the control: the same browser without the CA refuses the certificate (a browser that
+    // crashed, or failed for another reason, proves nothing)
     let bare_home = tempfile::tempdir().unwrap();
     let bare = chrome(bare_home.path(), &["--dump-dom"]);
     assert!(
         !String::from_utf8_lossy(&bare.stdout).contains("hello over https"),
         "Chromium rendered the page without trusting the sandbox CA"
+    );
+    let refused = String::from_utf8_lossy(&bare.stderr);
+    assert!(
+        refused.contains("net::ERR_CERT_AUTHORITY_INVALID"),
+        "Chromium without the CA did not refuse the certificate as untrusted: {:?}\n{refused:.2000}",
+        bare.status
     );
     let screenshot = chrome(home.path(), &[&format!("--screenshot={}", shot.display())]);
     assert_success(&screenshot, "chromium --screenshot");

@@ -4,11 +4,10 @@
 //! written out, read from its OpenAPI, are exactly those sandbox fills.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{assert_success, eventually, http_get, json_document, TestSandbox};
+use crate::support::{assert_success, json_document, serves, TestSandbox};
 
 /// `(kind, name, changed)` of every object of an `UpResult`.
 fn objects(up: &Value) -> Vec<(String, String, bool)> {
@@ -24,16 +23,6 @@ fn objects(up: &Value) -> Vec<(String, String, bool)> {
             )
         })
         .collect()
-}
-
-/// Waits until `url` answers 200 with `want`: kube-proxy writes a NodePort's rules for the
-/// new endpoints shortly after the rollout (the route lag after `up` is issue 21's).
-fn answers(url: &str, want: &str) {
-    eventually(url, Duration::from_secs(30), || match http_get(url) {
-        Ok((200, body)) if body.trim() == want => Ok(()),
-        Ok((code, body)) => Err(format!("HTTP {code}: {body}")),
-        Err(e) => Err(e.to_string()),
-    })
 }
 
 #[test]
@@ -76,7 +65,7 @@ fn kustomize_overlay_applies_rolls_only_what_changed_and_needs_a_renderer() {
     let url = up["urls"][0]["url"].as_str().unwrap().to_string();
     assert_eq!(up["urls"][0]["name"], "default/dev-web", "{up}");
     let greeting = format!("{url}cgi-bin/greeting");
-    answers(&greeting, "web hello from the dev overlay");
+    serves(&greeting, "web hello from the dev overlay");
 
     let again = sb.run_json(&["up", "-f", file]);
     assert_eq!(again["unchanged"], true, "the second up: {again}");
@@ -116,7 +105,7 @@ fn kustomize_overlay_applies_rolls_only_what_changed_and_needs_a_renderer() {
         changed["pruned"],
         serde_json::json!([{"kind": "ConfigMap", "namespace": "default", "name": config_map}])
     );
-    answers(&greeting, "web hello from a new overlay");
+    serves(&greeting, "web hello from a new overlay");
 
     // no renderer on PATH: exit 2 before anything is applied, with a hint
     std::fs::write(
@@ -142,7 +131,7 @@ fn kustomize_overlay_applies_rolls_only_what_changed_and_needs_a_renderer() {
         error["hint"].as_str().unwrap().contains("kustomize"),
         "{error}"
     );
-    answers(&greeting, "web hello from a new overlay");
+    serves(&greeting, "web hello from a new overlay");
 
     list_keys_the_server_needs_are_those_sandbox_fills(&sb);
 }

@@ -1,8 +1,6 @@
 //! The built-in default sandbox: up, reuse, status, kubeconfig, down, data kept, purge.
 
-use std::time::Duration;
-
-use crate::support::{assert_success, eventually, TestSandbox};
+use crate::support::{assert_success, TestSandbox};
 
 #[test]
 fn default_sandbox_boots_reuses_and_tears_down_cleanly() {
@@ -69,15 +67,10 @@ fn default_sandbox_boots_reuses_and_tears_down_cleanly() {
     // up again on the kept volume: the cluster's objects are still there
     let revived = sb.run_json(&["up"]);
     assert_eq!(revived["node"]["created"], true);
-    let cm = eventually("configmap readable", Duration::from_secs(30), || {
-        let out = sb.kubectl(&["get", "configmap", "survivor", "-o", "jsonpath={.data.k}"]);
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).to_string())
-        }
-    });
-    assert_eq!(cm, "v");
+    // once: `up` returned with the API server serving
+    let cm = sb.kubectl(&["get", "configmap", "survivor", "-o", "jsonpath={.data.k}"]);
+    assert_success(&cm, "kubectl get configmap survivor right after up");
+    assert_eq!(String::from_utf8_lossy(&cm.stdout), "v");
 
     // down --purge also deletes the data volume
     let purged = sb.run_json(&["down", "--purge"]);

@@ -100,7 +100,8 @@ impl TestSandbox {
             .env("CI", "true")
             .env_remove("SANDBOX_NAME")
             .env_remove("SANDBOX_FILE")
-            .env_remove("SANDBOX_PROFILE");
+            .env_remove("SANDBOX_PROFILE")
+            .env_remove("SANDBOX_NAMESPACE");
         cmd
     }
 
@@ -251,14 +252,13 @@ pub fn json_document(stdout: &[u8]) -> serde_json::Value {
     doc
 }
 
-/// Fails the test unless an `UpResult`/`ApplyResult` reports no object changed.
+/// Fails the test unless an `UpResult`/`ApplyResult` reports objects, none of them changed.
 pub fn assert_nothing_changed(result: &serde_json::Value, what: &str) {
-    let changed: Vec<_> = result["objects"]
+    let objects = result["objects"]
         .as_array()
-        .unwrap_or_else(|| panic!("no objects in {result}"))
-        .iter()
-        .filter(|o| o["changed"] == true)
-        .collect();
+        .unwrap_or_else(|| panic!("no objects in {result}"));
+    assert!(!objects.is_empty(), "{what}: no objects reported: {result}");
+    let changed: Vec<_> = objects.iter().filter(|o| o["changed"] == true).collect();
     assert!(changed.is_empty(), "{what} changed {changed:?}");
 }
 
@@ -298,6 +298,21 @@ pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
         .unwrap_or_default()
         .to_string();
     Ok((status, body))
+}
+
+/// Waits (60 s at most) until `url` answers 200 with `want` (trimmed): after a change that
+/// rolls pods, a node port may reach an old pod for a moment, until kube-proxy has
+/// written the rules for the new endpoints.
+pub fn serves(url: &str, want: &str) {
+    eventually(
+        &format!("{url} serves {want:?}"),
+        Duration::from_secs(60),
+        || match http_get(url) {
+            Ok((200, body)) if body.trim() == want => Ok(()),
+            Ok((code, body)) => Err(format!("HTTP {code}: {}", body.trim())),
+            Err(e) => Err(e.to_string()),
+        },
+    );
 }
 
 /// Polls `check` until it returns `Some`, failing after `deadline` with the last
