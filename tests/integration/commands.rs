@@ -1,0 +1,148 @@
+//! The commands and exit codes README promises, each run as a user runs it: on a sandbox
+//! that does not exist (exit 8 and an `Error` document), on a running one (`urls`, `logs`,
+//! `status --all`, `kubeconfig --write`, `exec` passing 127 through and `exec --down`), and
+//! the ones that need no sandbox (`completions`, `man`, a bad command line).
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::support::{assert_success, json_document, TestSandbox};
+
+#[test]
+fn commands_on_a_sandbox_that_does_not_exist_exit_8() {
+    let sb = TestSandbox::new("absent");
+    for args in [
+        &["status"][..],
+        &["kubeconfig"],
+        &["load", "sandbox-offline/busybox:1.35"],
+        &["urls"],
+        &["logs"],
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = sb.run(&all);
+        let what = format!("sandbox {}", args.join(" "));
+        assert_eq!(out.status.code(), Some(8), "{what}: {out:?}");
+        let error = json_document(&out.stdout);
+        assert_eq!(error["kind"], "Error", "{what}: {error}");
+        assert_eq!(error["exitCode"], 8, "{what}: {error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains(&sb.name) && message.contains("sandbox up"),
+            "{what}: {message}"
+        );
+    }
+    // nothing was created on the way
+    for kind in ["container", "network", "volume"] {
+        assert!(
+            sb.leftovers(kind).is_empty(),
+            "{kind}: {:?}",
+            sb.leftovers(kind)
+        );
+    }
+
+    // no sandbox needed: completions, the man page, and clap's exit 2 for a bad line
+    let bash = sb.run(&["completions", "bash"]);
+    assert_success(&bash, "sandbox completions bash");
+    let script = String::from_utf8_lossy(&bash.stdout);
+    assert!(
+        script.contains("_sandbox()") && script.contains("complete "),
+        "{script:.300}"
+    );
+    let man = sb.run(&["man"]);
+    assert_success(&man, "sandbox man");
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.contains(".TH sandbox 1"), "{page:.300}");
+    for verb in ["up", "down", "exec", "trust", "dns"] {
+        assert!(page.contains(verb), "the man page lacks {verb}");
+    }
+    let bad = sb.run(&["up", "--no-such-flag"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--no-such-flag"));
+}
+
+#[test]
+fn commands_on_a_running_sandbox() {
+    let sb = TestSandbox::new("commands");
+    let (file, _) = sb.fixture("hello");
+    let file = file.as_str();
+    let up = sb.run_json(&["up", "-f", file]);
+
+    // urls: the same table as up's
+    let urls = sb.run_json(&["-f", file, "urls"]);
+    assert_eq!(urls["kind"], "UrlsResult", "{urls}");
+    assert_eq!(urls["urls"], up["urls"], "urls vs up");
+    assert_eq!(urls["apiServer"], up["apiServer"]);
+
+    // logs of a workload: each line prefixed with its pod and container
+    let logs = sb.run(&["-f", file, "logs", "deploy/hello", "--tail", "5"]);
+    assert_success(&logs, "sandbox logs deploy/hello");
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        text.lines().all(|l| l.starts_with("[hello-")) && text.contains("/web]"),
+        "{text}"
+    );
+
+    // status --all: this sandbox, ready, with its add-ons
+    let status = sb.run_json(&["status", "--all"]);
+    let mine = status["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["sandbox"] == sb.name.as_str())
+        .unwrap_or_else(|| panic!("{} missing from {status}", sb.name));
+    assert_eq!(mine["api"], "ready", "{mine}");
+    assert_eq!(mine["state"], "running", "{mine}");
+
+    // kubeconfig --write: a private file kubectl can use on its own
+    let written = sb.dir.path().join("written.kubeconfig");
+    assert_success(
+        &sb.run(&["kubeconfig", "--write", written.to_str().unwrap()]),
+        "sandbox kubeconfig --write",
+    );
+    let mode = std::fs::metadata(&written).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", written.display());
+    let nodes = std::process::Command::new(crate::support::kubectl())
+        .args([
+            "--kubeconfig",
+            written.to_str().unwrap(),
+            "get",
+            "nodes",
+            "-o",
+            "name",
+        ])
+        .output()
+        .unwrap();
+    assert_success(&nodes, "kubectl --kubeconfig <written> get nodes");
+    assert_eq!(
+        String::from_utf8_lossy(&nodes.stdout).trim(),
+        format!("node/sandbox-{}-node", sb.name)
+    );
+
+    // exec passes a command's exit code through, 127 for one that does not exist
+    let missing = sb.run(&["-f", file, "exec", "--", "no-such-command-for-sandbox"]);
+    assert_eq!(missing.status.code(), Some(127), "{missing:?}");
+
+    // exec --down: the command runs against the sandbox, which is then taken down (its data
+    // volume kept), whatever the command's result
+    let down = sb.run(&[
+        "-f",
+        file,
+        "exec",
+        "--down",
+        "--",
+        "sh",
+        "-c",
+        "kubectl get deploy hello >/dev/null && exit 5",
+    ]);
+    assert_eq!(down.status.code(), Some(5), "{down:?}");
+    assert!(
+        sb.leftovers("container").is_empty(),
+        "{:?}",
+        sb.leftovers("container")
+    );
+    assert_eq!(
+        sb.leftovers("volume"),
+        [format!("sandbox-{}-data", sb.name)],
+        "the data volume is kept"
+    );
+}
