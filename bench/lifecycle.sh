@@ -8,6 +8,9 @@
 # node by hand, watched lightly, which gives the node's own boot (docker run to the node
 # taking pods) and what the fixture's pods alone take from then; sandbox's cold up is split
 # at the moment its node took pods, to set beside both. The three take turns going first.
+# Right after sandbox's up and the hand-made procedure return, every URL they printed gets
+# one request (bench/urls.py), then requests until all answer: the failed first requests
+# and the time to all answering are the figures a CI script (`up && curl "$URL"`) meets.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ensure_release_binary
@@ -112,7 +115,7 @@ floor_down() { node_rm "$F"; rm -f "$FK"; }
 # sandbox_up: prints, on fd 3, when its node took pods (seconds after the start, as its
 # progress shows them, to 0.1 s)
 sandbox_up() {
-  "$SANDBOX" --name "$RUN-s" -v up -f "$FIXTURE/sandbox.yaml" >/dev/null 2>"$WORKDIR/up.log"
+  "$SANDBOX" --name "$RUN-s" -v up -f "$FIXTURE/sandbox.yaml" -o json >"$WORKDIR/up.json" 2>"$WORKDIR/up.log"
   sed -n 's/^.*\[ *\([0-9.]*\)s\] ✓ node .* ready (.*$/\1/p' "$WORKDIR/up.log" | tail -1 >&3
 }
 sandbox_down() { "$SANDBOX" --name "$RUN-s" -q down --purge >/dev/null; }
@@ -125,15 +128,25 @@ leftovers() { # leftovers NAME: containers, networks and volumes whose name hold
 }
 cold_s=(); hand_s=(); boot_s=(); down_s=(); hdown_s=(); left_s=0; left_h=0
 ready_s=(); after_s=(); floor_s=(); fboot_s=()
+route_s=(); hroute_s=(); first_failed=0; hfirst_failed=0
 time_sandbox() {
-  local s c r
+  local s c r f t
   s=$(now); sandbox_up 3>"$WORKDIR/ready"; c=$(since "$s"); cold_s+=("$c")
+  read -r f t < <(python3 "$ROOT/bench/urls.py" "$WORKDIR/up.json" "$XDG_DATA_HOME/sandbox/ca/ca.crt")
+  first_failed=$((first_failed + f)); route_s+=("$t")
   r=$(cat "$WORKDIR/ready"); ready_s+=("$r"); after_s+=("$(echo "$c - $r" | bc)")
   s=$(now); sandbox_down; down_s+=("$(since "$s")")
   left_s=$((left_s + $(leftovers "sandbox-$RUN-s")))
 }
 time_handmade() {
-  local s; s=$(now); handmade_up 3>"$WORKDIR/boot"; hand_s+=("$(since "$s")"); boot_s+=("$(cat "$WORKDIR/boot")")
+  local s ip port f t
+  s=$(now); handmade_up 3>"$WORKDIR/boot"; hand_s+=("$(since "$s")"); boot_s+=("$(cat "$WORKDIR/boot")")
+  # the URL `minikube service --url` would print: the node's address and the node port
+  ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$H")
+  port=$(kubectl --kubeconfig "$HK" get svc hello -o jsonpath='{.spec.ports[0].nodePort}')
+  printf '{"urls": [{"url": "http://%s:%s/"}]}\n' "$ip" "$port" > "$WORKDIR/hand.json"
+  read -r f t < <(python3 "$ROOT/bench/urls.py" "$WORKDIR/hand.json")
+  hfirst_failed=$((hfirst_failed + f)); hroute_s+=("$t")
   s=$(now); handmade_down; hdown_s+=("$(since "$s")")
   left_h=$((left_h + $(leftovers "$H")))
 }
@@ -165,6 +178,8 @@ overhead=$(echo "$cold - $boot" | bc); hand_overhead=$(echo "$hand - $boot" | bc
 row "cold up overhead over node boot" "$overhead" "hand-made procedure's overhead" "$hand_overhead" "< 2 s"
 row "cold up: start to its node taking pods" "$(median "${ready_s[@]}")" "node boot (docker run to taking pods)" "$boot" "-"
 row "cold up: node taking pods to up done (hello + 2 add-on pods)" "$(median "${after_s[@]}")" "pods' floor: hello's 2 pods alone, through the API" "$(median "${floor_s[@]}")" "-"
+row "up returning to every printed URL answering" "$(median "${route_s[@]}")" "hand-made: rollout status returning to its NodePort URL answering" "$(median "${hroute_s[@]}")" "0 s"
+row_in requests "first requests right after return that failed (all runs)" "$first_failed" "hand-made procedure's" "$hfirst_failed" "0"
 row "down --purge" "$(median "${down_s[@]}")" "docker rm -f -v + network rm + volume rm" "$(median "${hdown_s[@]}")" "< 3 s"
 row_in objects "leftovers after down (all runs)" "$left_s" "hand-made teardown" "$left_h" "0"
 printf '{"figure":"node boot","seconds":%s}\n' "$boot" >> "$JSON"

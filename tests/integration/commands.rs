@@ -118,6 +118,28 @@ fn commands_on_a_running_sandbox() {
         format!("node/sandbox-{}-node", sb.name)
     );
 
+    // apply builds nothing: an image never built here is a usage error (exit 2), nothing applied
+    let (_, project) = sb.fixture("hello");
+    let never = project.join("never-built.yaml");
+    let config = std::fs::read_to_string(project.join("sandbox.yaml"))
+        .unwrap()
+        .replace(
+            "name: hello\n    context: app",
+            &format!("name: never-built-{}\n    context: app", sb.name),
+        );
+    assert!(config.contains("never-built-"), "{config}");
+    std::fs::write(&never, config).unwrap();
+    let out = sb.run(&["-f", never.to_str().unwrap(), "apply", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let error = json_document(&out.stdout);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("has never been built here"),
+        "{error}"
+    );
+
     // exec passes a command's exit code through, 127 for one that does not exist
     let missing = sb.run(&["-f", file, "exec", "--", "no-such-command-for-sandbox"]);
     assert_eq!(missing.status.code(), Some(127), "{missing:?}");
