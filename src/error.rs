@@ -30,6 +30,8 @@ pub mod exit {
     pub const NOT_READY: i32 = 7;
     /// The named sandbox does not exist.
     pub const NOT_FOUND: i32 = 8;
+    /// Interrupted (Ctrl-C, SIGINT).
+    pub const INTERRUPTED: i32 = 130;
 }
 
 /// Any failure of a command.

@@ -40,7 +40,22 @@ fn main() {
         }
         None => {
             eprintln!("interrupted");
-            130
+            if output == Output::Json {
+                // stdout holds one document whatever happens: the interruption is the error
+                let interrupted = serde_json::json!({
+                    "apiVersion": sandbox::config::API_VERSION,
+                    "kind": "Error",
+                    "exitCode": exit::INTERRUPTED,
+                    "message": "interrupted",
+                    "causes": [],
+                    "hint": null,
+                });
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&interrupted).expect("JSON values serialise")
+                );
+            }
+            exit::INTERRUPTED
         }
     };
     // do not wait for background tasks (spinners, open connections)

@@ -31,6 +31,43 @@ fn commands_on_a_sandbox_that_does_not_exist_exit_8() {
             "{what}: {message}"
         );
     }
+    // interrupted (SIGINT) while it waits for the sandbox's lock, which this test holds:
+    // exit 130, and still one JSON document on stdout
+    let state = sb.dir.path().join("state/sandbox");
+    std::fs::create_dir_all(&state).unwrap();
+    let lock = std::fs::File::create(state.join(format!("{}.lock", sb.name))).unwrap();
+    lock.lock().unwrap();
+    let mut up = sb
+        .command(&["up", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(up.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("waiting for it") {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(read > 0, "up ended before waiting for the lock: {said}");
+        said.push_str(&line);
+    }
+    assert_success(
+        &std::process::Command::new("kill")
+            .args(["-INT", &up.id().to_string()])
+            .output()
+            .unwrap(),
+        "kill -INT",
+    );
+    let out = up.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{said}");
+    let error = json_document(&out.stdout);
+    assert_eq!(
+        (error["kind"].as_str(), error["exitCode"].as_i64()),
+        (Some("Error"), Some(130)),
+        "{error}"
+    );
+    drop(lock);
+
     // nothing was created on the way
     for kind in ["container", "network", "volume"] {
         assert!(
