@@ -195,6 +195,12 @@ impl Error {
                 NodeError::ImageUnavailable { .. } => Some(
                     "./install.sh prepares a node image: it pulls rancher/k3s, or builds the offline one".into(),
                 ),
+                // a taint holds the node back: more time does not help, its cause does
+                NodeError::BootTimeout { ref last, .. } if last.contains("has taint") => Some(
+                    "the node is up but refuses pods: see the taint's cause above (for disk \
+                     pressure, free space on the Docker engine's disk), then run `sandbox up` again"
+                        .into(),
+                ),
                 NodeError::BootTimeout { .. } => {
                     Some("a slow machine may need more time: set `timeouts.boot` in sandbox.yaml".into())
                 }
@@ -244,5 +250,53 @@ impl Error {
             source = s.source();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boot_timeout(last: &str) -> Error {
+        Error::from(NodeError::BootTimeout {
+            name: "sandbox-demo-node".into(),
+            seconds: 180,
+            last: last.into(),
+            logs: String::new(),
+        })
+    }
+
+    #[test]
+    fn a_tainted_node_is_not_told_to_wait_longer() {
+        let tainted = boot_timeout(
+            "node sandbox-demo-node has taint node.kubernetes.io/disk-pressure:NoSchedule",
+        );
+        assert_eq!(tainted.exit_code(), exit::NODE);
+        let hint = tainted.hint().unwrap();
+        assert!(
+            hint.contains("taint") && !hint.contains("timeouts.boot"),
+            "{hint}"
+        );
+        let slow = boot_timeout("the API server answers 503").hint().unwrap();
+        assert!(slow.contains("timeouts.boot"), "{slow}");
+    }
+
+    #[test]
+    fn a_version_the_cluster_does_not_serve_is_bad_input() {
+        let e = Error::from(ApplyError::UnknownKind {
+            document: "app.yaml:5 (document 2, CronJob/nightly)".into(),
+            kind: "CronJob".into(),
+            api_version: "batch/v1".into(),
+            served: vec!["batch/v1beta1".into()],
+            server: None,
+        });
+        assert_eq!(e.exit_code(), exit::USAGE);
+        let missing = Error::from(ManifestError::Kustomize(
+            crate::kustomize::KustomizeError::Missing {
+                dir: "k8s/overlays/dev".into(),
+            },
+        ));
+        assert_eq!(missing.exit_code(), exit::USAGE);
+        assert!(missing.hint().unwrap().contains("kustomize"));
     }
 }
