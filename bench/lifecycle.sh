@@ -116,7 +116,9 @@ floor_down() { node_rm "$F"; rm -f "$FK"; }
 # progress shows them, to 0.1 s)
 sandbox_up() {
   "$SANDBOX" --name "$RUN-s" -v up -f "$FIXTURE/sandbox.yaml" -o json >"$WORKDIR/up.json" 2>"$WORKDIR/up.log"
-  sed -n 's/^.*\[ *\([0-9.]*\)s\] ✓ node .* ready (.*$/\1/p' "$WORKDIR/up.log" | tail -1 >&3
+  # when its node took pods, and how long its check of the printed URLs took
+  { sed -n 's/^.*\[ *\([0-9.]*\)s\] ✓ node .* ready (.*$/\1/p' "$WORKDIR/up.log" | tail -1
+    sed -n 's/^.*✓ URLs answer (\([0-9.]*\)s)$/\1/p' "$WORKDIR/up.log" | tail -1; } | paste -sd' ' >&3
 }
 sandbox_down() { "$SANDBOX" --name "$RUN-s" -q down --purge >/dev/null; }
 leftovers() { # leftovers NAME: containers, networks and volumes whose name holds NAME
@@ -128,13 +130,13 @@ leftovers() { # leftovers NAME: containers, networks and volumes whose name hold
 }
 cold_s=(); hand_s=(); boot_s=(); down_s=(); hdown_s=(); left_s=0; left_h=0
 ready_s=(); after_s=(); floor_s=(); fboot_s=()
-route_s=(); hroute_s=(); first_failed=0; hfirst_failed=0
+route_s=(); hroute_s=(); check_s=(); first_failed=0; hfirst_failed=0
 time_sandbox() {
   local s c r f t
   s=$(now); sandbox_up 3>"$WORKDIR/ready"; c=$(since "$s"); cold_s+=("$c")
   read -r f t < <(python3 "$ROOT/bench/urls.py" "$WORKDIR/up.json" "$XDG_DATA_HOME/sandbox/ca/ca.crt")
   first_failed=$((first_failed + f)); route_s+=("$t")
-  r=$(cat "$WORKDIR/ready"); ready_s+=("$r"); after_s+=("$(echo "$c - $r" | bc)")
+  read -r r k < "$WORKDIR/ready"; ready_s+=("$r"); after_s+=("$(echo "$c - $r" | bc)"); check_s+=("${k:-0}")
   s=$(now); sandbox_down; down_s+=("$(since "$s")")
   left_s=$((left_s + $(leftovers "sandbox-$RUN-s")))
 }
@@ -178,6 +180,7 @@ overhead=$(echo "$cold - $boot" | bc); hand_overhead=$(echo "$hand - $boot" | bc
 row "cold up overhead over node boot" "$overhead" "hand-made procedure's overhead" "$hand_overhead" "< 2 s"
 row "cold up: start to its node taking pods" "$(median "${ready_s[@]}")" "node boot (docker run to taking pods)" "$boot" "-"
 row "cold up: node taking pods to up done (hello + 2 add-on pods)" "$(median "${after_s[@]}")" "pods' floor: hello's 2 pods alone, through the API" "$(median "${floor_s[@]}")" "-"
+row "cold up: its check that every printed URL answers (part of cold up)" "$(median "${check_s[@]}")" "hand-made: rollout status returning to its NodePort URL answering" "$(median "${hroute_s[@]}")" "-"
 row "up returning to every printed URL answering" "$(median "${route_s[@]}")" "hand-made: rollout status returning to its NodePort URL answering" "$(median "${hroute_s[@]}")" "0 s"
 row_in requests "first requests right after return that failed (all runs)" "$first_failed" "hand-made procedure's" "$hfirst_failed" "0"
 row "down --purge" "$(median "${down_s[@]}")" "docker rm -f -v + network rm + volume rm" "$(median "${hdown_s[@]}")" "< 3 s"

@@ -130,6 +130,9 @@ async fn check_once(check: &Check, tls: &Arc<rustls::ClientConfig>) -> Result<()
             let tcp = tokio::net::TcpStream::connect(addr)
                 .await
                 .map_err(|e| format!("connecting to {addr}: {e}"))?;
+            // the request follows the handshake's last record: without this, Nagle holds it
+            // for the server's delayed ACK (40 ms)
+            let _ = tcp.set_nodelay(true);
             let name = rustls::pki_types::ServerName::try_from(host.clone())
                 .map_err(|e| format!("{host}: {e}"))?;
             let mut stream = tokio_rustls::TlsConnector::from(tls.clone())
