@@ -341,16 +341,22 @@ mod tests {
                 return Err(format!("unknown match type {kind}"));
             }
             if *kind == "regex" {
-                let groups = re2_groups(from)?;
-                let used = (0..=100)
-                    .filter(|i| to.contains(&format!("{{{i}}}")))
-                    .count();
-                if used > groups {
-                    return Err(format!("{to} uses {used} groups of {groups}"));
-                }
+                groups_fit(from, to)?;
             }
             if !options.is_empty() {
                 answers(options)?;
+            }
+            Ok(())
+        }
+
+        /// A replacement `to` uses no more `{N}` groups than the regular expression `from` has.
+        fn groups_fit(from: &str, to: &str) -> Result<(), String> {
+            let groups = re2_groups(from)?;
+            let used = (0..=100)
+                .filter(|i| to.contains(&format!("{{{i}}}")))
+                .count();
+            if used > groups {
+                return Err(format!("{to} uses {used} groups of {groups}"));
             }
             Ok(())
         }
@@ -376,13 +382,7 @@ mod tests {
                         let [from, to, rest @ ..] = args else {
                             return Err(format!("{kind} answer rule: 2 arguments required"));
                         };
-                        let groups = re2_groups(from)?;
-                        let used = (0..=100)
-                            .filter(|i| to.contains(&format!("{{{i}}}")))
-                            .count();
-                        if used > groups {
-                            return Err(format!("{to} uses {used} groups of {groups}"));
-                        }
+                        groups_fit(from, to)?;
                         names += usize::from(*kind == "name");
                         args = rest;
                     }
