@@ -133,6 +133,17 @@ impl ObjectState {
         }
     }
 
+    /// The state of an object that controllers write without a generation to tell it by: a
+    /// ServiceAccount, whose token Secret the token controller (before Kubernetes 1.24)
+    /// adds to `secrets` a moment after it is created, under load after the record of that
+    /// `up` was kept. Like a status write, that changes nothing sandbox applied: such an
+    /// object counts as unchanged while its UID and the fields sandbox owns, its labels and
+    /// annotations are (a generation that never moves stands for its spec).
+    pub fn written_by_controllers(mut self) -> ObjectState {
+        self.generation.get_or_insert(0);
+        self
+    }
+
     /// Whether `now` is the same object left as it was: the same UID, and nothing
     /// written, or (for kinds whose status controllers write) no change to its spec, its
     /// labels, its annotations or the fields sandbox owns.
@@ -548,6 +559,9 @@ pub async fn observe(
                 .ok_or_else(|| format!("{} is gone", o.id()))?;
             let mut observed = o.clone();
             observed.state = ObjectState::of(&value);
+            if o.group.is_empty() && o.kind == "ServiceAccount" {
+                observed.state = observed.state.written_by_controllers();
+            }
             Ok((observed, value))
         })
         .collect()
@@ -650,6 +664,20 @@ mod tests {
         let mut again = object("10", Some(1), 2, FIELD_MANAGER);
         again["metadata"]["uid"] = json!("u2");
         assert!(!left.unchanged(&ObjectState::of(&again)));
+    }
+
+    #[test]
+    fn a_service_accounts_token_is_the_controllers_not_a_change() {
+        let mut account = json!({"kind": "ServiceAccount", "metadata": {"uid": "u1", "resourceVersion": "10",
+            "managedFields": [{"manager": FIELD_MANAGER, "operation": "Apply", "fieldsV1": {"f:metadata": {}}}]}});
+        let left = ObjectState::of(&account).written_by_controllers();
+        // the token controller adds its Secret: a new resourceVersion, nothing of sandbox's
+        account["metadata"]["resourceVersion"] = json!("11");
+        account["secrets"] = json!([{"name": "app-token-abcde"}]);
+        assert!(left.unchanged(&ObjectState::of(&account).written_by_controllers()));
+        // a label written by someone else is a change
+        account["metadata"]["labels"] = json!({"team": "x"});
+        assert!(!left.unchanged(&ObjectState::of(&account).written_by_controllers()));
     }
 
     #[test]
