@@ -392,7 +392,16 @@ fn node_restarted_killed_or_removed_behind_sandboxs_back_is_repaired_and_keeps_c
     let ip = docker(&["inspect", "-f", &network, &node]);
     let ip = String::from_utf8_lossy(&ip.stdout).trim().to_string();
     let url = format!("http://{ip}:{node_port}/token");
-    assert_eq!(http_ok(&url).trim(), written, "after docker restart");
+    // no `up` in between: the cluster comes back by itself, so this one waits
+    let served = eventually(
+        "the token served after docker restart",
+        Duration::from_secs(90),
+        || match http_get(&url) {
+            Ok((200, body)) => Ok(body),
+            other => Err(format!("{other:.200?}")),
+        },
+    );
+    assert_eq!(served.trim(), written, "after docker restart");
     at("token served after docker restart");
     let (result, _) = up("up after docker restart");
     assert_eq!(result["node"]["created"], false);
