@@ -546,6 +546,42 @@ pub fn judge_endpoints(endpoints: Option<&Value>) -> Readiness {
     }
 }
 
+/// The ready addresses of an Endpoints object that do not belong to a live, ready pod with
+/// that address (`pods`: the namespace's pods). After the node was made again on the same
+/// cluster state, its Endpoints still list the pods of before until the endpoints
+/// controller catches up, and another pod may hold such an address by then: a client would
+/// reach the wrong server.
+pub fn stale_addresses(endpoints: &Value, pods: &[Value]) -> Vec<String> {
+    let live = |uid: &str, ip: &str| {
+        pods.iter().any(|p| {
+            p["metadata"]["uid"] == uid
+                && p["metadata"]["deletionTimestamp"].is_null()
+                && p["status"]["podIP"] == ip
+                && condition(p, "Ready").is_some_and(|c| c["status"] == "True")
+        })
+    };
+    endpoints["subsets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["addresses"].as_array().into_iter().flatten())
+        .filter(|a| a["targetRef"]["kind"] == "Pod")
+        .filter(|a| {
+            !live(
+                a["targetRef"]["uid"].as_str().unwrap_or_default(),
+                a["ip"].as_str().unwrap_or_default(),
+            )
+        })
+        .map(|a| {
+            format!(
+                "{} (pod {})",
+                a["ip"].as_str().unwrap_or_default(),
+                a["targetRef"]["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
 async fn check(client: &kube::Client, a: &Applied) -> Readiness {
     let cannot = |e: kube::Error| {
         Readiness::Pending(format!("cannot read it: {}", crate::apply::api_message(&e)))
@@ -557,10 +593,30 @@ async fn check(client: &kube::Client, a: &Applied) -> Readiness {
         None => Api::all_with(client.clone(), &resource),
     };
     if resource.kind == "Endpoints" {
-        return match api.get_opt(&a.name).await {
-            Ok(e) => judge_endpoints(e.and_then(|e| serde_json::to_value(e).ok()).as_ref()),
-            Err(e) => cannot(e),
+        let endpoints = match api.get_opt(&a.name).await {
+            Ok(e) => e.and_then(|e| serde_json::to_value(e).ok()),
+            Err(e) => return cannot(e),
         };
+        let state = judge_endpoints(endpoints.as_ref());
+        if let (Readiness::Ready, Some(endpoints), Some(ns)) = (&state, &endpoints, &a.namespace) {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+            let pods = match pods.list(&ListParams::default()).await {
+                Ok(list) => list.items,
+                Err(e) => return cannot(e),
+            };
+            let pods: Vec<Value> = pods
+                .iter()
+                .filter_map(|p| serde_json::to_value(p).ok())
+                .collect();
+            let stale = stale_addresses(endpoints, &pods);
+            if !stale.is_empty() {
+                return Readiness::Pending(format!(
+                    "endpoints not yet updated: {} no longer a ready pod of it",
+                    stale.join(", ")
+                ));
+            }
+        }
+        return state;
     }
     let object = match api.get(&a.name).await {
         Ok(o) => serde_json::to_value(&o).unwrap_or_default(),
@@ -816,6 +872,37 @@ mod tests {
         assert_eq!(
             judge(&ds),
             Some(Readiness::Pending("0 of 1 pods available".into()))
+        );
+    }
+
+    #[test]
+    fn endpoints_of_pods_gone_or_moved_are_stale() {
+        let endpoints = json!({"subsets": [{"addresses": [
+            {"ip": "10.0.0.5", "targetRef": {"kind": "Pod", "name": "web-1", "uid": "u1"}},
+            {"ip": "10.0.0.6", "targetRef": {"kind": "Pod", "name": "web-2", "uid": "u2"}},
+            {"ip": "192.168.1.9"}]}]});
+        let pod = |uid: &str, ip: &str, ready: &str| {
+            json!({"metadata": {"uid": uid}, "status": {"podIP": ip,
+                   "conditions": [{"type": "Ready", "status": ready}]}})
+        };
+        // both pods live at their addresses: nothing stale (an address without a pod is
+        // the user's own, as for a Service without a selector)
+        let live = [pod("u1", "10.0.0.5", "True"), pod("u2", "10.0.0.6", "True")];
+        assert!(stale_addresses(&endpoints, &live).is_empty());
+        // web-2 was made again elsewhere; another pod now holds its old address
+        let moved = [pod("u1", "10.0.0.5", "True"), pod("u3", "10.0.0.6", "True")];
+        assert_eq!(
+            stale_addresses(&endpoints, &moved),
+            ["10.0.0.6 (pod web-2)"]
+        );
+        // web-1 exists but is not ready
+        let unready = [
+            pod("u1", "10.0.0.5", "False"),
+            pod("u2", "10.0.0.6", "True"),
+        ];
+        assert_eq!(
+            stale_addresses(&endpoints, &unready),
+            ["10.0.0.5 (pod web-1)"]
         );
     }
 
