@@ -379,8 +379,9 @@ pub struct Applier {
     pods_held: Option<tokio::sync::watch::Receiver<bool>>,
     /// Told once everything before what makes pods is in (see [`Applier::announce_pods`]).
     before_pods: Option<tokio::sync::oneshot::Sender<()>>,
-    /// The server's version, asked once by [`Applier::apply_all`] (`None`: it did not say).
-    server: Option<crate::normalize::Server>,
+    /// The server's `/version`, asked once by [`Applier::apply_all`] (`None`: it did not
+    /// say).
+    version: Option<k8s_openapi::apimachinery::pkg::version::Info>,
 }
 
 impl Applier {
@@ -395,7 +396,7 @@ impl Applier {
             seen: Default::default(),
             pods_held: None,
             before_pods: None,
-            server: None,
+            version: None,
         }
     }
 
@@ -447,17 +448,20 @@ impl Applier {
     /// The error for a document whose kind the server does not serve in its version, with
     /// the versions it does serve that kind in (a full discovery: only on this error path).
     async fn unknown_kind(&self, doc: &Document) -> ApplyError {
-        let (served, server) = tokio::join!(
-            kube::Discovery::new(self.client.clone()).run(),
-            self.client.apiserver_version()
-        );
+        let served = kube::Discovery::new(self.client.clone()).run().await;
         ApplyError::UnknownKind {
             document: doc.describe(),
             kind: doc.kind().to_string(),
             api_version: doc.api_version().to_string(),
             served: served.map(|d| serving(&d, doc.kind())).unwrap_or_default(),
-            server: server.ok().map(|i| i.git_version),
+            server: self.version.as_ref().map(|i| i.git_version.clone()),
         }
+    }
+
+    /// The server's version as sandbox reasons about it (see [`Applier::version`]).
+    fn server(&self) -> Option<crate::normalize::Server> {
+        let info = self.version.as_ref()?;
+        crate::normalize::Server::parse(&info.major, &info.minor)
     }
 
     fn api(
@@ -476,12 +480,7 @@ impl Applier {
     /// namespaces and CRDs, then the rest (dry run first for what could not be judged
     /// before). Returns the applied objects in document order.
     pub async fn apply_all(&mut self, docs: &[Document]) -> Result<Vec<Applied>, ApplyError> {
-        self.server = self
-            .client
-            .apiserver_version()
-            .await
-            .ok()
-            .and_then(|info| crate::normalize::Server::parse(&info.major, &info.minor));
+        self.version = self.client.apiserver_version().await.ok();
         let crd_kinds = kinds_defined(docs);
         // namespaces this apply creates: those in the manifests and the sandbox's own
         let default_namespace = self.default_namespace.clone();
@@ -612,29 +611,26 @@ impl Applier {
         let Some((namespace, name, token)) = pod_account(doc, &self.default_namespace) else {
             return Ok(());
         };
-        let token = token && self.server.is_none_or(|s| (s.major, s.minor) < (1, 24));
+        let token = token && self.server().is_none_or(|s| s.makes_token_secrets());
         let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
             Api::namespaced(self.client.clone(), &namespace);
         let deadline = Duration::from_secs(60);
-        let start = Instant::now();
-        loop {
-            let ready = match api.get_opt(&name).await {
+        let there = poll(deadline, Duration::from_millis(100), || async {
+            match api.get_opt(&name).await {
                 Ok(Some(account)) => !token || account.secrets.is_some_and(|s| !s.is_empty()),
                 _ => false,
-            };
-            if ready {
-                return Ok(());
             }
-            if start.elapsed() > deadline {
-                return Err(ApplyError::Account {
-                    document: doc.describe(),
-                    account: format!("{namespace}/{name}"),
-                    token,
-                    seconds: deadline.as_secs(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        })
+        .await;
+        if there {
+            return Ok(());
         }
+        Err(ApplyError::Account {
+            document: doc.describe(),
+            account: format!("{namespace}/{name}"),
+            token,
+            seconds: deadline.as_secs(),
+        })
     }
 
     /// Deletes objects the previous `up` applied that are no longer in the manifests (only
@@ -771,7 +767,7 @@ impl Applier {
         let mut object = prepare(&doc.object, &self.sandbox, namespace.as_deref());
         // a server that does not say its version gets the defaults written: they are the
         // values it would default anyway
-        if self.server.is_none_or(|s| s.fills_list_keys()) {
+        if self.server().is_none_or(|s| s.fills_list_keys()) {
             crate::normalize::fill_list_keys(&mut object);
         }
         let api = self.api(resource, caps, namespace.as_deref());
@@ -834,27 +830,44 @@ impl Applier {
     async fn wait_established(&self, name: &str, deadline: Duration) -> Result<(), ApplyError> {
         let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
             Api::all(self.client.clone());
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(crd)) = api.get_opt(name).await {
-                let established = crd
+        let established = poll(deadline, Duration::from_millis(200), || async {
+            match api.get_opt(name).await {
+                Ok(Some(crd)) => crd
                     .status
                     .and_then(|s| s.conditions)
                     .unwrap_or_default()
                     .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                if established {
-                    return Ok(());
-                }
+                    .any(|c| c.type_ == "Established" && c.status == "True"),
+                _ => false,
             }
-            if start.elapsed() > deadline {
-                return Err(ApplyError::CrdTimeout {
-                    name: name.to_string(),
-                    seconds: deadline.as_secs(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        })
+        .await;
+        if established {
+            return Ok(());
         }
+        Err(ApplyError::CrdTimeout {
+            name: name.to_string(),
+            seconds: deadline.as_secs(),
+        })
+    }
+}
+
+/// Asks `ready` every `every` until it says true (then `true`) or `deadline` has passed
+/// (then `false`, after one last ask).
+async fn poll<F, Fut>(deadline: Duration, every: Duration, mut ready: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if ready().await {
+            return true;
+        }
+        if start.elapsed() > deadline {
+            return false;
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

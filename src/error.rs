@@ -103,6 +103,9 @@ pub enum Error {
     /// No such sandbox.
     #[error("sandbox {0} does not exist or is not running (`sandbox up` creates it)")]
     NotFound(String),
+    /// Ctrl-C (SIGINT) stopped the command.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 macro_rules! boxed_from {
@@ -160,6 +163,7 @@ impl Error {
             Error::NotFound(_) => exit::NOT_FOUND,
             Error::Kube(_) | Error::Dns(_) | Error::Trust(_) => exit::FAILURE,
             Error::Exit(code) => *code,
+            Error::Interrupted => exit::INTERRUPTED,
         }
     }
 
@@ -264,6 +268,15 @@ mod tests {
             last: last.into(),
             logs: String::new(),
         })
+    }
+
+    #[test]
+    fn an_interruption_is_an_error_of_its_own_code() {
+        let e = Error::Interrupted;
+        assert_eq!(e.exit_code(), exit::INTERRUPTED);
+        assert_eq!(e.json()["exitCode"], 130);
+        assert_eq!(e.json()["message"], "interrupted");
+        assert_eq!(e.hint(), None);
     }
 
     #[test]

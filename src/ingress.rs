@@ -163,6 +163,7 @@ fn secret_document(secret: &TlsSecret, cert_pem: &str, key_pem: &str, ca_pem: &s
         path: PathBuf::from(format!("(TLS for {})", secret.ingresses.join(", "))),
         index: 1,
         line: 0,
+        kustomized: false,
         object: json!({
             "apiVersion": "v1",
             "kind": "Secret",
@@ -179,6 +180,7 @@ pub fn ca_configmap(ca_pem: &str, namespace: &str) -> Document {
         path: PathBuf::from("(sandbox CA)"),
         index: 1,
         line: 0,
+        kustomized: false,
         object: json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",

@@ -13,15 +13,15 @@ fn main() {
         .expect("a tokio runtime starts");
     let result = runtime.block_on(async {
         tokio::select! {
-            result = cli::run(cli) => Some(result),
-            _ = tokio::signal::ctrl_c() => None,
+            result = cli::run(cli) => result,
+            _ = tokio::signal::ctrl_c() => Err(sandbox::error::Error::Interrupted),
         }
     });
     let code = match result {
-        Some(Ok(())) => exit::OK,
+        Ok(()) => exit::OK,
         // `sandbox exec`: the command's own exit code, its output already said why
-        Some(Err(sandbox::error::Error::Exit(code))) => code,
-        Some(Err(e)) => {
+        Err(sandbox::error::Error::Exit(code)) => code,
+        Err(e) => {
             let code = e.exit_code();
             eprintln!("error: {e}");
             for cause in e.chain() {
@@ -37,25 +37,6 @@ fn main() {
                 );
             }
             code
-        }
-        None => {
-            eprintln!("interrupted");
-            if output == Output::Json {
-                // stdout holds one document whatever happens: the interruption is the error
-                let interrupted = serde_json::json!({
-                    "apiVersion": sandbox::config::API_VERSION,
-                    "kind": "Error",
-                    "exitCode": exit::INTERRUPTED,
-                    "message": "interrupted",
-                    "causes": [],
-                    "hint": null,
-                });
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&interrupted).expect("JSON values serialise")
-                );
-            }
-            exit::INTERRUPTED
         }
     };
     // do not wait for background tasks (spinners, open connections)

@@ -129,6 +129,9 @@ pub struct Document {
     pub index: usize,
     /// 1-based line where the document starts.
     pub line: usize,
+    /// Whether kustomize rendered it from the directory `path`: `line` is then a line of
+    /// kustomize's output.
+    pub kustomized: bool,
     /// The object.
     pub object: Value,
 }
@@ -156,8 +159,8 @@ impl Document {
             // made from sandbox.yaml (secrets), not read from a manifest
             return format!("{} ({}/{})", self.path.display(), self.kind(), self.name());
         }
-        if self.path.is_dir() {
-            // rendered by kustomize: its lines are those of the output, the object names it
+        if self.kustomized {
+            // its lines are those of kustomize's output: the object names it
             return format!(
                 "{} (kustomize output, line {}, document {}, {}/{})",
                 self.path.display(),
@@ -565,6 +568,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Document>, ManifestError> {
                 path: path.to_path_buf(),
                 index,
                 line: start,
+                kustomized: false,
                 object,
             });
         }
@@ -596,11 +600,12 @@ pub fn load(
             }
             Source::Kustomization(dir) => crate::kustomize::render(dir)?,
         };
-        files.push((source.path().to_path_buf(), text));
+        let kustomized = matches!(source, Source::Kustomization(_));
+        files.push((source.path().to_path_buf(), kustomized, text));
     }
     let parse_all = |vars: &BTreeMap<String, String>, placeholder: bool| {
         let mut docs = Vec::new();
-        for (path, text) in &files {
+        for (path, kustomized, text) in &files {
             let text = substitute_with(text, |name, line| match vars.get(name) {
                 Some(v) => Ok(v.clone()),
                 None if placeholder && name.starts_with(URL_VARIABLE_PREFIX) => {
@@ -608,13 +613,17 @@ pub fn load(
                 }
                 None => Err(unknown(name, line, path, vars)),
             })?;
-            docs.extend(parse(&text, path)?);
+            let parsed = parse(&text, path)?;
+            docs.extend(parsed.into_iter().map(|d| Document {
+                kustomized: *kustomized,
+                ..d
+            }));
         }
         Ok::<_, ManifestError>(docs)
     };
     let uses_urls = files
         .iter()
-        .any(|(_, text)| text.contains(&format!("${{{URL_VARIABLE_PREFIX}")));
+        .any(|(_, _, text)| text.contains(&format!("${{{URL_VARIABLE_PREFIX}")));
     let docs = parse_all(vars, uses_urls)?;
     if !uses_urls {
         return Ok(docs);
@@ -860,6 +869,32 @@ mod tests {
         assert!(err.to_string().contains("generateName"), "{err}");
         let err = parse("- a\n- b\n", Path::new("x.yaml")).unwrap_err();
         assert!(err.to_string().contains("mapping"), "{err}");
+    }
+
+    #[test]
+    fn kustomize_output_is_named_by_its_directory_and_object() {
+        let doc = Document {
+            path: PathBuf::from("k8s/overlays/dev"),
+            index: 2,
+            line: 7,
+            kustomized: true,
+            object: serde_json::json!({"kind": "ConfigMap", "metadata": {"name": "dev-a"}}),
+        };
+        assert_eq!(
+            doc.describe(),
+            "k8s/overlays/dev (kustomize output, line 7, document 2, ConfigMap/dev-a)"
+        );
+        // a file's documents keep the file:line form
+        let file = parse(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n",
+            Path::new("k8s/cm.yaml"),
+        )
+        .unwrap();
+        assert!(!file[0].kustomized);
+        assert_eq!(
+            file[0].describe(),
+            "k8s/cm.yaml:1 (document 1, ConfigMap/a)"
+        );
     }
 
     #[test]

@@ -233,6 +233,13 @@ impl Server {
     pub fn fills_list_keys(&self) -> bool {
         (self.major, self.minor) < (1, 21)
     }
+
+    /// Whether this server's token controller gives each ServiceAccount a token Secret
+    /// that the ServiceAccount admission plugin requires of a Pod mounting one (before
+    /// Kubernetes 1.24, LegacyServiceAccountTokenNoAutoGeneration).
+    pub fn makes_token_secrets(&self) -> bool {
+        (self.major, self.minor) < (1, 24)
+    }
 }
 
 /// Writes the default of every list-map key in [`DEFAULTED_LIST_KEYS`] that an entry
@@ -395,6 +402,8 @@ mod tests {
         assert!(!Server::parse("1", "21").unwrap().fills_list_keys());
         assert!(!Server::parse("1", "31").unwrap().fills_list_keys());
         assert!(!Server::parse("2", "0").unwrap().fills_list_keys());
+        assert!(Server::parse("1", "23").unwrap().makes_token_secrets());
+        assert!(!Server::parse("1", "24").unwrap().makes_token_secrets());
         assert_eq!(Server::parse("1", ""), None);
     }
 

@@ -81,6 +81,7 @@ pub fn documents(
             path: PathBuf::from(config),
             index: i + 1,
             line: 0,
+            kustomized: false,
             object: json!({
                 "apiVersion": "v1",
                 "kind": "Secret",

@@ -547,7 +547,7 @@ pub fn judge_endpoints(endpoints: Option<&Value>) -> Readiness {
 }
 
 /// The ready addresses of an Endpoints object that do not belong to a live, ready pod with
-/// that address (`pods`: the namespace's pods). After the node was made again on the same
+/// that address (`pods`: the pods the Service selects). After the node was made again on the same
 /// cluster state, its Endpoints still list the pods of before until the endpoints
 /// controller catches up, and another pod may hold such an address by then: a client would
 /// reach the wrong server.
@@ -598,11 +598,10 @@ async fn check(client: &kube::Client, a: &Applied) -> Readiness {
             Err(e) => return cannot(e),
         };
         let state = judge_endpoints(endpoints.as_ref());
-        if let (Readiness::Ready, Some(endpoints), Some(ns)) = (&state, &endpoints, &a.namespace) {
-            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-            let pods = match pods.list(&ListParams::default()).await {
-                Ok(list) => list.items,
-                Err(e) => return cannot(e),
+        if let (Readiness::Ready, Some(endpoints)) = (&state, &endpoints) {
+            // the pods the Service selects: an address of any other pod is not its own
+            let Some((_, pods)) = workload_pods(client, a).await else {
+                return Readiness::Pending("cannot list the pods behind it".into());
             };
             let pods: Vec<Value> = pods
                 .iter()
