@@ -54,6 +54,22 @@ pub struct DaemonRecord {
     pub address: SocketAddr,
 }
 
+/// Who the DNS server of this process's state directory serves: a digest of that directory,
+/// which the nodes it creates carry (the last `down` among them stops the server).
+pub fn owner() -> String {
+    let dir = crate::paths::state_dir();
+    crate::warm::digest(dir.as_os_str().as_encoded_bytes())[..16].to_string()
+}
+
+/// Whether the DNS server of this state directory is still needed by one of `nodes`: one it
+/// made, or one made before nodes named their owner.
+pub fn needed_by(nodes: &[crate::docker::NodeInfo]) -> bool {
+    let me = owner();
+    nodes
+        .iter()
+        .any(|n| n.dns_owner.as_ref().is_none_or(|o| *o == me))
+}
+
 /// The record file: `$XDG_STATE_HOME/sandbox/dns.json`.
 pub fn record_path() -> PathBuf {
     crate::paths::state_dir().join("dns.json")

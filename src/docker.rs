@@ -24,7 +24,9 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
-use crate::plan::{NodeSpec, Security, LABEL_PROFILE, LABEL_ROLE, LABEL_SANDBOX, LABEL_SECURITY};
+use crate::plan::{
+    NodeSpec, Security, LABEL_DNS_OWNER, LABEL_PROFILE, LABEL_ROLE, LABEL_SANDBOX, LABEL_SECURITY,
+};
 
 /// Errors talking to the Docker engine, one variant per operation.
 #[derive(Debug, thiserror::Error)]
@@ -282,6 +284,8 @@ pub struct NodeInfo {
     pub state: String,
     /// Published ports: container port → host port on 127.0.0.1.
     pub ports: HashMap<u16, u16>,
+    /// Whose DNS server it keeps running (label; `None` on nodes made before the label).
+    pub dns_owner: Option<String>,
 }
 
 impl NodeInfo {
@@ -445,6 +449,7 @@ fn node_info(c: &ContainerSummary) -> Option<NodeInfo> {
         image: c.image.clone().unwrap_or_default(),
         state: c.state.as_ref().map(|s| s.to_string()).unwrap_or_default(),
         ports,
+        dns_owner: labels.get(LABEL_DNS_OWNER).cloned(),
     })
 }
 
@@ -652,12 +657,22 @@ impl Engine {
         Ok(true)
     }
 
-    /// Creates the named volume unless it exists (creation is idempotent in Docker).
+    /// Creates the named volume unless it exists; returns whether it was created.
     pub async fn ensure_volume(
         &self,
         name: &str,
         labels: &std::collections::BTreeMap<String, String>,
-    ) -> Result<(), DockerError> {
+    ) -> Result<bool, DockerError> {
+        match self.docker.inspect_volume(name).await {
+            Ok(_) => return Ok(false),
+            Err(e) if is_not_found(&e) => {}
+            Err(source) => {
+                return Err(DockerError::CreateVolume {
+                    name: name.to_string(),
+                    source,
+                })
+            }
+        }
         let request = VolumeCreateRequest {
             name: Some(name.to_string()),
             labels: Some(labels.clone().into_iter().collect()),
@@ -670,7 +685,7 @@ impl Engine {
                 name: name.to_string(),
                 source,
             })?;
-        Ok(())
+        Ok(true)
     }
 
     /// Creates and starts a node container. A start refused for lack of privileges is
@@ -741,13 +756,30 @@ impl Engine {
         name: &str,
         network: &str,
     ) -> Result<Option<String>, DockerError> {
+        Ok(self.container_ip_and_start(name, network).await?.0)
+    }
+
+    /// The container's IPv4 address on `network`, if it has one, and when it last started,
+    /// if it has.
+    pub async fn container_ip_and_start(
+        &self,
+        name: &str,
+        network: &str,
+    ) -> Result<(Option<String>, Option<k8s_openapi::jiff::Timestamp>), DockerError> {
         let inspect = self.inspect(name).await?;
-        Ok(inspect
+        let started = inspect
+            .state
+            .and_then(|s| s.started_at)
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            // a container never started shows the zero time
+            .filter(|t| t.as_second() > 0);
+        let ip = inspect
             .network_settings
             .and_then(|n| n.networks)
             .and_then(|mut n| n.remove(network))
             .and_then(|e| e.ip_address)
-            .filter(|ip| !ip.is_empty()))
+            .filter(|ip| !ip.is_empty());
+        Ok((ip, started))
     }
 
     /// Removes a container and its anonymous volumes; absent is fine.
@@ -1262,6 +1294,7 @@ mod tests {
             image: "sandbox-offline/node:v1.20.2".to_string(),
             state: state.to_string(),
             ports: HashMap::new(),
+            dns_owner: None,
         };
         assert!(node("created").never_started());
         for state in ["running", "exited", "paused", "restarting", "dead"] {

@@ -120,6 +120,11 @@ pub struct Node {
     pub client: kube::Client,
     /// Whether this run created the container.
     pub created: bool,
+    /// Whether this run created the sandbox (its data volume): a first boot that fails
+    /// leaves nothing behind.
+    pub fresh: bool,
+    /// When the container last started (its pods' statuses of before are stale).
+    pub started: Option<k8s_openapi::jiff::Timestamp>,
 }
 
 /// Picks the profile for a new node: the requested one, else k3s when its image is in the
@@ -212,6 +217,8 @@ pub struct Booting {
     pub profile: Profile,
     /// Whether this run created it.
     pub created: bool,
+    /// Whether this run created the sandbox (its data volume).
+    pub fresh: bool,
 }
 
 /// Finds sandbox `sandbox`'s node, starting it when stopped or creating it when absent,
@@ -233,7 +240,7 @@ pub async fn boot(
         ));
         engine.remove_container(&info.name).await?;
     }
-    let (profile, created) = match existing {
+    let (profile, created, fresh) = match existing {
         Some(info) => {
             if let Some(requested) = requested_profile {
                 if requested != info.profile {
@@ -246,18 +253,19 @@ pub async fn boot(
             }
             let profile = Profile::named(&info.profile)?;
             let created = !info.running() && start(engine, &info, &profile, reporter).await?;
-            (profile, created)
+            (profile, created, false)
         }
         None => {
             let profile = choose_profile(engine, requested_profile, reporter).await?;
-            create(engine, sandbox, &profile, None, reporter).await?;
-            (profile, true)
+            let fresh = create(engine, sandbox, &profile, None, reporter).await?;
+            (profile, true, fresh)
         }
     };
     Ok(Booting {
         names,
         profile,
         created,
+        fresh,
     })
 }
 
@@ -299,6 +307,7 @@ impl Booting {
             names,
             profile,
             created,
+            fresh,
         } = self;
         let step = reporter.step(format!(
             "waiting for node {} ({})",
@@ -309,10 +318,15 @@ impl Booting {
             names: &names,
             deadline,
             created,
+            fresh,
         };
         let node = wait_serving(&watch, &profile, &step).await?;
         step.done(format!("API server of node {} ready", names.node));
-        Ok(Node { created, ..node })
+        Ok(Node {
+            created,
+            fresh,
+            ..node
+        })
     }
 }
 
@@ -331,6 +345,7 @@ impl Node {
             names: &names,
             deadline,
             created: self.created,
+            fresh: self.fresh,
         };
         let step = reporter.step(format!("waiting for node {} to be Ready", names.node));
         // the node's own changes (its Ready condition, the taint lifted after it) wake the
@@ -371,12 +386,14 @@ pub struct BootDeadline {
 }
 
 /// A booting node watched until a deadline: it must keep running, and a node this run
-/// created that fails to boot is removed (it is not worth keeping).
+/// created that fails to boot is removed (it is not worth keeping), with the whole sandbox
+/// when this run created it (a first boot that fails leaves nothing behind).
 struct BootWatch<'a> {
     engine: &'a Engine,
     names: &'a Names,
     deadline: BootDeadline,
     created: bool,
+    fresh: bool,
 }
 
 impl BootWatch<'_> {
@@ -446,7 +463,9 @@ impl BootWatch<'_> {
     }
 
     async fn failed(&self, error: NodeError) -> NodeError {
-        if self.created {
+        if self.fresh {
+            let _ = remove(self.engine, &self.names.sandbox, true).await;
+        } else if self.created {
             let _ = self.engine.remove_container(&self.names.node).await;
         }
         error
@@ -542,7 +561,9 @@ async fn assemble(
 ) -> Result<Node, NodeError> {
     let names = Names::of(&info.sandbox);
     let ports = ports_of(&info, &profile);
-    let ip = engine.container_ip(&names.node, &names.network).await?;
+    let (ip, started) = engine
+        .container_ip_and_start(&names.node, &names.network)
+        .await?;
     Ok(Node {
         info,
         profile,
@@ -551,6 +572,8 @@ async fn assemble(
         kubeconfig,
         client,
         created: false,
+        fresh: false,
+        started,
     })
 }
 
@@ -563,7 +586,7 @@ async fn create(
     profile: &Profile,
     previous: Option<HostPorts>,
     reporter: &Reporter,
-) -> Result<(), NodeError> {
+) -> Result<bool, NodeError> {
     let names = Names::of(sandbox);
     let step = reporter.step(format!(
         "creating node {} from {}",
@@ -572,7 +595,7 @@ async fn create(
     engine
         .ensure_network(&names.network, &plan::labels(sandbox, "network"))
         .await?;
-    engine
+    let fresh = engine
         .ensure_volume(&names.data_volume, &plan::labels(sandbox, "data"))
         .await?;
     let engine_id = engine.id().await;
@@ -617,7 +640,7 @@ async fn create(
         ));
     }
     step.done(format!("created node {}", names.node));
-    Ok(())
+    Ok(fresh)
 }
 
 /// Why a profile that requires `--privileged` does (the only one that does is k3s).

@@ -17,6 +17,9 @@ pub const LABEL_PROFILE: &str = "dev.sandbox/profile";
 pub const LABEL_SECURITY: &str = "dev.sandbox/security";
 /// Label holding the sandbox version that created the object.
 pub const LABEL_VERSION: &str = "dev.sandbox/version";
+/// Label of a node naming whose DNS server it keeps running: a digest of the state
+/// directory of the `up` that created it (see [`crate::dns_daemon::owner`]).
+pub const LABEL_DNS_OWNER: &str = "dev.sandbox/dns-owner";
 
 /// Capabilities the engine may refuse to grant (absent from the host's bounding set).
 /// `--privileged` asks for all of them, so a host lacking one refuses it outright.
@@ -177,6 +180,7 @@ pub fn node_spec(
     let mut labels = labels(sandbox, "node");
     labels.insert(LABEL_PROFILE.to_string(), profile.name.clone());
     labels.insert(LABEL_SECURITY.to_string(), security.label().to_string());
+    labels.insert(LABEL_DNS_OWNER.to_string(), crate::dns_daemon::owner());
     let mut env: Vec<String> = profile
         .node
         .env

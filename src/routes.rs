@@ -7,7 +7,10 @@
 //! Telling the controller's answer from an app's: sandbox's Traefik adds the response
 //! header [`ROUTED_HEADER`] to every response of a router (an entry-point middleware,
 //! profiles/addons/ingress.yaml), and never to its own "no route" 404. So any answer that
-//! carries it is the app's, whatever its status.
+//! carries it is the app's, whatever its status, but one: the controller's own 502, 503 or
+//! 504 when it cannot reach the backend (a pod Ready before its server listens), which
+//! goes through the router and so carries the header too. Traefik writes those with the
+//! status text alone as the body (`Bad Gateway`), which is what tells them apart.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -158,20 +161,50 @@ async fn check_once(check: &Check, tls: &Arc<rustls::ClientConfig>) -> Result<()
                 .write_all(request.as_bytes())
                 .await
                 .map_err(|e| format!("sending the request: {e}"))?;
-            let head = read_head(&mut stream).await?;
-            match parse_head(&head) {
-                Some((_, true)) => Ok(()),
-                Some((status, false)) => Err(format!(
-                    "the ingress controller answers {status} {} (no route to {host} yet)",
-                    head.lines()
-                        .next()
-                        .and_then(|l| l.splitn(3, ' ').nth(2))
-                        .unwrap_or_default()
-                )),
-                None => Err(format!("not an HTTP answer: {:.60}", head)),
+            let mut answer = read_head(&mut stream).await?;
+            if matches!(parse_head(&answer), Some((502..=504, true))) {
+                // the body tells the controller's own from the app's: read it (it is short,
+                // and the request asked the server to close)
+                let mut rest = Vec::new();
+                let _ = (&mut stream).take(1024).read_to_end(&mut rest).await;
+                answer.push_str(&String::from_utf8_lossy(&rest));
             }
+            judge_answer(&answer, host)
         }
     }
+}
+
+/// What an answer through the ingress controller says (pure): `Ok` when it is the app's,
+/// else why not (the controller's own "no route" 404, or its own 502/503/504 when it
+/// cannot reach the backend).
+pub fn judge_answer(answer: &str, host: &str) -> Result<(), String> {
+    let Some((status, routed)) = parse_head(answer) else {
+        return Err(format!("not an HTTP answer: {answer:.60}"));
+    };
+    let reason = answer
+        .lines()
+        .next()
+        .and_then(|l| l.splitn(3, ' ').nth(2))
+        .unwrap_or_default()
+        .trim();
+    if !routed {
+        return Err(format!(
+            "the ingress controller answers {status} {reason} (no route to {host} yet)"
+        ));
+    }
+    let own_text = match status {
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => return Ok(()),
+    };
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.trim());
+    if body == Some(own_text) {
+        return Err(format!(
+            "the ingress controller answers {status} {reason}: it cannot reach {host}'s backend (its server does not listen yet?)"
+        ));
+    }
+    Ok(())
 }
 
 /// Reads a response up to the end of its head (at most 16 KiB).
@@ -379,6 +412,55 @@ mod tests {
             Some((404, false))
         );
         assert_eq!(parse_head("garbage"), None);
+    }
+
+    #[test]
+    fn the_controllers_own_gateway_errors_are_not_the_apps() {
+        let host = "web.127.0.0.1.nip.io";
+        // as Traefik answered for a Ready pod that does not listen
+        let own = "HTTP/1.1 502 Bad Gateway\r\nX-Sandbox-Routed: 1\r\nContent-Length: 11\r\nDate: Tue, 01 Dec 2026 22:00:31 GMT\r\n\r\nBad Gateway";
+        let why = judge_answer(own, host).unwrap_err();
+        assert!(
+            why.contains("502 Bad Gateway") && why.contains(host),
+            "{why}"
+        );
+        assert!(judge_answer(
+            "HTTP/1.1 503 Service Unavailable\r\nx-sandbox-routed: 1\r\n\r\nService Unavailable\n",
+            host
+        )
+        .is_err());
+        // the app's own 503, its own 404, and a redirect are the app's answers
+        assert_eq!(
+            judge_answer(
+                "HTTP/1.1 503 Service Unavailable\r\nX-Sandbox-Routed: 1\r\nContent-Type: application/json\r\n\r\n{\"status\":\"migrating\"}",
+                host
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            judge_answer(
+                "HTTP/1.1 404 Not Found\r\nX-Sandbox-Routed: 1\r\n\r\n404 page not found",
+                host
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            judge_answer(
+                "HTTP/1.1 308 Permanent Redirect\r\nX-Sandbox-Routed: 1\r\nLocation: /x\r\n\r\n",
+                host
+            ),
+            Ok(())
+        );
+        // the controller's 404 for a host it has no route for yet
+        let why = judge_answer(
+            "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n404 page not found\n",
+            host,
+        )
+        .unwrap_err();
+        assert!(
+            why.contains("no route to web.127.0.0.1.nip.io yet"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -240,9 +240,14 @@ pub fn pod_problems(pod: &Pod) -> Vec<String> {
 pub const STEADY: Duration = Duration::from_secs(10);
 
 /// Why a pod's containers do not look steady at `now`: one that has exited with an error
-/// or is waiting to restart, or one that restarted less than [`STEADY`] ago. `None` for a
-/// pod being deleted (a rollout's old pods).
-pub fn unsteady(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Option<String> {
+/// or is waiting to restart, or one that restarted less than [`STEADY`] ago, unless what
+/// ended its last run was the node stopping (before `since`, when the node container last
+/// started). `None` for a pod being deleted (a rollout's old pods).
+pub fn unsteady(
+    pod: &Pod,
+    now: k8s_openapi::jiff::Timestamp,
+    since: Option<k8s_openapi::jiff::Timestamp>,
+) -> Option<String> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
@@ -266,7 +271,13 @@ pub fn unsteady(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Option<String> 
             .and_then(|s| s.running.as_ref())
             .and_then(|r| r.started_at.as_ref())
             .is_some_and(|t| now.duration_since(t.0).as_secs() < STEADY.as_secs() as i64);
-        if cs.restart_count > 0 && fresh {
+        let ended_with_node = since.is_some_and(|since| {
+            cs.last_state
+                .as_ref()
+                .and_then(|l| l.terminated.as_ref())
+                .is_none_or(|t| t.finished_at.as_ref().is_none_or(|f| f.0 < since))
+        });
+        if cs.restart_count > 0 && fresh && !ended_with_node {
             return Some(format!(
                 "pod {name}: container {} restarted {} times; checking that it stays up",
                 cs.name, cs.restart_count
@@ -276,17 +287,50 @@ pub fn unsteady(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Option<String> 
     None
 }
 
+/// Why a pod's status is not the present node's: a container shown running since before
+/// `since`, when the node container last started. After a node restart, or a node made again
+/// on the same cluster state, the API shows the pods of before as running and Ready at their
+/// old addresses until the new kubelet reports; a client sent there would reach no pod.
+/// `None` for a pod being deleted.
+pub fn from_before(pod: &Value, since: k8s_openapi::jiff::Timestamp) -> Option<String> {
+    if !pod["metadata"]["deletionTimestamp"].is_null() {
+        return None;
+    }
+    // the API's times have whole seconds: a container started in the node's first second
+    // shows that second
+    let since = since.as_second();
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| {
+            c["state"]["running"]["startedAt"]
+                .as_str()
+                .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                .is_some_and(|t| t.as_second() < since)
+        })
+        .map(|c| {
+            format!(
+                "pod {}: container {} shown running since before the node started (its kubelet has not reported yet)",
+                pod["metadata"]["name"].as_str().unwrap_or_default(),
+                c["name"].as_str().unwrap_or_default()
+            )
+        })
+}
+
 /// How often the wait checks everything it waits on, changes seen or not: what only time
 /// settles (a restarted container staying up) and what a watch may have missed.
 const BEAT: Duration = Duration::from_millis(500);
 
 /// Waits until every applied workload is ready, failing fast on failed ones, under
 /// `deadline`. An object is checked again as soon as a watch says it changed, and
-/// everything on every [`BEAT`].
+/// everything on every [`BEAT`]. `since`: when the node container started (a pod shown
+/// running since before then is not counted, see [`from_before`]).
 pub async fn wait_all(
     client: &kube::Client,
     applied: &[Applied],
     deadline: Duration,
+    since: Option<k8s_openapi::jiff::Timestamp>,
     step: &Step,
 ) -> Result<(), WaitError> {
     let start = Instant::now();
@@ -314,7 +358,7 @@ pub async fn wait_all(
                     .is_some_and(|c| c.contains(&key(pending[i].0)))
             })
             .collect();
-        let states = join_all(due.iter().map(|&i| check(client, pending[i].0))).await;
+        let states = join_all(due.iter().map(|&i| check(client, pending[i].0, since))).await;
         for (&i, state) in due.iter().zip(states) {
             let slot = &mut pending[i];
             match &state {
@@ -582,7 +626,12 @@ pub fn stale_addresses(endpoints: &Value, pods: &[Value]) -> Vec<String> {
         .collect()
 }
 
-async fn check(client: &kube::Client, a: &Applied) -> Readiness {
+async fn check(
+    client: &kube::Client,
+    a: &Applied,
+    since: Option<k8s_openapi::jiff::Timestamp>,
+) -> Readiness {
+    let before = |pod: &Value| since.and_then(|since| from_before(pod, since));
     let cannot = |e: kube::Error| {
         Readiness::Pending(format!("cannot read it: {}", crate::apply::api_message(&e)))
     };
@@ -603,9 +652,11 @@ async fn check(client: &kube::Client, a: &Applied) -> Readiness {
             let Some((_, pods)) = workload_pods(client, a).await else {
                 return Readiness::Pending("cannot list the pods behind it".into());
             };
+            // a pod of before the node started is not at its address yet
             let pods: Vec<Value> = pods
                 .iter()
                 .filter_map(|p| serde_json::to_value(p).ok())
+                .filter(|p| before(p).is_none())
                 .collect();
             let stale = stale_addresses(endpoints, &pods);
             if !stale.is_empty() {
@@ -622,13 +673,18 @@ async fn check(client: &kube::Client, a: &Applied) -> Readiness {
         Err(e) => return cannot(e),
     };
     let state = judge(&object).unwrap_or(Readiness::Ready);
+    if state == Readiness::Ready && a.resource.kind == "Pod" {
+        if let Some(why) = before(&object) {
+            return Readiness::Pending(why);
+        }
+    }
     if state == Readiness::Ready
         && matches!(
             a.resource.kind.as_str(),
             "Deployment" | "StatefulSet" | "DaemonSet"
         )
     {
-        if let Some(why) = pods_unsteady(client, a).await {
+        if let Some(why) = pods_unsteady(client, a, since).await {
             return Readiness::Pending(why);
         }
     }
@@ -655,11 +711,21 @@ async fn workload_pods(client: &kube::Client, a: &Applied) -> Option<(Api<Pod>, 
     Some((pods, list.items))
 }
 
-/// The first reason a workload's pods are not steady (see [`unsteady`]).
-async fn pods_unsteady(client: &kube::Client, a: &Applied) -> Option<String> {
+/// The first reason a workload's pods are not steady (see [`unsteady`]) or not yet the
+/// present node's (see [`from_before`]).
+async fn pods_unsteady(
+    client: &kube::Client,
+    a: &Applied,
+    since: Option<k8s_openapi::jiff::Timestamp>,
+) -> Option<String> {
     let (_, pods) = workload_pods(client, a).await?;
     let now = k8s_openapi::jiff::Timestamp::now();
-    pods.iter().find_map(|p| unsteady(p, now))
+    pods.iter().find_map(|p| {
+        unsteady(p, now, since).or_else(|| {
+            let since = since?;
+            from_before(&serde_json::to_value(p).ok()?, since)
+        })
+    })
 }
 
 /// Whether a claim's StorageClass binds only when a pod uses it.
@@ -988,14 +1054,14 @@ mod tests {
             json!({"containerStatuses": [{"name": "app", "ready": false, "restartCount": 0,
             "image": "i", "imageID": "", "state": {"terminated": {"exitCode": 1}}}]}),
         );
-        assert!(unsteady(&exited, now)
+        assert!(unsteady(&exited, now, None)
             .unwrap()
             .contains("container app is crashing"));
         let backoff = pod(
             json!({"containerStatuses": [{"name": "app", "ready": false, "restartCount": 2,
             "image": "i", "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}),
         );
-        assert!(unsteady(&backoff, now).is_some());
+        assert!(unsteady(&backoff, now, None).is_some());
         let running = |started: &str, restarts: i32| {
             pod(
                 json!({"containerStatuses": [{"name": "app", "ready": true, "restartCount": restarts,
@@ -1003,11 +1069,66 @@ mod tests {
             )
         };
         // restarted 3 s ago: not yet; 30 s ago: steady; never restarted: steady at once
-        assert!(unsteady(&running("2026-11-25T11:59:57Z", 1), now)
+        assert!(unsteady(&running("2026-11-25T11:59:57Z", 1), now, None)
             .unwrap()
             .contains("restarted 1 times"));
-        assert_eq!(unsteady(&running("2026-11-25T11:59:30Z", 1), now), None);
-        assert_eq!(unsteady(&running("2026-11-25T11:59:59Z", 0), now), None);
+        assert_eq!(
+            unsteady(&running("2026-11-25T11:59:30Z", 1), now, None),
+            None
+        );
+        assert_eq!(
+            unsteady(&running("2026-11-25T11:59:59Z", 0), now, None),
+            None
+        );
+        // restarted 3 s ago because the node restarted (its last run ended before the node
+        // started again): steady; a crash since the node started: not yet
+        let ended = |finished: &str| {
+            pod(
+                json!({"containerStatuses": [{"name": "app", "ready": true, "restartCount": 1,
+                "image": "i", "imageID": "", "state": {"running": {"startedAt": "2026-11-25T11:59:57Z"}},
+                "lastState": {"terminated": {"exitCode": 255, "reason": "Unknown", "finishedAt": finished}}}]}),
+            )
+        };
+        let node_started: k8s_openapi::jiff::Timestamp = "2026-11-25T11:59:50.5Z".parse().unwrap();
+        assert_eq!(
+            unsteady(&ended("2026-11-25T11:59:40Z"), now, Some(node_started)),
+            None
+        );
+        assert!(unsteady(&ended("2026-11-25T11:59:55Z"), now, Some(node_started)).is_some());
+        assert!(unsteady(&ended("2026-11-25T11:59:40Z"), now, None).is_some());
+    }
+
+    #[test]
+    fn pods_shown_running_since_before_the_node_started_are_not_its_own() {
+        let node_started: k8s_openapi::jiff::Timestamp =
+            "2026-11-25T12:00:00.700Z".parse().unwrap();
+        let pod = |started: &str, deleting: bool| {
+            json!({"metadata": {"name": "web-1",
+                "deletionTimestamp": if deleting { json!("2026-11-25T12:00:01Z") } else { json!(null) }},
+                "status": {"containerStatuses": [
+                    {"name": "init-done", "state": {"terminated": {"exitCode": 0, "startedAt": "2026-11-25T11:00:00Z"}}},
+                    {"name": "web", "state": {"running": {"startedAt": started}}}]}})
+        };
+        let why = from_before(&pod("2026-11-25T11:58:00Z", false), node_started).unwrap();
+        assert!(why.contains("pod web-1: container web"), "{why}");
+        // the API's whole second of the node's start counts as after it
+        assert_eq!(
+            from_before(&pod("2026-11-25T12:00:00Z", false), node_started),
+            None
+        );
+        assert_eq!(
+            from_before(&pod("2026-11-25T12:00:09Z", false), node_started),
+            None
+        );
+        assert_eq!(
+            from_before(&pod("2026-11-25T11:58:00Z", true), node_started),
+            None
+        );
+        // no status yet: nothing shown running
+        assert_eq!(
+            from_before(&json!({"metadata": {"name": "p"}}), node_started),
+            None
+        );
     }
 
     #[tokio::test]

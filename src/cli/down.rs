@@ -28,9 +28,11 @@ pub async fn run(ctx: &Context, args: DownArgs) -> Result<(), Error> {
     let step = ctx.reporter.step(format!("removing sandbox {sandbox}"));
     let removed = node::remove(&engine, &sandbox, args.purge).await?;
     step.done(format!("removed sandbox {sandbox}"));
-    // the DNS server is shared: the last sandbox's down stops it
+    // the DNS server is shared by a user's sandboxes: the last one's down stops it
     let dns_stopped = match engine.list_nodes(None).await {
-        Ok(nodes) if nodes.is_empty() => crate::dns_daemon::stop().await.is_some(),
+        Ok(nodes) if !crate::dns_daemon::needed_by(&nodes) => {
+            crate::dns_daemon::stop().await.is_some()
+        }
         _ => false,
     };
     if dns_stopped {

@@ -36,6 +36,7 @@ fn node_info(name: &str, state: &str, ports: &[(u16, u16)]) -> NodeInfo {
         image: "sandbox-offline/node:v1.20.2".to_string(),
         state: state.to_string(),
         ports: ports.iter().copied().collect::<HashMap<_, _>>(),
+        dns_owner: None,
     }
 }
 
@@ -123,6 +124,8 @@ async fn up_outcome(config: SandboxConfig) -> super::up::Outcome {
         kubeconfig: serde_yaml::Value::Null,
         client,
         created: !default,
+        fresh: !default,
+        started: None,
     };
     super::up::Outcome {
         config,

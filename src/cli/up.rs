@@ -194,6 +194,9 @@ async fn converge(
         let mut requests = images::load_requests(&built);
         requests
             .extend(addon_load_requests(engine, &booting.profile, config.addons.maildev).await?);
+        // a load that fails does not end the node side: when the node is what failed (a
+        // boot past its deadline, whose sandbox is being removed), its error is the one
+        // reported, once its clean-up is over
         let loaded = images::load(
             engine,
             &booting.names.node,
@@ -201,10 +204,11 @@ async fn converge(
             &requests,
             &ctx.reporter,
         )
-        .await?;
+        .await;
         Ok((built, loaded))
     };
     let ((node, deadline), (built, loaded)) = tokio::try_join!(node_side, image_side)?;
+    let loaded = loaded?;
     let kubeconfig = install_context(&node)?;
     let ca = load_ca(ctx)?;
     // objects go in as soon as the API server takes them, while the kubelet of a new node
@@ -779,7 +783,14 @@ pub(crate) async fn wait_ready(
         return Ok(());
     }
     let step = ctx.reporter.step("waiting for workloads");
-    wait::wait_all(&node.client, applied, config.timeouts.ready, &step).await?;
+    wait::wait_all(
+        &node.client,
+        applied,
+        config.timeouts.ready,
+        node.started,
+        &step,
+    )
+    .await?;
     step.done("workloads ready");
     Ok(())
 }

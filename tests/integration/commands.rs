@@ -1,7 +1,8 @@
 //! The commands and exit codes README promises, each run as a user runs it: on a sandbox
 //! that does not exist (exit 8 and an `Error` document), on a running one (`urls`, `logs`,
-//! `status --all`, `kubeconfig --write`, `exec` passing 127 through and `exec --down`), and
-//! the ones that need no sandbox (`completions`, `man`, a bad command line).
+//! `status --all`, `kubeconfig --write` and its exit 1, `trust` and `trust uninstall` seen
+//! by curl, `exec` passing 127 through and `exec --down`), and the ones that need no
+//! sandbox (`completions`, `man`, a bad command line).
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -155,6 +156,27 @@ fn commands_on_a_running_sandbox() {
         format!("node/sandbox-{}-node", sb.name)
     );
 
+    // exit 1, an I/O failure: a kubeconfig to write under a path that is a file
+    let blocked = sb.dir.path().join("a-file");
+    std::fs::write(&blocked, "").unwrap();
+    let under = blocked.join("config");
+    let out = sb.run(&[
+        "kubeconfig",
+        "--write",
+        under.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let error = json_document(&out.stdout);
+    assert_eq!(error["exitCode"], 1, "{error}");
+    assert!(
+        error.to_string().contains(blocked.to_str().unwrap()),
+        "the error names the path: {error}"
+    );
+
+    trust_is_what_curl_sees(&sb, &up);
+
     // apply builds nothing: an image never built here is a usage error (exit 2), nothing applied
     let (_, project) = sb.fixture("hello");
     let never = project.join("never-built.yaml");
@@ -204,4 +226,103 @@ fn commands_on_a_running_sandbox() {
         [format!("sandbox-{}-data", sb.name)],
         "the data volume is kept"
     );
+}
+
+/// `curl URL` (the system's CA bundle) on the sandbox's first HTTPS URL: its exit code
+/// (60: the certificate does not verify).
+fn curl(sb: &TestSandbox, up: &serde_json::Value) -> Option<i32> {
+    let url = up["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["url"].as_str())
+        .find(|u| u.starts_with("https://"))
+        .unwrap_or_else(|| panic!("no HTTPS URL in {up}"));
+    let authority = url
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap();
+    let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "443"));
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "--max-time", "10", "--resolve"])
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg(url)
+        .env_remove("CURL_CA_BUNDLE")
+        .env_remove("SSL_CERT_FILE")
+        .current_dir(sb.cwd())
+        .output()
+        .unwrap();
+    out.status.code()
+}
+
+/// `sandbox trust` puts the sandbox CA in the system store, so plain `curl` verifies the
+/// sandbox's certificate; `trust uninstall` takes it out again. The system store needs
+/// root (or sudo, which may ask for a password): not root, `trust` with no sudo on its PATH
+/// exits 1 and names the commands to run as root.
+fn trust_is_what_curl_sees(sb: &TestSandbox, up: &serde_json::Value) {
+    // its own home: the NSS databases it creates are the test's
+    let home = sb.dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let trust = |args: &[&str], path: Option<&str>| {
+        let mut command = sb.command(args);
+        command.env("HOME", &home);
+        if let Some(path) = path {
+            command.env("PATH", path);
+        }
+        command.output().unwrap()
+    };
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if !root {
+        let out = trust(&["trust", "-o", "json"], Some("/nonexistent"));
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let error = json_document(&out.stdout);
+        assert!(error["hint"].to_string().contains("run as root"), "{error}");
+        eprintln!("commands: not root, so `trust` did not touch the system store");
+        return;
+    }
+    // should this test stop halfway, the store is cleaned up all the same
+    struct Uninstall<'a>(&'a dyn Fn());
+    impl Drop for Uninstall<'_> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let uninstall = || {
+        let _ = trust(&["trust", "uninstall"], None);
+    };
+    let _guard = Uninstall(&uninstall);
+
+    assert_eq!(
+        curl(sb, up),
+        Some(60),
+        "curl verified the sandbox CA before trust"
+    );
+    let out = trust(&["trust", "-o", "json"], None);
+    assert_success(&out, "sandbox trust");
+    let result = json_document(&out.stdout);
+    assert_eq!(result["kind"], "TrustResult", "{result}");
+    let system = result["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["store"].as_str().is_some_and(|s| s.starts_with("system")))
+        .unwrap_or_else(|| panic!("no system store in {result}"));
+    assert_eq!(system["result"], "installed", "{result}");
+    assert_eq!(curl(sb, up), Some(0), "curl after sandbox trust");
+    let again = json_document(&trust(&["trust", "-o", "json"], None).stdout);
+    assert!(again.to_string().contains("already-present"), "{again}");
+
+    let out = trust(&["trust", "uninstall", "-o", "json"], None);
+    assert_success(&out, "sandbox trust uninstall");
+    assert!(
+        json_document(&out.stdout)
+            .to_string()
+            .contains("\"removed\""),
+        "{out:?}"
+    );
+    assert_eq!(curl(sb, up), Some(60), "curl after sandbox trust uninstall");
 }

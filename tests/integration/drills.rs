@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{assert_success, eventually, http_get, json_document, kubectl, TestSandbox};
+use crate::support::{
+    assert_success, dns_servers, eventually, http_get, json_document, kubectl, TestSandbox,
+};
 use crate::web::{url_of, Browser};
 
 /// How long a phase of `up` may take to show up in its progress on a loaded machine.
@@ -140,26 +142,6 @@ fn assert_one_of_each(leftovers: impl Fn(&str) -> Vec<String>, name: &str, when:
     ] {
         assert_eq!(leftovers(kind), vec![expected], "{kind}s {when}");
     }
-}
-
-/// Pids of the background DNS servers recorded under `state` (one per user: never two).
-fn dns_servers(state: &Path) -> Vec<u32> {
-    let wanted = format!("XDG_STATE_HOME={}", state.display());
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let read =
-                |file: &str| std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default();
-            let cmdline = read("cmdline");
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            args.windows(3)
-                .any(|w| w[0] == b"dns" && w[1] == b"serve" && w[2] == b"--record")
-                && read("environ")
-                    .split(|b| *b == 0)
-                    .any(|v| v == wanted.as_bytes())
-        })
-        .collect()
 }
 
 /// Deployment `name` is rolled out, as `kubectl rollout status` judges it, checked once
@@ -356,22 +338,15 @@ fn up_killed_at_each_phase_then_up_converges() {
     eprintln!("drills: kill drill took {:?}", started.elapsed());
 }
 
-/// The token the pvc-token fixture wrote to its claim, read through its NodePort, waited
-/// for. KNOWN GAP (issue 21): after the node was restarted or made again behind sandbox's
-/// back, the API still shows its pods Ready at their old addresses until the new kubelet
-/// reports, so `up` can count them ready and return while the node port leads to an
-/// address no pod holds yet: these reads cannot be single requests yet.
+/// The token the pvc-token fixture wrote to its claim, read through its NodePort with one
+/// request: `up` has returned, so it answers (after a node restart or re-creation behind
+/// sandbox's back too: the pods the API shows from before the node started do not count).
 fn token(up: &Value) -> String {
     let url = format!("{}token", url_named(up, "default/token"));
-    let body = eventually(
-        "the token served",
-        Duration::from_secs(90),
-        || match http_get(&url) {
-            Ok((200, body)) if body.trim().len() == 36 => Ok(body),
-            other => Err(format!("{other:.200?}")),
-        },
-    );
-    body.trim().to_string()
+    match http_get(&url) {
+        Ok((200, body)) if body.trim().len() == 36 => body.trim().to_string(),
+        other => panic!("GET {url} right after up: {other:.300?}"),
+    }
 }
 
 #[test]

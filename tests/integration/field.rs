@@ -25,8 +25,9 @@ use serde_json::Value;
 use crate::support::{copy_dir, http_get, json_document, root, TestSandbox};
 use crate::web::Browser;
 
-/// How long a URL may take to answer after `up` (kube-proxy's rules, Traefik's routes).
-const URL_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a host port (hostNetwork, hostPort) may take to answer after `up`: `up` does not
+/// print those, and a pod without a readiness probe is Ready before its server listens.
+const HOST_PORT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// One object `up` must report: kind, namespace (`None`: cluster-scoped), name.
 type ObjectKey = (String, Option<String>, String);
@@ -261,10 +262,11 @@ fn check_case(sb: &TestSandbox, case: &str, expect: &Expect) -> Vec<String> {
             .iter()
             .find(|(k, n, _)| k == kind && n == name)
             .and_then(|(_, _, text)| text.as_deref());
-        let answered = poll(URL_DEADLINE, || match (kind.as_str(), &browser) {
+        // one request: `up` returned only once every URL it prints answered
+        let answered = match (kind.as_str(), &browser) {
             ("Ingress", Some(browser)) => judge(browser.request("GET", url, None), text),
             _ => judge(http_get(url).map_err(|e| e.to_string()), text),
-        });
+        };
         if let Err(e) = answered {
             failures.push(format!("{kind} {name}: {url} does not answer: {e}"));
         }
@@ -274,7 +276,7 @@ fn check_case(sb: &TestSandbox, case: &str, expect: &Expect) -> Vec<String> {
     let node_ip = first["node"]["ip"].as_str().unwrap_or_default().to_string();
     for (port, path, text) in &expect.hosts {
         let url = format!("http://{node_ip}:{port}{path}");
-        let answered = poll(URL_DEADLINE, || {
+        let answered = poll(HOST_PORT_DEADLINE, || {
             judge(http_get(&url).map_err(|e| e.to_string()), text.as_deref())
         });
         if let Err(e) = answered {

@@ -347,3 +347,23 @@ pub fn copy_dir(src: &Path, dest: &Path) {
         }
     }
 }
+
+/// Pids of the background DNS servers recorded under `state` (one per user: never two).
+pub fn dns_servers(state: &Path) -> Vec<u32> {
+    let wanted = format!("XDG_STATE_HOME={}", state.display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let read =
+                |file: &str| std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default();
+            let cmdline = read("cmdline");
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.windows(3)
+                .any(|w| w[0] == b"dns" && w[1] == b"serve" && w[2] == b"--record")
+                && read("environ")
+                    .split(|b| *b == 0)
+                    .any(|v| v == wanted.as_bytes())
+        })
+        .collect()
+}
