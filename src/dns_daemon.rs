@@ -282,6 +282,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_dns_server_is_needed_by_the_users_own_nodes_and_unlabelled_ones() {
+        let node = |owner: Option<&str>| crate::docker::NodeInfo {
+            id: "1".into(),
+            name: "sandbox-a-node".into(),
+            sandbox: "a".into(),
+            profile: "offline".into(),
+            security: "privileged".into(),
+            image: "i".into(),
+            state: "running".into(),
+            ports: Default::default(),
+            dns_owner: owner.map(str::to_string),
+        };
+        let me = owner();
+        assert_eq!(me.len(), 16);
+        assert!(!needed_by(&[]));
+        assert!(!needed_by(&[node(Some("0123456789abcdef"))]));
+        assert!(needed_by(&[
+            node(Some("0123456789abcdef")),
+            node(Some(&me))
+        ]));
+        assert!(needed_by(&[node(None)]));
+    }
+
+    #[test]
     fn records_round_trip() {
         let r = DaemonRecord {
             pid: 42,

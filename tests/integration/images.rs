@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::support::{assert_success, serves, TestSandbox};
+use crate::support::{assert_success, json_document, serves, TestSandbox};
 
 fn image<'a>(up: &'a Value, name: &str) -> &'a Value {
     up["images"]
@@ -161,8 +161,59 @@ fn changed_image_rolls_only_its_deployment_and_no_change_does_nothing() {
     crate::support::assert_nothing_changed(&fifth, "the up after a rewrite");
     assert_eq!(sb.run_json(&["up", "-f", file])["unchanged"], true);
 
+    // the base image re-tagged (as a `docker pull` of a newer busybox does): the image
+    // built from it has new inputs, and the next up is a full one that rebuilds it
+    let base = format!("sandbox-test/base-{}:1", sb.name);
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new("docker")
+            .args(args)
+            .env("DOCKER_BUILDKIT", "0")
+            .output()
+            .unwrap();
+        assert_success(&out, &format!("docker {}", args.join(" ")));
+    };
+    docker(&["tag", "sandbox-offline/busybox:1.35", &base]);
+    let config = std::fs::read_to_string(file).unwrap().replace(
+        "  - name: rolling-web\n    context: web\n",
+        &format!("  - name: rolling-web\n    context: web\n    args: {{BASE: {base}}}\n"),
+    );
+    assert!(config.contains(&base), "{config}");
+    std::fs::write(file, config).unwrap();
+    sb.run_json(&["up", "-f", file]);
+    let before = sb.run_json(&["up", "-f", file]);
+    assert_eq!(before["unchanged"], true, "{before}");
+    let newer = sb.dir.path().join("newer-base");
+    std::fs::create_dir_all(&newer).unwrap();
+    std::fs::write(
+        newer.join("Dockerfile"),
+        format!(
+            "FROM sandbox-offline/busybox:1.35\nLABEL dev.sandbox.test={}\n",
+            sb.name
+        ),
+    )
+    .unwrap();
+    docker(&["build", "-q", "-t", &base, newer.to_str().unwrap()]);
+    let out = sb.run(&["up", "-f", file, "-v", "-o", "json"]);
+    assert_success(&out, "up after the base image was re-tagged");
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        progress.contains("a full up: image rolling-web has new inputs"),
+        "{progress}"
+    );
+    let rebuilt = json_document(&out.stdout);
+    assert_ne!(
+        image(&rebuilt, "rolling-web")["reference"],
+        image(&before, "rolling-web")["reference"],
+        "built on the new base: {rebuilt}"
+    );
+    assert_eq!(image(&rebuilt, "rolling-api")["reference"], api_v1.as_str());
+    serves(&url(&rebuilt, "web"), "web v2");
+
     // `sandbox load` of an image the node holds loads nothing
     let load = sb.run_json(&["load", &web_v1]);
     assert_eq!(load["images"][0]["loaded"], false);
     assert_success(&sb.run(&["build", "-f", file]), "sandbox build");
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &base])
+        .output();
 }

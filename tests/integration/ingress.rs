@@ -127,6 +127,42 @@ fn hello_ingress_is_served_over_trusted_https_by_name() {
     let again = sb.run_json(&["up", "-f", &file]);
     crate::support::assert_nothing_changed(&again, "the second up");
 
+    // a certificate due (here: the Secret now holds one for another host) makes the next
+    // up a full one, which issues a new certificate for the host
+    let elsewhere =
+        rcgen::generate_simple_self_signed(vec!["elsewhere.example".to_string()]).unwrap();
+    use base64::Engine as _;
+    let b64 = |pem: String| base64::engine::general_purpose::STANDARD.encode(pem);
+    let patch = serde_json::json!({"data": {
+        "tls.crt": b64(elsewhere.cert.pem()),
+        "tls.key": b64(elsewhere.signing_key.serialize_pem()),
+    }});
+    assert_success(
+        &sb.kubectl(&[
+            "patch",
+            "secret",
+            "sandbox-tls",
+            "--type",
+            "merge",
+            "-p",
+            &patch.to_string(),
+        ]),
+        "kubectl patch secret sandbox-tls",
+    );
+    let out = sb.run(&["up", "-f", &file, "-v", "-o", "json"]);
+    assert_success(&out, "up after the certificate was replaced");
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        progress.contains("a full up: a certificate is due"),
+        "{progress}"
+    );
+    let renewed = crate::support::json_document(&out.stdout);
+    assert_eq!(renewed["unchanged"], false, "{renewed}");
+    match https_get(SocketAddr::new(ip, https_port), &host, "/", &ca) {
+        Ok((200, r)) => assert!(r.contains("hello over https"), "{r}"),
+        other => panic!("{url} right after the up that renewed: {other:.300?}"),
+    }
+
     // `exec` gives the command the CA exports: curl trusts the sandbox with no flag for it
     let curl =
         format!(r#"curl --fail -sS --resolve {host}:{https_port}:127.0.0.1 "$SANDBOX_URL_HELLO""#);
