@@ -78,6 +78,8 @@ struct RawConfig {
     timeouts: RawTimeouts,
     #[serde(default)]
     addons: RawAddons,
+    #[serde(default)]
+    registry: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -85,6 +87,14 @@ struct RawConfig {
 struct RawAddons {
     #[serde(default)]
     maildev: Option<bool>,
+}
+
+/// Where built images go on their way to the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registry {
+    /// `registry: local`: a registry container of the sandbox's own, on its network and
+    /// published on 127.0.0.1; images are pushed there and the node pulls them.
+    Local,
 }
 
 /// Which optional add-ons run.
@@ -193,6 +203,8 @@ pub struct SandboxConfig {
     pub timeouts: Timeouts,
     /// Optional add-ons.
     pub addons: Addons,
+    /// Where built images go (`None`: loaded straight into the node).
+    pub registry: Option<Registry>,
 }
 
 /// Default deadline for workloads to become ready.
@@ -217,6 +229,7 @@ impl SandboxConfig {
                 ready: DEFAULT_READY_TIMEOUT,
             },
             addons: Addons { maildev: true },
+            registry: None,
         }
     }
 
@@ -379,6 +392,16 @@ impl SandboxConfig {
             .map(|t| parse_duration(t).map_err(|m| invalid("timeouts.ready", m)))
             .transpose()?
             .unwrap_or(DEFAULT_READY_TIMEOUT);
+        let registry = match raw.registry.as_deref() {
+            None => None,
+            Some("local") => Some(Registry::Local),
+            Some(other) => {
+                return Err(invalid(
+                    "registry",
+                    format!("{other:?} is not a registry sandbox knows: `local` runs one of the sandbox's own"),
+                ))
+            }
+        };
         let base_dir = path
             .parent()
             .map(|p| {
@@ -404,6 +427,7 @@ impl SandboxConfig {
             addons: Addons {
                 maildev: raw.addons.maildev.unwrap_or(true),
             },
+            registry,
         })
     }
 

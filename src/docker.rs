@@ -210,6 +210,15 @@ pub enum DockerError {
         /// The deadline.
         seconds: u64,
     },
+    /// Pushing an image failed at the engine level.
+    #[error("cannot push image {image}")]
+    Push {
+        /// Reference.
+        image: String,
+        /// Cause.
+        #[source]
+        source: BollardError,
+    },
     /// Building an image failed at the engine level.
     #[error("cannot build image {image}")]
     Build {
@@ -1099,6 +1108,65 @@ impl Engine {
             Some(id) => Ok(Ok(id)),
             None => Ok(Err("the engine reported no image ID".to_string())),
         }
+    }
+
+    /// Pushes `repo:tag` to its registry with `credentials`; the inner `Err` is the
+    /// registry's (or the engine's) refusal, as the engine words it.
+    pub async fn push(
+        &self,
+        repo: &str,
+        tag: &str,
+        credentials: Option<bollard::auth::DockerCredentials>,
+        mut on_status: impl FnMut(&str),
+    ) -> Result<Result<(), String>, DockerError> {
+        let options = bollard::query_parameters::PushImageOptionsBuilder::new()
+            .tag(tag)
+            .build();
+        let mut stream = self.docker.push_image(repo, Some(options), credentials);
+        while let Some(item) = stream.next().await {
+            let info = match item {
+                Ok(info) => info,
+                Err(BollardError::DockerStreamError { error }) => return Ok(Err(error)),
+                Err(BollardError::DockerResponseServerError { message, .. }) => {
+                    return Ok(Err(message))
+                }
+                Err(source) => {
+                    return Err(DockerError::Push {
+                        image: format!("{repo}:{tag}"),
+                        source,
+                    })
+                }
+            };
+            if let Some(error) = info.error_detail.and_then(|d| d.message) {
+                return Ok(Err(error));
+            }
+            if let Some(status) = info.status.as_deref() {
+                on_status(status);
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Creates and starts container `name` from `body` (the container is removed again
+    /// when it cannot start).
+    pub async fn run_container(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<(), DockerError> {
+        let options = CreateContainerOptionsBuilder::new().name(name).build();
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|source| DockerError::CreateContainer {
+                name: name.to_string(),
+                source,
+            })?;
+        if let Err(source) = self.start(name).await {
+            let _ = self.remove_container(name).await;
+            return Err(source);
+        }
+        Ok(())
     }
 
     /// Tags an image.

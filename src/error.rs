@@ -73,6 +73,9 @@ pub enum Error {
     /// Images.
     #[error(transparent)]
     Image(Box<ImageError>),
+    /// The local registry.
+    #[error(transparent)]
+    Registry(Box<crate::registry::RegistryError>),
     /// Kubeconfig files.
     #[error(transparent)]
     Kubeconfig(#[from] KubeconfigError),
@@ -123,7 +126,8 @@ boxed_from!(
     Image(ImageError),
     Apply(ApplyError),
     Tls(crate::tls::TlsError),
-    Trust(crate::trust::TrustError)
+    Trust(crate::trust::TrustError),
+    Registry(crate::registry::RegistryError)
 );
 
 impl Error {
@@ -156,6 +160,10 @@ impl Error {
                 exit::USAGE
             }
             Error::Image(_) => exit::IMAGE,
+            Error::Registry(e) => match &**e {
+                crate::registry::RegistryError::Docker(_) => exit::DOCKER,
+                _ => exit::IMAGE,
+            },
             // the manifest names what the cluster does not serve: the input is wrong for it
             Error::Apply(e) if matches!(**e, ApplyError::UnknownKind { .. }) => exit::USAGE,
             Error::Apply(_) => exit::APPLY,

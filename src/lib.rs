@@ -25,6 +25,7 @@ pub mod normalize;
 pub mod paths;
 pub mod plan;
 pub mod profile;
+pub mod registry;
 pub mod report;
 pub mod routes;
 pub mod secrets;

@@ -668,11 +668,13 @@ fn same_repository(reference: &str, configured: &str) -> bool {
 }
 
 /// Points every container image that names a configured image (`repo` → full reference
-/// with sandbox's tag) at sandbox's tag, with a pull policy that never pulls it. Returns
-/// the references rewritten, as `(before, after)`.
+/// with sandbox's tag) at sandbox's tag, with pull policy `policy` (`Never` for an image
+/// loaded into the node, `IfNotPresent` for one pushed to a registry). Returns the
+/// references rewritten, as `(before, after)`.
 pub fn rewrite_images(
     object: &mut Value,
     images: &BTreeMap<String, String>,
+    policy: &str,
 ) -> Vec<(String, String)> {
     let mut changed = Vec::new();
     let Some(spec) = pod_spec_mut(object) else {
@@ -691,7 +693,7 @@ pub fn rewrite_images(
                 .find(|(repo, _)| same_repository(&current, repo))
             {
                 c["image"] = Value::String(target.clone());
-                c["imagePullPolicy"] = Value::String("Never".into());
+                c["imagePullPolicy"] = Value::String(policy.into());
                 changed.push((current, target.clone()));
             }
         }
@@ -987,7 +989,7 @@ spec:
             "hello".to_string(),
             "hello:sandbox-0123456789ab".to_string(),
         )]);
-        let changed = rewrite_images(&mut deploy, &images);
+        let changed = rewrite_images(&mut deploy, &images, "Never");
         assert_eq!(changed.len(), 2);
         let spec = &deploy["spec"]["template"]["spec"];
         assert_eq!(spec["containers"][0]["image"], "hello:sandbox-0123456789ab");
@@ -999,7 +1001,7 @@ spec:
         assert_eq!(spec["containers"][1]["image"], "docker.io/library/redis:7");
         let mut cm: Value =
             serde_yaml::from_str("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n").unwrap();
-        assert!(rewrite_images(&mut cm, &images).is_empty());
+        assert!(rewrite_images(&mut cm, &images, "Never").is_empty());
     }
 
     #[test]

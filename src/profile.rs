@@ -97,6 +97,14 @@ pub struct NodeProfile {
     pub image_list: Vec<String>,
     /// Command that gives an image held by the node another name: `... SOURCE TARGET`.
     pub image_tag: Vec<String>,
+    /// The directory containerd reads registry hosts from (`config_path`: a
+    /// `HOST/hosts.toml` file per registry, read at each pull, so a mirror is added without
+    /// a restart).
+    pub registry_hosts_dir: String,
+    /// A file the node reads its registry mirrors from at start (k3s's `registries.yaml`,
+    /// from which it writes `registry_hosts_dir` anew), kept in step with it.
+    #[serde(default)]
+    pub registries_file: Option<String>,
     /// Default deadline from container start to node Ready.
     #[serde(with = "duration_text")]
     pub boot_timeout: Duration,

@@ -15,7 +15,7 @@
 #   profiles/offline/build.sh --list           the image names and their recipe hashes
 #
 # Names: kube-binaries pause rootfs node busybox traefik maildev-rootfs maildev
-#        postgres-rootfs postgres redis-rootfs redis
+#        postgres-rootfs postgres redis-rootfs redis registry-rootfs registry
 # Environment: MIRROR (Debian mirror), SECURITY_MIRROR, WORK (scratch and logs, default
 # /var/tmp/sandbox-offline). Needs root or sudo for apt and debootstrap.
 set -Eeuo pipefail
@@ -46,10 +46,13 @@ POSTGRES_PACKAGES=postgresql-15,postgresql-client-15,busybox-static,ca-certifica
 POSTGRES_RECIPE=$HERE/../../fixtures/images/postgres
 REDIS_PACKAGES=redis-server,ca-certificates
 REDIS_RECIPE=$HERE/../../fixtures/images/redis
+REGISTRY_VERSION=2.8.2 # bookworm's docker-registry 2.8.2+ds1-1, checked by the build
+REGISTRY_PACKAGES=docker-registry,ca-certificates
+REGISTRY_RECIPE=$HERE/registry
 
 # short name -> image; ORDER is the build order (an image after the ones it is made from)
 ORDER=(kube-binaries pause rootfs busybox traefik maildev-rootfs maildev node postgres-rootfs postgres
-  redis-rootfs redis)
+  redis-rootfs redis registry-rootfs registry)
 declare -A IMAGE=(
   [kube-binaries]=sandbox-offline/kube-binaries:$KUBE_VERSION
   [pause]=sandbox-offline/pause:3.2
@@ -64,6 +67,9 @@ declare -A IMAGE=(
   [postgres]=sandbox-offline/postgres:15
   [redis-rootfs]=sandbox-offline/redis-rootfs:$SUITE
   [redis]=sandbox-offline/redis:7
+  # an image registry: plain HTTP on :5000, as upstream's registry:2
+  [registry-rootfs]=sandbox-offline/registry-rootfs:$SUITE
+  [registry]=sandbox-offline/registry:$REGISTRY_VERSION
 )
 declare -A DEPS=(
   [pause]=kube-binaries
@@ -71,6 +77,7 @@ declare -A DEPS=(
   [maildev]=maildev-rootfs
   [postgres]=postgres-rootfs
   [redis]=redis-rootfs
+  [registry]="registry-rootfs busybox" # busybox: the image its smoke test pushes and pulls
 )
 
 # ---------------------------------------------------------------- helpers
@@ -227,6 +234,7 @@ build_rootfs() { debootstrap_image "$1" "$2" "$NODE_PACKAGES"; }
 build_maildev_rootfs() { debootstrap_image "$1" "$2" "$MAILDEV_PACKAGES"; }
 build_postgres_rootfs() { debootstrap_image "$1" "$2" "$POSTGRES_PACKAGES"; }
 build_redis_rootfs() { debootstrap_image "$1" "$2" "$REDIS_PACKAGES"; }
+build_registry_rootfs() { debootstrap_image "$1" "$2" "$REGISTRY_PACKAGES"; }
 
 build_node() {
   scratch node
@@ -382,6 +390,76 @@ build_redis() {
     die "$1: redis-server does not answer PING"
 }
 
+build_registry() {
+  host_packages curl
+  scratch registry
+  local ids uid gid c tag='' ok=true
+  # the package's docker-registry user, as adduser made it in the rootfs: the image's USER
+  ids=$(docker run --rm --entrypoint sh "${IMAGE[registry-rootfs]}" -c 'echo "$(id -u docker-registry) $(id -g docker-registry)"')
+  read -r uid gid <<<"$ids"
+  if [ -z "$gid" ] || [ "$uid" = 0 ]; then die "${IMAGE[registry-rootfs]}: no non-root docker-registry user ($ids)"; fi
+  cp -r "$REGISTRY_RECIPE/." "$SCRATCH/"
+  printf 'LABEL %s=%s\n' "$LABEL" "$2" >> "$SCRATCH/Dockerfile"
+  logged registry-image docker build --build-arg "ROOTFS=${IMAGE[registry-rootfs]}" \
+    --build-arg "REGISTRY_UID=$uid" --build-arg "REGISTRY_GID=$gid" -t "$1" "$SCRATCH"
+  docker run --rm "$1" --version | grep >/dev/null -E " ${REGISTRY_VERSION//./\\.}([+~-]|\$)" ||
+    die "$1: the registry reports $(docker run --rm "$1" --version), not $REGISTRY_VERSION"
+  # smoke: /v2/ answers, and an image pushed to it (over a published port: Docker pushes to
+  # 127.0.0.0/8 over plain HTTP) can be read back blob by blob and pulled
+  c=sandbox-offline-smoke-registry-$$
+  docker rm -f -v "$c" >/dev/null 2>&1 || true
+  docker run -d --name "$c" -p 127.0.0.1::5000 "$1" >/dev/null
+  registry_smoke "$c" "$uid" >"$LOGS/registry-smoke.log" 2>&1 || ok=false
+  [ -z "$tag" ] || docker rmi "$tag" >/dev/null 2>&1 || true
+  if ! $ok; then
+    echo "----- last lines of $LOGS/registry-smoke.log, then of the registry's log" >&2
+    tail -n 20 "$LOGS/registry-smoke.log" >&2
+    docker logs "$c" 2>&1 | tail -n 20 >&2
+    docker rm -f -v "$c" >/dev/null
+    die "$1: the smoke test failed (log: $LOGS/registry-smoke.log)"
+  fi
+  docker rm -f -v "$c" >/dev/null
+  say "  smoke: $(tail -n 1 "$LOGS/registry-smoke.log")"
+}
+
+# registry_smoke CONTAINER UID: the registry's smoke test; sets build_registry's $tag (the
+# pushed tag, which the caller removes). Called where errexit does not apply: every step
+# checks for itself.
+registry_smoke() {
+  local c=$1 uid=$2 ip port deadline body repo digests d n=0 pulled
+  local seed=${IMAGE[busybox]} accept=application/vnd.docker.distribution.manifest.v2+json
+  ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$c") || return 1
+  port=$(docker port "$c" 5000/tcp | head -n 1) || return 1
+  port=${port##*:}
+  if [ -z "$ip" ] || [ -z "$port" ]; then echo "no address ($ip) or published port ($port)"; return 1; fi
+  deadline=$((SECONDS + 30))
+  until body=$(curl -fsS --max-time 2 "http://$ip:5000/v2/" 2>&1); do
+    [ "$(docker inspect -f '{{.State.Running}}' "$c")" = true ] || { echo "the registry exited"; return 1; }
+    ((SECONDS < deadline)) || { echo "http://$ip:5000/v2/ did not answer in 30s: $body"; return 1; }
+    sleep 0.2
+  done
+  echo "GET http://$ip:5000/v2/: 200 $body"
+  [ "$body" = '{}' ] || { echo "unexpected body"; return 1; }
+  [ "$(docker exec "$c" stat -c %u /proc/1)" = "$uid" ] || { echo "the registry does not run as uid $uid"; return 1; }
+  repo=127.0.0.1:$port/smoke/busybox
+  tag=$repo:1
+  docker tag "$seed" "$tag" && docker push "$tag" || return 1
+  # each blob of the manifest, read back from the registry, has its digest
+  digests=$(curl -fsS --max-time 10 -H "Accept: $accept" "http://127.0.0.1:$port/v2/smoke/busybox/manifests/1" |
+    grep -o 'sha256:[0-9a-f]\{64\}') || return 1
+  for d in $digests; do
+    [ "sha256:$(curl -fsS --max-time 30 "http://127.0.0.1:$port/v2/smoke/busybox/blobs/$d" | sha256sum | cut -d' ' -f1)" = "$d" ] ||
+      { echo "blob $d: missing or corrupt"; return 1; }
+    n=$((n + 1))
+  done
+  echo "read back $n blobs: ${digests//$'\n'/ }"
+  docker exec "$c" find /var/lib/registry -name data -path '*/blobs/*' || return 1
+  docker rmi "$tag" && docker pull "$tag" || return 1
+  pulled=$(image_id "$tag")
+  [ "$pulled" = "$(image_id "$seed")" ] || { echo "pulled $pulled, pushed $(image_id "$seed")"; return 1; }
+  echo "$tag: pushed, $n blobs read back, pulled back as ${pulled:7:12}; /v2/ answered $body"
+}
+
 # ---------------------------------------------------------------- recipe hashes
 declare -A H
 H[kube-binaries]=$(recipe "kubernetes $KUBE_VERSION" "$KUBE_ORIG_SHA256" "$KUBE_TARGETS" "$KUBE_BINARIES" fn:build_kube_binaries)
@@ -400,6 +478,9 @@ H[postgres]=$(recipe "${H[postgres-rootfs]}" fn:build_postgres \
 H[redis-rootfs]=$(recipe "$SUITE" "$REDIS_PACKAGES" fn:debootstrap_image)
 H[redis]=$(recipe "${H[redis-rootfs]}" fn:build_redis \
   "file:$REDIS_RECIPE/Dockerfile" "file:$REDIS_RECIPE/entrypoint")
+H[registry-rootfs]=$(recipe "$SUITE" "$REGISTRY_PACKAGES" fn:debootstrap_image)
+H[registry]=$(recipe "${H[registry-rootfs]}" "$REGISTRY_VERSION" fn:build_registry fn:registry_smoke \
+  "file:$REGISTRY_RECIPE/Dockerfile" "file:$REGISTRY_RECIPE/config.yml" "file:$REGISTRY_RECIPE/entrypoint")
 
 # ---------------------------------------------------------------- arguments
 CHECK=false

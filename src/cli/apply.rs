@@ -25,14 +25,28 @@ pub async fn run(ctx: &Context, _args: ApplyArgs) -> Result<(), Error> {
     // the node is neither created nor waited for: apply is for a running sandbox
     let node = crate::node::ensure_running(&engine, &config.name).await?;
     let built = images::latest_builds(&engine, &config.images).await?;
-    let loaded = images::load(
-        &engine,
-        &node.info.name,
-        &node.profile,
-        &images::load_requests(&built),
-        &ctx.reporter,
-    )
-    .await?;
+    let (built, loaded) = match config.registry {
+        // pushed to the sandbox's registry (made sure of, as `up` does), pulled by the node
+        Some(crate::config::Registry::Local) => {
+            let registry =
+                crate::registry::ensure(&engine, &config.name, &node.profile, &ctx.reporter)
+                    .await?;
+            crate::registry::configure_node(&engine, &node.info.name, &node.profile, &registry)
+                .await?;
+            crate::registry::push_all(&engine, &registry, &built, &ctx.reporter).await?
+        }
+        None => {
+            let loaded = images::load(
+                &engine,
+                &node.info.name,
+                &node.profile,
+                &images::load_requests(&built),
+                &ctx.reporter,
+            )
+            .await?;
+            (built, loaded)
+        }
+    };
     let ca = super::up::load_ca(ctx)?;
     let docs = super::up::project_documents(ctx, &config, &node, &built, &ca).await?;
     let (applied, pruned) = super::up::apply(ctx, &config, &node, &docs, None).await?;

@@ -191,7 +191,22 @@ async fn converge(
                 sandbox: config.name.clone(),
             }));
         };
-        let mut requests = images::load_requests(&built);
+        // with a registry, the project's images are pushed there (the node pulls them);
+        // else loaded into the node with the add-ons'
+        let (built, pushed, mut requests, registry) = match config.registry {
+            Some(crate::config::Registry::Local) => {
+                let registry =
+                    crate::registry::ensure(engine, &config.name, &booting.profile, &ctx.reporter)
+                        .await?;
+                let (delivered, pushed) =
+                    crate::registry::push_all(engine, &registry, &built, &ctx.reporter).await?;
+                (delivered, pushed, Vec::new(), Some(registry))
+            }
+            None => {
+                let requests = images::load_requests(&built);
+                (built, Vec::new(), requests, None)
+            }
+        };
         requests
             .extend(addon_load_requests(engine, &booting.profile, config.addons.maildev).await?);
         // a load that fails does not end the node side: when the node is what failed (a
@@ -204,10 +219,14 @@ async fn converge(
             &requests,
             &ctx.reporter,
         )
-        .await;
-        Ok((built, loaded))
+        .await
+        .map(|mut loaded| {
+            loaded.extend(pushed);
+            loaded
+        });
+        Ok((built, loaded, registry))
     };
-    let ((node, deadline), (built, loaded)) = tokio::try_join!(node_side, image_side)?;
+    let ((node, deadline), (built, loaded, registry)) = tokio::try_join!(node_side, image_side)?;
     let loaded = loaded?;
     let kubeconfig = install_context(&node)?;
     let ca = load_ca(ctx)?;
@@ -215,7 +234,8 @@ async fn converge(
     // still starts; those that make pods as soon as the node takes them (see hold_pods)
     let (takes_pods, node_takes_pods) = tokio::sync::watch::channel(false);
     let applying = async {
-        let (addon_docs, issued) = addon_documents_secured(config, &node, &ca).await?;
+        let (addon_docs, issued) =
+            addon_documents_secured(config, &node, &ca, registry.as_ref()).await?;
         report_issued(ctx, &issued);
         let held = Some(node_takes_pods);
         // side by side, the pods of both held for the same moment; the project's documents
@@ -238,6 +258,12 @@ async fn converge(
     };
     let schedulable = async {
         node.schedulable(engine, deadline, &ctx.reporter).await?;
+        // the node pulls from the registry once it runs pods: its containerd gets the
+        // mirror now (k3s writes its registry hosts anew while it starts)
+        if let Some(registry) = &registry {
+            crate::registry::configure_node(engine, &node.info.name, &node.profile, registry)
+                .await?;
+        }
         let _ = takes_pods.send(true);
         Ok::<_, Error>(())
     };
@@ -366,9 +392,35 @@ async fn unchanged(
             inputs,
         });
     }
+    // with a registry: it runs, still holds every image, and the node has its mirror
+    let registry = match config.registry {
+        Some(crate::config::Registry::Local) => {
+            let registry = crate::registry::running(engine, &config.name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("the registry is not running")?;
+            let mut delivered = Vec::new();
+            for image in &built {
+                let reference = registry.reference(image);
+                if !crate::registry::holds(&registry, &reference).await {
+                    return Err(format!("the registry no longer holds {reference}"));
+                }
+                delivered.push(BuiltImage {
+                    reference,
+                    ..image.clone()
+                });
+            }
+            built = delivered;
+            crate::registry::configure_node(engine, &node.info.name, &node.profile, &registry)
+                .await
+                .map_err(|e| e.to_string())?;
+            Some(registry)
+        }
+        None => None,
+    };
     let ca = load_ca(ctx).map_err(|e| e.to_string())?;
     let error = |e: Error| e.to_string();
-    let (mut docs, mut issued) = addon_documents_secured(config, &node, &ca)
+    let (mut docs, mut issued) = addon_documents_secured(config, &node, &ca, registry.as_ref())
         .await
         .map_err(error)?;
     let (project, more) = project_documents_secured(config, &node, &built, &ca)
@@ -523,8 +575,12 @@ pub(crate) fn load_manifests(
         &addon_urls,
     )?);
     let rewrite = images::rewrite_map(built);
+    let policy = match config.registry {
+        Some(_) => "IfNotPresent",
+        None => "Never",
+    };
     for doc in &mut docs {
-        manifests::rewrite_images(&mut doc.object, &rewrite);
+        manifests::rewrite_images(&mut doc.object, &rewrite, policy);
     }
     Ok(docs)
 }
@@ -592,6 +648,7 @@ async fn addon_documents_secured(
     config: &SandboxConfig,
     node: &Node,
     ca: &crate::tls::Ca,
+    registry: Option<&crate::registry::LocalRegistry>,
 ) -> Result<(Vec<Document>, Vec<IssuedCert>), Error> {
     let builtins = builtins(
         config,
@@ -600,6 +657,13 @@ async fn addon_documents_secured(
         crate::addons::SMTP_DNS_NAME,
     );
     let mut docs = addon_documents(config, &node.profile, &builtins)?;
+    if let Some(registry) = registry {
+        let text = crate::registry::hosting_configmap(registry);
+        docs.extend(manifests::parse(
+            &text,
+            std::path::Path::new("(built-in add-on)/local-registry-hosting.yaml"),
+        )?);
+    }
     let issued = secure_ingresses(
         node,
         ca,

@@ -16,5 +16,6 @@ mod output_schema;
 mod persistence;
 mod phoenix;
 mod prune;
+mod registry;
 mod support;
 mod web;

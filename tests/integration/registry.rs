@@ -1,0 +1,167 @@
+//! `registry: local` (issue 17, item 5): a real registry process of the sandbox's own; the
+//! engine pushes the built image to it, the node's containerd pulls it through its mirror
+//! (the image is never loaded into the node), a second `up` pushes nothing, a registry
+//! that refuses the push fails `up` with exit 5 and the registry's answer, and `down`
+//! removes the registry (its volume kept until `--purge`).
+
+use std::process::Command;
+
+use crate::support::{assert_success, http_get, json_document, TestSandbox};
+
+/// `GET http://127.0.0.1:PORT/v2/PATH` of the registry: its body.
+fn registry_get(port: u64, path: &str) -> String {
+    match http_get(&format!("http://127.0.0.1:{port}/v2/{path}")) {
+        Ok((200, body)) => body,
+        other => panic!("GET /v2/{path} of the registry: {other:.300?}"),
+    }
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert_success(&out, &format!("docker {}", args.join(" ")));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn images_go_through_the_sandboxs_own_registry_and_the_node_pulls_them() {
+    let sb = TestSandbox::new("registry");
+    let (file, project) = sb.fixture("hello");
+    let config = std::fs::read_to_string(&file).unwrap() + "registry: local\n";
+    std::fs::write(&file, config).unwrap();
+    let file = file.as_str();
+    let registry = format!("sandbox-{}-registry", sb.name);
+
+    let up = sb.run_json(&["up", "-f", file]);
+    let reference = up["images"][0]["reference"].as_str().unwrap().to_string();
+    let (host, rest) = reference.split_once('/').unwrap();
+    let port: u64 = host
+        .strip_prefix("127.0.0.1:")
+        .unwrap_or_else(|| panic!("not a reference in the local registry: {reference}"))
+        .parse()
+        .unwrap();
+    assert!(rest.starts_with("hello:sandbox-"), "{reference}");
+    assert_eq!(up["images"][0]["loaded"], true, "pushed: {up}");
+
+    // the registry holds it (a real registry process, on the port the reference names)
+    assert!(registry_get(port, "_catalog").contains("\"hello\""));
+    let tag = rest.trim_start_matches("hello:");
+    assert!(registry_get(port, "hello/tags/list").contains(tag));
+    assert_eq!(
+        docker(&["port", &registry, "5000/tcp"]),
+        format!("127.0.0.1:{port}")
+    );
+
+    // the node pulled it from there: it holds the registry's name, and never got the
+    // image loaded under its local name
+    let held = docker(&[
+        "exec",
+        &format!("sandbox-{}-node", sb.name),
+        "ctr",
+        "-n",
+        "k8s.io",
+        "images",
+        "ls",
+        "-q",
+    ]);
+    assert!(held.lines().any(|l| l == reference), "{held}");
+    assert!(!held.contains("docker.io/library/hello:"), "{held}");
+    let image = sb.kubectl(&[
+        "get",
+        "deploy",
+        "hello",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].imagePullPolicy}",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&image.stdout),
+        format!("{reference} IfNotPresent")
+    );
+    let url = up["urls"][0]["url"].as_str().unwrap();
+    match http_get(url) {
+        Ok((200, body)) => assert_eq!(body.trim(), "hello from sandbox"),
+        other => panic!("{url} right after up: {other:?}"),
+    }
+
+    // KEP-1755: where the registry is, for tools that look
+    let hosting = sb.kubectl(&[
+        "-n",
+        "kube-public",
+        "get",
+        "configmap",
+        "local-registry-hosting",
+        "-o",
+        "jsonpath={.data.localRegistryHosting\\.v1}",
+    ]);
+    let hosting = String::from_utf8_lossy(&hosting.stdout);
+    assert!(
+        hosting.contains(&format!("host: \"127.0.0.1:{port}\"")),
+        "{hosting}"
+    );
+
+    // a second up: nothing pushed, nothing changed
+    let out = sb.run(&["up", "-f", file, "-o", "json"]);
+    assert_success(&out, "the second up");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("pushing"));
+    let again = json_document(&out.stdout);
+    assert_eq!(again["unchanged"], true, "{again}");
+    assert_eq!(again["images"][0]["reference"], reference.as_str());
+
+    // a registry that refuses the push (its storage made read-only): exit 5 with the
+    // registry's answer, and nothing applied (the Deployment keeps its image)
+    docker(&[
+        "exec",
+        "-u",
+        "0",
+        &registry,
+        "chmod",
+        "-R",
+        "a-w",
+        "/var/lib/registry",
+    ]);
+    std::fs::write(project.join("app/www/index.html"), "changed\n").unwrap();
+    let refused = sb.run(&["up", "-f", file, "-o", "json"]);
+    assert_eq!(refused.status.code(), Some(5), "{refused:?}");
+    let error = json_document(&refused.stdout);
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("pushing 127.0.0.1:") && message.contains("failed"),
+        "{error}"
+    );
+    let image = sb.kubectl(&[
+        "get",
+        "deploy",
+        "hello",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&image.stdout), reference);
+    docker(&[
+        "exec",
+        "-u",
+        "0",
+        &registry,
+        "chmod",
+        "-R",
+        "u+w",
+        "/var/lib/registry",
+    ]);
+
+    // down removes the registry container, keeps its volume; --purge deletes it
+    assert_success(&sb.run(&["down"]), "sandbox down");
+    assert!(
+        sb.leftovers("container").is_empty(),
+        "{:?}",
+        sb.leftovers("container")
+    );
+    assert!(
+        sb.leftovers("volume").contains(&registry),
+        "{:?}",
+        sb.leftovers("volume")
+    );
+    assert_success(&sb.run(&["down", "--purge"]), "sandbox down --purge");
+    assert!(
+        sb.leftovers("volume").is_empty(),
+        "{:?}",
+        sb.leftovers("volume")
+    );
+}
