@@ -807,11 +807,25 @@ timeouts: {boot: 2m, ready: 90s}
             "secrets",
             "timeouts",
             "addons",
+            "registry",
         ] {
             assert!(properties.contains_key(field), "schema lacks {field}");
         }
-        assert_eq!(properties.len(), 11);
+        assert_eq!(properties.len(), 12);
         assert!(!c.addons.maildev, "the example turns maildev off");
+        assert_eq!(c.registry, Some(Registry::Local));
+    }
+
+    #[test]
+    fn a_registry_sandbox_does_not_know_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = SandboxConfig::parse(
+            "apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nregistry: docker.io\n",
+            &dir.path().join("sandbox.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("field `registry`") && err.contains("`local`"), "{err}");
     }
 
     #[test]
