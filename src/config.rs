@@ -825,7 +825,10 @@ timeouts: {boot: 2m, ready: 90s}
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("field `registry`") && err.contains("`local`"), "{err}");
+        assert!(
+            err.contains("field `registry`") && err.contains("`local`"),
+            "{err}"
+        );
     }
 
     #[test]

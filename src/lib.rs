@@ -10,6 +10,7 @@ pub mod addons;
 pub mod apply;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod dns;
 pub mod dns_daemon;
 pub mod docker;
