@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::support::{assert_success, json_document, serves, TestSandbox};
+use crate::support::{assert_success, json_document, node_images, serves, TestSandbox};
 
 fn image<'a>(up: &'a Value, name: &str) -> &'a Value {
     up["images"]
@@ -51,23 +51,6 @@ fn rollout(sb: &TestSandbox, deploy: &str) -> (String, Vec<String>) {
         String::from_utf8_lossy(&generation.stdout).to_string(),
         names,
     )
-}
-
-fn node_images(sb: &TestSandbox) -> String {
-    let out = std::process::Command::new("docker")
-        .args([
-            "exec",
-            &format!("sandbox-{}-node", sb.name),
-            "ctr",
-            "-n",
-            "k8s.io",
-            "images",
-            "ls",
-            "-q",
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 #[test]

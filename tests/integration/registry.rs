@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use crate::support::{assert_success, http_get, json_document, TestSandbox};
+use crate::support::{assert_success, http_get, json_document, node_images, TestSandbox};
 
 /// `GET http://127.0.0.1:PORT/v2/PATH` of the registry: its body.
 fn registry_get(port: u64, path: &str) -> String {
@@ -53,16 +53,7 @@ fn images_go_through_the_sandboxs_own_registry_and_the_node_pulls_them() {
 
     // the node pulled it from there: it holds the registry's name, and never got the
     // image loaded under its local name
-    let held = docker(&[
-        "exec",
-        &format!("sandbox-{}-node", sb.name),
-        "ctr",
-        "-n",
-        "k8s.io",
-        "images",
-        "ls",
-        "-q",
-    ]);
+    let held = node_images(&sb);
     assert!(held.lines().any(|l| l == reference), "{held}");
     assert!(!held.contains("docker.io/library/hello:"), "{held}");
     let image = sb.kubectl(&[
@@ -108,16 +99,19 @@ fn images_go_through_the_sandboxs_own_registry_and_the_node_pulls_them() {
 
     // a registry that refuses the push (its storage made read-only): exit 5 with the
     // registry's answer, and nothing applied (the Deployment keeps its image)
-    docker(&[
-        "exec",
-        "-u",
-        "0",
-        &registry,
-        "chmod",
-        "-R",
-        "a-w",
-        "/var/lib/registry",
-    ]);
+    let storage = |mode: &str| {
+        docker(&[
+            "exec",
+            "-u",
+            "0",
+            &registry,
+            "chmod",
+            "-R",
+            mode,
+            "/var/lib/registry",
+        ]);
+    };
+    storage("a-w");
     std::fs::write(project.join("app/www/index.html"), "changed\n").unwrap();
     let refused = sb.run(&["up", "-f", file, "-o", "json"]);
     assert_eq!(refused.status.code(), Some(5), "{refused:?}");
@@ -135,16 +129,7 @@ fn images_go_through_the_sandboxs_own_registry_and_the_node_pulls_them() {
         "jsonpath={.spec.template.spec.containers[0].image}",
     ]);
     assert_eq!(String::from_utf8_lossy(&image.stdout), reference);
-    docker(&[
-        "exec",
-        "-u",
-        "0",
-        &registry,
-        "chmod",
-        "-R",
-        "u+w",
-        "/var/lib/registry",
-    ]);
+    storage("u+w");
 
     // down removes the registry container, keeps its volume; --purge deletes it
     assert_success(&sb.run(&["down"]), "sandbox down");

@@ -367,3 +367,21 @@ pub fn dns_servers(state: &Path) -> Vec<u32> {
         })
         .collect()
 }
+
+/// The node's image references, as its containerd lists them (`ctr images ls -q`).
+pub fn node_images(sb: &TestSandbox) -> String {
+    let out = std::process::Command::new("docker")
+        .args([
+            "exec",
+            &format!("sandbox-{}-node", sb.name),
+            "ctr",
+            "-n",
+            "k8s.io",
+            "images",
+            "ls",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
