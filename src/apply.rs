@@ -476,6 +476,30 @@ impl Applier {
         }
     }
 
+    /// The documents whose objects are cluster-scoped, as the server serves their kinds
+    /// (a kind it does not serve yet counts as cluster-scoped when its CRD is among
+    /// `docs` and says so).
+    pub async fn cluster_scoped<'d>(
+        &mut self,
+        docs: &'d [Document],
+    ) -> Result<Vec<&'d Document>, ApplyError> {
+        let mut out = Vec::new();
+        for doc in docs {
+            let scoped = match self.resolve(doc).await? {
+                Some((_, caps)) => caps.scope != Scope::Namespaced,
+                None => docs.iter().any(|crd| {
+                    crd.kind() == "CustomResourceDefinition"
+                        && crd.object["spec"]["names"]["kind"] == doc.kind()
+                        && crd.object["spec"]["scope"] == "Cluster"
+                }),
+            };
+            if scoped {
+                out.push(doc);
+            }
+        }
+        Ok(out)
+    }
+
     /// Applies every document: a dry run of everything the server can already judge, then
     /// namespaces and CRDs, then the rest (dry run first for what could not be judged
     /// before). Returns the applied objects in document order.

@@ -80,8 +80,56 @@ struct RawConfig {
     addons: RawAddons,
     #[serde(default)]
     registry: Option<String>,
+    #[serde(default)]
+    cluster: Option<RawCluster>,
 }
 
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawCluster {
+    #[serde(default)]
+    context: Option<String>,
+    #[serde(default)]
+    registry: Option<String>,
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default)]
+    https_port: Option<u16>,
+    #[serde(default)]
+    ingress_class: Option<String>,
+    #[serde(default)]
+    tls: Option<RawClusterTls>,
+    #[serde(default)]
+    allow_cluster_scoped: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawClusterTls {
+    #[serde(default)]
+    secret: Option<String>,
+}
+
+/// `cluster:`: deploying to an existing cluster through a kube context, instead of a
+/// Docker node of sandbox's own.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterConfig {
+    /// The kube context allowed (`None`: only one named with `--context`).
+    pub context: Option<String>,
+    /// Where built images are pushed: `HOST[:PORT][/PREFIX]`.
+    pub registry: Option<String>,
+    /// The base domain of the environments' hosts (`<name>.<namespace>.<domain>`).
+    pub domain: Option<String>,
+    /// The port the cluster's ingress serves HTTPS on (URLs and their checks).
+    pub https_port: u16,
+    /// The IngressClass set on Ingresses that name none.
+    pub ingress_class: Option<String>,
+    /// A TLS Secret (`NAMESPACE/NAME`) copied into each environment and used by its
+    /// Ingresses.
+    pub tls_secret: Option<(String, String)>,
+    /// Whether cluster-scoped objects may be applied.
+    pub allow_cluster_scoped: bool,
+}
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawAddons {
@@ -205,6 +253,9 @@ pub struct SandboxConfig {
     pub addons: Addons,
     /// Where built images go (`None`: loaded straight into the node).
     pub registry: Option<Registry>,
+    /// The existing cluster to deploy to (`cluster:`), if any; with `--context` the
+    /// context comes from the command line.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Default deadline for workloads to become ready.
@@ -230,6 +281,7 @@ impl SandboxConfig {
             },
             addons: Addons { maildev: true },
             registry: None,
+            cluster: None,
         }
     }
 
@@ -402,6 +454,10 @@ impl SandboxConfig {
                 ))
             }
         };
+        let cluster = raw
+            .cluster
+            .map(|c| cluster_config(c).map_err(|(field, message)| invalid(field, message)))
+            .transpose()?;
         let base_dir = path
             .parent()
             .map(|p| {
@@ -428,6 +484,7 @@ impl SandboxConfig {
                 maildev: raw.addons.maildev.unwrap_or(true),
             },
             registry,
+            cluster,
         })
     }
 
@@ -438,6 +495,59 @@ impl SandboxConfig {
             None => "the built-in default".to_string(),
         }
     }
+}
+
+/// Validates `cluster:`; an error names the field.
+fn cluster_config(raw: RawCluster) -> Result<ClusterConfig, (&'static str, String)> {
+    let invalid = |field: &'static str, message: String| (field, message);
+    let tls_secret = match raw.tls.and_then(|t| t.secret) {
+        None => None,
+        Some(s) => match s.split_once('/') {
+            Some((ns, name)) if is_dns_label(ns) && !name.is_empty() => {
+                Some((ns.to_string(), name.to_string()))
+            }
+            _ => {
+                return Err(invalid(
+                    "cluster.tls.secret",
+                    format!("{s:?} is not NAMESPACE/NAME"),
+                ))
+            }
+        },
+    };
+    if let Some(domain) = &raw.domain {
+        if domain.is_empty() || !domain.split('.').all(is_dns_label) {
+            return Err(invalid(
+                "cluster.domain",
+                format!("{domain:?} is not a DNS name"),
+            ));
+        }
+    }
+    if let Some(registry) = &raw.registry {
+        if registry.is_empty() || registry.contains("://") || registry.ends_with('/') {
+            return Err(invalid(
+                "cluster.registry",
+                format!("{registry:?} is not HOST[:PORT][/PREFIX] (no scheme, no trailing /)"),
+            ));
+        }
+    }
+    Ok(ClusterConfig {
+        context: raw.context,
+        registry: raw.registry,
+        domain: raw.domain,
+        https_port: raw.https_port.unwrap_or(443),
+        ingress_class: raw.ingress_class,
+        tls_secret,
+        allow_cluster_scoped: raw.allow_cluster_scoped,
+    })
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// serde_yaml appends " at line X column Y" to its messages; the error already carries them.

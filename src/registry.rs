@@ -324,19 +324,29 @@ async fn request(port: u16, method: &str, path: &str) -> Result<u16, String> {
         .map_err(|_| "no answer within 5 s".to_string())?
 }
 
-/// Whether the registry holds `reference` (`127.0.0.1:PORT/NAME:TAG`).
-pub async fn holds(registry: &LocalRegistry, reference: &str) -> bool {
-    let Some(rest) = reference.strip_prefix(&format!("{}/", registry.host())) else {
+/// Whether the registry at `host` holds `reference`, when it can be asked without
+/// credentials: a registry on this machine's loopback (plain HTTP, as the engine treats
+/// it); any other is not asked (`false`: the push itself skips the layers it has).
+pub async fn holds_at(host: &str, reference: &str) -> bool {
+    let port = host
+        .strip_prefix("127.0.0.1:")
+        .or_else(|| host.strip_prefix("localhost:"))
+        .and_then(|p| p.parse::<u16>().ok());
+    let Some(port) = port else {
+        return false;
+    };
+    let Some(rest) = reference.strip_prefix(&format!("{host}/")) else {
         return false;
     };
     let (name, tag) = crate::docker::split_tag(rest);
-    request(
-        registry.port,
-        "HEAD",
-        &format!("/v2/{name}/manifests/{tag}"),
-    )
-    .await
-    .is_ok_and(|code| code == 200)
+    request(port, "HEAD", &format!("/v2/{name}/manifests/{tag}"))
+        .await
+        .is_ok_and(|code| code == 200)
+}
+
+/// Whether the registry holds `reference` (`127.0.0.1:PORT/NAME:TAG`).
+pub async fn holds(registry: &LocalRegistry, reference: &str) -> bool {
+    holds_at(&registry.host(), reference).await
 }
 
 /// Pushes each built image to the registry unless it holds it already; returns the images

@@ -70,6 +70,18 @@ pub enum Check {
 /// The check of each URL (pure): Ingress URLs against `127.0.0.1:<https_port>`, node port
 /// URLs at their own address. URLs that are neither are not checked.
 pub fn plan(urls: &[Url], https_port: u16) -> Vec<(Url, Check)> {
+    plan_at(urls, https_port, &|_| {
+        Some(std::net::IpAddr::from([127, 0, 0, 1]))
+    })
+}
+
+/// [`plan`], with each Ingress host's address given by `ingress_at` (an existing cluster's
+/// ingress); a host it gives none for is not checked.
+pub fn plan_at(
+    urls: &[Url],
+    https_port: u16,
+    ingress_at: &dyn Fn(&str) -> Option<std::net::IpAddr>,
+) -> Vec<(Url, Check)> {
     urls.iter()
         .filter_map(|u| {
             let rest = u.url.split_once("://")?.1;
@@ -77,7 +89,7 @@ pub fn plan(urls: &[Url], https_port: u16) -> Vec<(Url, Check)> {
             let check = if u.kind == "Ingress" {
                 let host = authority.split(':').next()?.to_string();
                 Check::Ingress {
-                    addr: SocketAddr::from(([127, 0, 0, 1], https_port)),
+                    addr: SocketAddr::new(ingress_at(&host)?, https_port),
                     host,
                     path: if u.probe.path.is_empty() {
                         "/".into()

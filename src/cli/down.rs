@@ -18,7 +18,8 @@ pub struct DownArgs {
 
 /// Runs `sandbox down`.
 pub async fn run(ctx: &Context, args: DownArgs) -> Result<(), Error> {
-    if ctx.global.namespace.is_some() {
+    // cluster mode removes an environment, never anything else
+    if ctx.global.namespace.is_some() || ctx.config()?.cluster.is_some() {
         return remove_environment(ctx).await;
     }
     let sandbox = ctx.sandbox_name()?;
@@ -69,30 +70,15 @@ pub async fn run(ctx: &Context, args: DownArgs) -> Result<(), Error> {
 /// `down --namespace NAME`: delete one environment's namespace, keep the cluster.
 async fn remove_environment(ctx: &Context) -> Result<(), Error> {
     let config = ctx.config()?;
+    if config.cluster.is_some() {
+        return super::cluster::down(ctx, &config).await;
+    }
     let namespace = config.namespace.clone();
     crate::warm::forget(&crate::warm::key(&config));
     let engine = Engine::connect().await?;
     let (_, client) = super::connect(&engine, &config.name).await?;
-    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
-    let owned = match api.get_opt(&namespace).await {
-        Ok(Some(ns)) => {
-            ns.metadata
-                .labels
-                .unwrap_or_default()
-                .get(crate::apply::OWNER_LABEL)
-                == Some(&config.name)
-        }
-        Ok(None) => false,
-        Err(e) => return Err(Error::Kube(crate::apply::api_message(&e))),
-    };
+    let owned = delete_environment(ctx, &client, &config, &namespace).await?;
     let text = if owned {
-        let step = ctx
-            .reporter
-            .step(format!("deleting environment {namespace}"));
-        api.delete(&namespace, &Default::default())
-            .await
-            .map_err(|e| Error::Kube(crate::apply::api_message(&e)))?;
-        step.done(format!("deleted namespace {namespace}"));
         format!(
             "environment {namespace} of sandbox {} removed\n",
             config.name
@@ -108,6 +94,38 @@ async fn remove_environment(ctx: &Context) -> Result<(), Error> {
         &text,
     );
     Ok(())
+}
+
+/// Deletes environment `namespace` when it is sandbox `config.name`'s (its label says so);
+/// returns whether it was.
+pub(crate) async fn delete_environment(
+    ctx: &Context,
+    client: &kube::Client,
+    config: &crate::config::SandboxConfig,
+    namespace: &str,
+) -> Result<bool, Error> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    let owned = match api.get_opt(namespace).await {
+        Ok(Some(ns)) => {
+            ns.metadata
+                .labels
+                .unwrap_or_default()
+                .get(crate::apply::OWNER_LABEL)
+                == Some(&config.name)
+        }
+        Ok(None) => false,
+        Err(e) => return Err(Error::Kube(crate::apply::api_message(&e))),
+    };
+    if owned {
+        let step = ctx
+            .reporter
+            .step(format!("deleting environment {namespace}"));
+        api.delete(namespace, &Default::default())
+            .await
+            .map_err(|e| Error::Kube(crate::apply::api_message(&e)))?;
+        step.done(format!("deleted namespace {namespace}"));
+    }
+    Ok(owned)
 }
 
 /// The `DownResult` document of a sandbox.

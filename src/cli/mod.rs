@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod cluster;
 pub mod completions;
 pub mod dns;
 pub mod down;
@@ -52,6 +53,10 @@ pub struct Global {
     /// (`down --namespace` removes just it).
     #[arg(short = 'n', long, global = true, env = "SANDBOX_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Deploy to the existing cluster of this kube context (cluster mode, see `cluster:` in
+    /// sandbox.yaml) instead of a Docker node of sandbox's own.
+    #[arg(long, global = true, env = "SANDBOX_CONTEXT")]
+    pub context: Option<String>,
     /// Result format on stdout.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -141,6 +146,10 @@ impl Context {
             }
             config.namespace = env.clone();
             config.environment = Some(env);
+        }
+        if let Some(context) = &self.global.context {
+            // named on the command line: allowed
+            config.cluster.get_or_insert_with(Default::default).context = Some(context.clone());
         }
         if let Some(profile) = &config.profile {
             // an unknown profile is bad input: say so before touching Docker

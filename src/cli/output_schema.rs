@@ -149,6 +149,7 @@ async fn documents() -> Vec<Value> {
         Path::new("/home/me/hello/sandbox.yaml"),
     )
     .unwrap();
+    let project_config = project.clone();
     let default = SandboxConfig::builtin_default("/home/me".into());
     let loaded = ["hello:sandbox-0123456789ab".to_string()];
     let removed = crate::node::Removed {
@@ -239,6 +240,15 @@ async fn documents() -> Vec<Value> {
     vec![
         up_outcome(project).await.json(),
         up_outcome(default).await.json(),
+        super::cluster::result_json(
+            &project_config,
+            "sandbox-shared",
+            "feature-a",
+            (&built(), &loaded),
+            (&applied(), &pruned()),
+            &urls(),
+            3.21,
+        ),
         super::apply::result_json("hello", &loaded, &applied(), &pruned(), 12.34),
         super::apply::result_json("hello", &[], &[], &[], 0.04),
         super::urls::result_json("hello", 40123, &urls()),

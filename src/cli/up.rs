@@ -67,6 +67,9 @@ pub struct UpArgs {}
 /// Runs `sandbox up`.
 pub async fn run(ctx: &Context, _args: UpArgs) -> Result<(), Error> {
     let config = ctx.config()?;
+    if config.cluster.is_some() {
+        return super::cluster::up(ctx, &config).await;
+    }
     let outcome = bring_up(ctx, &config).await?;
     ctx.print(&outcome.json(), &outcome.text());
     Ok(())
@@ -542,7 +545,7 @@ pub(crate) fn validate_manifests(config: &SandboxConfig) -> Result<(), Error> {
     Ok(())
 }
 
-fn secret_documents(config: &SandboxConfig) -> Result<Vec<Document>, Error> {
+pub(crate) fn secret_documents(config: &SandboxConfig) -> Result<Vec<Document>, Error> {
     Ok(secrets::documents(
         &config.secrets,
         &config.origin(),
@@ -587,7 +590,7 @@ pub(crate) fn load_manifests(
 
 /// The project's manifests, read with `builtins`; `${SANDBOX_URL_<NAME>}` are the URLs of
 /// its own Ingresses (and fixed node ports at `node_ip`), then of the add-ons' (`addon_urls`).
-fn read_manifests(
+pub(crate) fn read_manifests(
     config: &SandboxConfig,
     builtins: &Builtins,
     node_ip: Option<&str>,

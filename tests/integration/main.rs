@@ -3,6 +3,7 @@
 //! --for-tests` does everything a fresh machine needs).
 
 mod broken;
+mod cluster;
 mod commands;
 mod drills;
 mod environments;

@@ -1,0 +1,659 @@
+//! Cluster mode (`cluster:` in sandbox.yaml, or `--context`): `up` and `down` of a
+//! per-branch environment on an existing cluster reached through a kube context, instead of
+//! a Docker node of sandbox's own. Nothing is created on Docker but the images, which are
+//! pushed to the configured registry; the objects go into the environment's namespace,
+//! which sandbox owns, under a Lease that serialises two runs of one environment on any
+//! machines.
+//!
+//! Guardrails: the context must be named (in sandbox.yaml or on the command line; the
+//! current context is taken only when it is one of sandbox's own, `sandbox-*`), the
+//! environment must be given (`--namespace` or `namespace: auto`), and cluster-scoped
+//! objects are refused unless `cluster.allowClusterScoped`.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+use super::Context;
+use crate::apply::Applier;
+use crate::config::{ClusterConfig, SandboxConfig};
+use crate::docker::Engine;
+use crate::error::Error;
+use crate::images::{self, BuiltImage};
+use crate::manifests::{self, Document};
+use crate::urls::Url;
+
+/// The Lease that serialises runs on one environment.
+pub const LEASE: &str = "sandbox-lock";
+/// How long a Lease holds without renewal (a run that died frees it after this).
+const LEASE_SECONDS: i32 = 30;
+
+/// The kube context cluster mode uses: the one named on the command line or in
+/// sandbox.yaml; else the current one only when it is one of sandbox's own.
+pub fn context(config: &ClusterConfig, current: Option<&str>) -> Result<String, Error> {
+    if let Some(named) = &config.context {
+        return Ok(named.clone());
+    }
+    match current {
+        Some(c) if c.starts_with("sandbox-") => Ok(c.to_string()),
+        Some(c) => Err(Error::Usage(format!(
+            "cluster mode needs the kube context named: `cluster.context` in sandbox.yaml or \
+             --context (sandbox never deploys to the current context, {c:?}, unless it is one \
+             of its own)"
+        ))),
+        None => Err(Error::Usage(
+            "cluster mode needs the kube context named: `cluster.context` in sandbox.yaml or \
+             --context"
+                .into(),
+        )),
+    }
+}
+
+/// A client for `context` of the user's kubeconfig (`KUBECONFIG`, else ~/.kube/config).
+pub async fn connect(context: &str) -> Result<kube::Client, Error> {
+    let path = crate::kubeconfig::user_kubeconfig_path();
+    let kubeconfig = crate::kubeconfig::read(&path)?.unwrap_or_default();
+    let known: Vec<&str> = kubeconfig["contexts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    if !known.contains(&context) {
+        return Err(Error::Usage(format!(
+            "kube context {context:?} is not in {} (contexts there: {})",
+            path.display(),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        )));
+    }
+    Ok(crate::node::client_for(&kubeconfig, context).await?)
+}
+
+fn current_context() -> Option<String> {
+    let path = crate::kubeconfig::user_kubeconfig_path();
+    let kubeconfig = crate::kubeconfig::read(&path).ok()??;
+    kubeconfig["current-context"].as_str().map(str::to_string)
+}
+
+fn kube_error(e: kube::Error) -> Error {
+    Error::Kube(crate::apply::api_message(&e))
+}
+
+/// The environment's namespace: cluster mode deploys only into one.
+fn environment(config: &SandboxConfig) -> Result<String, Error> {
+    config.environment.clone().ok_or_else(|| {
+        Error::Usage(
+            "cluster mode deploys into a per-branch environment: give --namespace NAME or \
+             `namespace: auto` in sandbox.yaml"
+                .into(),
+        )
+    })
+}
+
+/// `up` in cluster mode.
+pub async fn up(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> {
+    let started = Instant::now();
+    let cluster = config.cluster.clone().unwrap_or_default();
+    let context = context(&cluster, current_context().as_deref())?;
+    let namespace = environment(config)?;
+    super::up::validate_manifests(config)?;
+    if !config.images.is_empty() && cluster.registry.is_none() {
+        return Err(Error::Usage(
+            "cluster mode pushes the built images to a registry the cluster pulls from: set \
+             `cluster.registry` (HOST[:PORT][/PREFIX])"
+                .into(),
+        ));
+    }
+    let client = connect(&context).await?;
+    let domain = format!(
+        "{namespace}.{}",
+        cluster
+            .domain
+            .as_deref()
+            .unwrap_or(super::up::DEFAULT_DOMAIN)
+    );
+    // the documents, before anything is touched (images not built yet: their references
+    // are rewritten once pushed)
+    let mut docs = documents(config, &cluster, &domain)?;
+    let mut applier = Applier::new(client.clone(), &config.name, &namespace);
+    if !cluster.allow_cluster_scoped {
+        let scoped = applier.cluster_scoped(&docs).await?;
+        if !scoped.is_empty() {
+            return Err(Error::Usage(format!(
+                "cluster mode applies only into the environment's namespace, and these objects \
+                 are cluster-scoped:\n{}\n(set `cluster.allowClusterScoped: true` to apply them \
+                 anyway)",
+                scoped
+                    .iter()
+                    .map(|d| format!("  {}", d.describe()))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )));
+        }
+    }
+    ensure_namespace(&client, &namespace, &config.name).await?;
+    let lease = take_lease(ctx, &client, &namespace).await?;
+    let result = async {
+        let (built, pushed) = deliver(ctx, config, &cluster).await?;
+        let rewrite = images::rewrite_map(&built);
+        for doc in &mut docs {
+            manifests::rewrite_images(&mut doc.object, &rewrite, "IfNotPresent");
+        }
+        if let Some(secret) = &cluster.tls_secret {
+            docs.extend(copy_tls_secret(&client, secret, &namespace).await?);
+        }
+        let step = ctx
+            .reporter
+            .step(format!("applying {} objects to {namespace}", docs.len()));
+        let applied = applier.apply_all(&docs).await?;
+        let pruned = applier.prune(&applied).await?;
+        let changed = applied.iter().filter(|a| a.changed).count();
+        step.done(format!(
+            "applied {} objects ({changed} changed)",
+            applied.len()
+        ));
+        let ready_since = Instant::now();
+        if applied.iter().any(|a| crate::wait::waits_on(&a.object)) {
+            let step = ctx.reporter.step("waiting for workloads");
+            crate::wait::wait_all(&client, &applied, config.timeouts.ready, None, &step).await?;
+            step.done("workloads ready");
+        }
+        let urls = answering(ctx, config, &client, &namespace, &cluster, ready_since).await?;
+        Ok::<_, Error>((built, pushed, applied, pruned, urls))
+    }
+    .await;
+    lease.release().await;
+    let (built, pushed, applied, pruned, urls) = result?;
+    let seconds = started.elapsed().as_secs_f64();
+    let json = result_json(
+        config,
+        &context,
+        &namespace,
+        (&built, &pushed),
+        (&applied, &pruned),
+        &urls,
+        seconds,
+    );
+    let mut text = format!(
+        "environment {namespace} of sandbox {} is up on context {context} ({seconds:.1}s)\n",
+        config.name
+    );
+    let changed = applied.iter().filter(|a| a.changed).count();
+    text.push_str(&format!(
+        "  objects       {} applied, {changed} changed, {} pruned\n",
+        applied.len(),
+        pruned.len()
+    ));
+    if !built.is_empty() {
+        text.push_str(&format!(
+            "  images        {} built, {} pushed\n",
+            built.len(),
+            pushed.len()
+        ));
+    }
+    if !urls.is_empty() {
+        text.push_str("URLs\n");
+        for u in &urls {
+            text.push_str(&format!("  {:<12} {:<30} {}\n", u.kind, u.name, u.url));
+        }
+    }
+    ctx.print(&json, &text);
+    Ok(())
+}
+
+/// The `ClusterUpResult` document: the images built with those pushed, the objects
+/// applied with those pruned.
+pub(crate) fn result_json(
+    config: &SandboxConfig,
+    context: &str,
+    namespace: &str,
+    (built, pushed): (&[BuiltImage], &[String]),
+    (applied, pruned): (&[crate::apply::Applied], &[crate::apply::InventoryEntry]),
+    urls: &[Url],
+    seconds: f64,
+) -> serde_json::Value {
+    json!({
+        "apiVersion": crate::config::API_VERSION,
+        "kind": "ClusterUpResult",
+        "sandbox": config.name,
+        "config": config.source,
+        "context": context,
+        "namespace": namespace,
+        "images": super::up::images_json(built, pushed),
+        "objects": super::up::objects_json(applied),
+        "pruned": super::up::pruned_json(pruned),
+        "urls": urls,
+        "elapsedSeconds": seconds,
+    })
+}
+
+/// The project's documents for an environment on `domain`: its Secrets and manifests,
+/// with the cluster's IngressClass on Ingresses that name none.
+fn documents(
+    config: &SandboxConfig,
+    cluster: &ClusterConfig,
+    domain: &str,
+) -> Result<Vec<Document>, Error> {
+    let builtins = manifests::Builtins {
+        name: config.name.clone(),
+        namespace: config.namespace.clone(),
+        domain: domain.to_string(),
+        ip: super::up::DEFAULT_IP.to_string(),
+        http_port: 80,
+        https_port: cluster.https_port,
+        smtp_host: crate::addons::SMTP_DNS_NAME.to_string(),
+        smtp_port: crate::addons::SMTP_PORT,
+    };
+    let mut docs = super::up::secret_documents(config)?;
+    docs.extend(super::up::read_manifests(config, &builtins, None, &[])?);
+    if let Some(class) = &cluster.ingress_class {
+        for doc in docs.iter_mut().filter(|d| d.kind() == "Ingress") {
+            let spec = &mut doc.object["spec"];
+            if spec["ingressClassName"].is_null() {
+                spec["ingressClassName"] = json!(class);
+            }
+        }
+    }
+    Ok(docs)
+}
+
+/// Builds the configured images and pushes each to the cluster's registry as
+/// `REGISTRY/NAME:sandbox-<id>`; returns them as the manifests name them, and what was
+/// pushed.
+async fn deliver(
+    ctx: &Context,
+    config: &SandboxConfig,
+    cluster: &ClusterConfig,
+) -> Result<(Vec<BuiltImage>, Vec<String>), Error> {
+    let Some(registry) = &cluster.registry else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    if config.images.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let engine = Engine::connect().await?;
+    let built = images::build_all(&engine, &config.images, &config.base_dir, &ctx.reporter).await?;
+    let host = registry.split('/').next().unwrap_or(registry);
+    let credentials = match crate::credentials::config_path() {
+        Some(path) => {
+            crate::credentials::for_host(&path, host).map_err(|e| Error::Usage(e.to_string()))?
+        }
+        None => None,
+    };
+    let mut delivered = Vec::new();
+    let mut pushed = Vec::new();
+    for image in &built {
+        let (_, tag) = crate::docker::split_tag(&image.reference);
+        let repo = format!("{registry}/{}", image.name);
+        let reference = format!("{repo}:{tag}");
+        engine.tag(&image.id, &repo, tag).await?;
+        if !crate::registry::holds_at(host, &reference).await {
+            let step = ctx.reporter.step(format!("pushing {reference}"));
+            let outcome = engine
+                .push(&repo, tag, credentials.clone(), |status| {
+                    ctx.reporter.detail(format!("{reference}: {status}"))
+                })
+                .await?;
+            if let Err(message) = outcome {
+                return Err(crate::registry::RegistryError::PushRefused {
+                    reference,
+                    registry: registry.clone(),
+                    message,
+                }
+                .into());
+            }
+            step.done(format!("pushed {reference}"));
+            pushed.push(reference.clone());
+        }
+        delivered.push(BuiltImage {
+            reference,
+            ..image.clone()
+        });
+    }
+    Ok((delivered, pushed))
+}
+
+/// The environment's namespace, created labelled as the sandbox's when absent. One that
+/// exists without the label is refused: it is someone else's.
+async fn ensure_namespace(
+    client: &kube::Client,
+    namespace: &str,
+    sandbox: &str,
+) -> Result<(), Error> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    match api.get_opt(namespace).await.map_err(kube_error)? {
+        Some(ns) => {
+            let owner = ns
+                .metadata
+                .labels
+                .unwrap_or_default()
+                .get(crate::apply::OWNER_LABEL)
+                .cloned();
+            if owner.as_deref() != Some(sandbox) {
+                return Err(Error::Usage(format!(
+                    "namespace {namespace} exists and is not an environment of sandbox {sandbox} \
+                     (its label {}: {}); choose another --namespace",
+                    crate::apply::OWNER_LABEL,
+                    owner.as_deref().unwrap_or("absent")
+                )));
+            }
+        }
+        None => {
+            let ns = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": namespace, "labels": {crate::apply::OWNER_LABEL: sandbox}},
+            }))
+            .expect("a Namespace");
+            match api.create(&PostParams::default(), &ns).await {
+                Ok(_) => {}
+                // made meanwhile by another run of this environment: the Lease settles it
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(kube_error(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A held Lease, renewed in the background until released.
+struct Held {
+    api: Api<Lease>,
+    holder: String,
+    renewing: tokio::task::JoinHandle<()>,
+}
+
+impl Held {
+    async fn release(self) {
+        self.renewing.abort();
+        if let Ok(Some(lease)) = self.api.get_opt(LEASE).await {
+            if lease.spec.and_then(|s| s.holder_identity).as_deref() == Some(&self.holder) {
+                let _ = self.api.delete(LEASE, &Default::default()).await;
+            }
+        }
+    }
+}
+
+/// Who holds a Lease: this host and process.
+fn holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("{host}/{}", std::process::id())
+}
+
+/// Whether `lease` is free for `me`: absent holder, mine, or not renewed in time.
+fn free_for(lease: &Lease, me: &str, now: k8s_openapi::jiff::Timestamp) -> bool {
+    let Some(spec) = &lease.spec else { return true };
+    let Some(holder) = spec.holder_identity.as_deref() else {
+        return true;
+    };
+    if holder == me {
+        return true;
+    }
+    let seconds = i64::from(spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS));
+    spec.renew_time
+        .as_ref()
+        .is_none_or(|t| now.duration_since(t.0).as_secs() > seconds)
+}
+
+fn lease_body(me: &str, resource_version: Option<String>) -> Lease {
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some(LEASE.into()),
+            resource_version,
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+            holder_identity: Some(me.to_string()),
+            lease_duration_seconds: Some(LEASE_SECONDS),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Takes the environment's Lease, waiting (and saying so) while another run holds it.
+async fn take_lease(ctx: &Context, client: &kube::Client, namespace: &str) -> Result<Held, Error> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let me = holder();
+    let mut said = false;
+    loop {
+        let taken = match api.get_opt(LEASE).await.map_err(kube_error)? {
+            None => {
+                api.create(&PostParams::default(), &lease_body(&me, None))
+                    .await
+            }
+            Some(lease) if free_for(&lease, &me, k8s_openapi::jiff::Timestamp::now()) => {
+                let version = lease.metadata.resource_version.clone();
+                api.replace(LEASE, &PostParams::default(), &lease_body(&me, version))
+                    .await
+            }
+            Some(lease) => {
+                if !said {
+                    said = true;
+                    ctx.reporter.info(format!(
+                        "another run holds environment {namespace} ({}); waiting for it",
+                        lease
+                            .spec
+                            .and_then(|s| s.holder_identity)
+                            .unwrap_or_default()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        match taken {
+            Ok(_) => break,
+            // another run got there first: look again
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(kube_error(e)),
+        }
+    }
+    let renewing = {
+        let api = api.clone();
+        let me = me.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(LEASE_SECONDS as u64 / 3)).await;
+                if let Ok(Some(lease)) = api.get_opt(LEASE).await {
+                    let version = lease.metadata.resource_version.clone();
+                    let _ = api
+                        .replace(LEASE, &PostParams::default(), &lease_body(&me, version))
+                        .await;
+                }
+            }
+        })
+    };
+    Ok(Held {
+        api,
+        holder: me,
+        renewing,
+    })
+}
+
+/// Copies the TLS Secret `secret` (`(namespace, name)`) into the environment and points
+/// every Ingress without a TLS section at it, for all its hosts.
+async fn copy_tls_secret(
+    client: &kube::Client,
+    secret: &(String, String),
+    namespace: &str,
+) -> Result<Vec<Document>, Error> {
+    let (from, name) = secret;
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), from);
+    let found = api
+        .get_opt(name)
+        .await
+        .map_err(kube_error)?
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "cluster.tls.secret: Secret {from}/{name} does not exist on the cluster"
+            ))
+        })?;
+    let copy = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "type": found.type_.unwrap_or_else(|| "kubernetes.io/tls".into()),
+        "data": found.data,
+    });
+    let text = serde_yaml::to_string(&copy).expect("a Secret serialises");
+    Ok(manifests::parse(
+        &text,
+        std::path::Path::new(&format!("(cluster.tls.secret {from}/{name})")),
+    )?)
+}
+
+/// The environment's URLs, once each answers through the cluster's ingress (hosts resolved
+/// as nip.io-style names, else through DNS), within what is left of the ready timeout.
+async fn answering(
+    ctx: &Context,
+    config: &SandboxConfig,
+    client: &kube::Client,
+    namespace: &str,
+    cluster: &ClusterConfig,
+    ready_since: Instant,
+) -> Result<Vec<Url>, Error> {
+    let urls = crate::urls::collect(client, Some(namespace), None, cluster.https_port)
+        .await
+        .map_err(kube_error)?;
+    let mut addresses = std::collections::BTreeMap::new();
+    for u in urls.iter().filter(|u| u.kind == "Ingress") {
+        let host = u
+            .url
+            .split("://")
+            .nth(1)
+            .and_then(|r| r.split(['/', ':']).next())
+            .unwrap_or_default()
+            .to_string();
+        if let Some(ip) = ingress_address(&host, cluster.https_port).await {
+            addresses.insert(host, ip);
+        } else {
+            ctx.reporter
+                .warn(format!("{host} does not resolve: its URL is not checked"));
+        }
+    }
+    let checks = crate::routes::plan_at(&urls, cluster.https_port, &|h| addresses.get(h).copied())
+        .into_iter()
+        .filter(|(u, _)| u.kind == "Ingress")
+        .collect::<Vec<_>>();
+    if checks.is_empty() {
+        return Ok(urls);
+    }
+    let budget = config
+        .timeouts
+        .ready
+        .saturating_sub(ready_since.elapsed())
+        .max(Duration::from_secs(5));
+    let step = ctx.reporter.step(format!(
+        "checking {}",
+        crate::report::count(checks.len(), "URL")
+    ));
+    crate::routes::wait_all(&checks, budget, &|line| step.update(line))
+        .await
+        .map_err(crate::wait::WaitError::from)?;
+    step.done("URLs answer");
+    Ok(urls)
+}
+
+/// Where `host` reaches the cluster's ingress: the address a nip.io-style name embeds,
+/// else what DNS says.
+async fn ingress_address(host: &str, port: u16) -> Option<IpAddr> {
+    if let crate::dns::Answer::Address(ip) =
+        crate::dns::resolve(host, crate::dns::Family::V4, &crate::dns::Zones::new())
+    {
+        return Some(ip);
+    }
+    tokio::net::lookup_host((host, port))
+        .await
+        .ok()?
+        .next()
+        .map(|a| a.ip())
+}
+
+/// `down --namespace NAME` in cluster mode: deletes the environment's namespace when it is
+/// the sandbox's; nothing else on the cluster is touched.
+pub async fn down(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> {
+    let cluster = config.cluster.clone().unwrap_or_default();
+    let context = context(&cluster, current_context().as_deref())?;
+    let namespace = environment(config)?;
+    let client = connect(&context).await?;
+    let removed = super::down::delete_environment(ctx, &client, config, &namespace).await?;
+    let text = if removed {
+        format!(
+            "environment {namespace} of sandbox {} removed from context {context}\n",
+            config.name
+        )
+    } else {
+        format!(
+            "sandbox {} has no environment {namespace} on context {context}; nothing to remove\n",
+            config.name
+        )
+    };
+    ctx.print(
+        &super::down::environment_result_json(&config.name, &namespace, removed),
+        &text,
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_context_is_named_never_taken_silently() {
+        let named = ClusterConfig {
+            context: Some("team-shared".into()),
+            ..Default::default()
+        };
+        assert_eq!(context(&named, Some("prod")).unwrap(), "team-shared");
+        let unnamed = ClusterConfig::default();
+        assert_eq!(
+            context(&unnamed, Some("sandbox-shared")).unwrap(),
+            "sandbox-shared"
+        );
+        let err = context(&unnamed, Some("prod")).unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::exit::USAGE);
+        assert!(err.to_string().contains("\"prod\""), "{err}");
+        assert!(context(&unnamed, None).is_err());
+    }
+
+    #[test]
+    fn a_lease_is_free_when_absent_mine_or_not_renewed() {
+        let now: k8s_openapi::jiff::Timestamp = "2026-12-01T12:00:00Z".parse().unwrap();
+        let held = |holder: &str, renewed: &str| Lease {
+            spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                holder_identity: Some(holder.into()),
+                lease_duration_seconds: Some(30),
+                renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                    renewed.parse().unwrap(),
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(free_for(&Lease::default(), "me", now));
+        assert!(free_for(&held("me", "2026-12-01T11:59:59Z"), "me", now));
+        assert!(!free_for(
+            &held("ci-2/77", "2026-12-01T11:59:50Z"),
+            "me",
+            now
+        ));
+        assert!(free_for(
+            &held("ci-2/77", "2026-12-01T11:58:00Z"),
+            "me",
+            now
+        ));
+    }
+}

@@ -1,0 +1,285 @@
+//! Cluster mode (issue 17): a real node brought up as the "existing cluster" (with its own
+//! registry, `registry: local`); a project then deploys per-branch environments to it by
+//! kube context, its image pushed to that registry (real pushes, real pulls by the node's
+//! containerd). Two branches side by side, each at its own host; `down` of one leaves the
+//! other; a context that is not allowed, a cluster-scoped object and a registry that
+//! refuses the push each fail with nothing touched.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::{assert_success, json_document, TestSandbox};
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert_success(&out, &format!("docker {}", args.join(" ")));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// One HTTPS GET of `url` through 127.0.0.1 (the shared node's published ingress), not
+/// verifying the certificate (the environment has no TLS of its own): status and body.
+fn get(url: &str) -> (u16, String) {
+    let authority = url
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap();
+    let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "443"));
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "--resolve",
+        ])
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn url(up: &Value) -> String {
+    up["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["kind"] == "Ingress")
+        .and_then(|u| u["url"].as_str())
+        .unwrap_or_else(|| panic!("no Ingress URL in {up}"))
+        .to_string()
+}
+
+fn namespace_exists(sb: &TestSandbox, namespace: &str) -> bool {
+    let out = sb.kubectl(&[
+        "get",
+        "namespace",
+        namespace,
+        "--ignore-not-found",
+        "-o",
+        "name",
+    ]);
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+}
+
+#[test]
+fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
+    let sb = TestSandbox::new("shared");
+    // the existing cluster: a node of its own, with a registry
+    let shared = sb.cwd().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let shared_file = shared.join("sandbox.yaml");
+    std::fs::write(
+        &shared_file,
+        "apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nregistry: local\n",
+    )
+    .unwrap();
+    let cluster = sb.run_json(&["up", "-f", shared_file.to_str().unwrap()]);
+    let https_port = cluster["ports"]["https"].as_u64().unwrap();
+    let registry = format!("sandbox-{}-registry", sb.name);
+    let registry_host = docker(&["port", &registry, "5000/tcp"]);
+    assert!(registry_host.starts_with("127.0.0.1:"), "{registry_host}");
+
+    // the project, in cluster mode on that context, pushing to that registry
+    let (file, project) = sb.fixture("hello-ingress");
+    let context = sb.context();
+    let config = std::fs::read_to_string(&file).unwrap()
+        + &format!(
+            "cluster:\n  context: {context}\n  registry: {registry_host}/team\n  httpsPort: {https_port}\n"
+        );
+    std::fs::write(&file, &config).unwrap();
+    let up = |namespace: &str| {
+        let out = sb.run(&["up", "-f", &file, "--namespace", namespace, "-o", "json"]);
+        assert_success(&out, &format!("up --namespace {namespace}"));
+        (
+            json_document(&out.stdout),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (a, _) = up("branch-a");
+    assert_eq!(a["kind"], "ClusterUpResult", "{a}");
+    assert_eq!(
+        (a["context"].as_str(), a["namespace"].as_str()),
+        (Some(context.as_str()), Some("branch-a"))
+    );
+    let reference = a["images"][0]["reference"].as_str().unwrap().to_string();
+    assert!(
+        reference.starts_with(&format!("{registry_host}/team/hello:sandbox-")),
+        "{reference}"
+    );
+    assert_eq!(a["images"][0]["loaded"], true, "pushed: {a}");
+    // nothing of this project on Docker but its images: no node, network or volume of its own
+    let url_a = url(&a);
+    assert!(
+        url_a.starts_with("https://hello.branch-a.127.0.0.1.nip.io"),
+        "{url_a}"
+    );
+    // one request: `up` returned once the URL answered through the cluster's ingress
+    let (code, body) = get(&url_a);
+    assert_eq!(code, 200, "{url_a}: {body}");
+    assert!(body.contains("hello over https"), "{body}");
+    // the node pulled the pushed image by its registry name
+    let image = sb.kubectl(&["-n", "branch-a", "get", "deploy", "hello", "-o",
+        "jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].imagePullPolicy}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&image.stdout),
+        format!("{reference} IfNotPresent")
+    );
+
+    // a second branch, side by side, at its own host
+    let (b, progress) = up("branch-b");
+    assert!(
+        !progress.contains("pushing"),
+        "the same image is not pushed again: {progress}"
+    );
+    let url_b = url(&b);
+    assert!(
+        url_b.starts_with("https://hello.branch-b.127.0.0.1.nip.io"),
+        "{url_b}"
+    );
+    assert_eq!(get(&url_b).0, 200, "{url_b}");
+    assert_eq!(get(&url_a).0, 200, "{url_a} with branch-b up");
+
+    // the same branch again: nothing pushed, nothing changed
+    let (again, progress) = up("branch-a");
+    assert!(!progress.contains("pushing"), "{progress}");
+    crate::support::assert_nothing_changed(&again, "the second up of branch-a");
+
+    // down of one environment leaves the other
+    let down = sb.run_json(&["down", "-f", &file, "--namespace", "branch-a"]);
+    assert_eq!(down["removed"]["namespace"], true, "{down}");
+    assert_eq!(get(&url_b).0, 200, "{url_b} after branch-a's down");
+    assert!(
+        sb.leftovers("container")
+            .iter()
+            .any(|c| c.ends_with("-node")),
+        "the cluster stays"
+    );
+
+    // a context not allowed: none named, and the current one is not sandbox's own
+    let prod = sb.dir.path().join("prod.kubeconfig");
+    let text = std::fs::read_to_string(sb.kubeconfig()).unwrap();
+    let mut kubeconfig: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    kubeconfig["current-context"] = "prod".into();
+    let contexts = kubeconfig["contexts"].as_sequence_mut().unwrap();
+    let mut renamed = contexts
+        .iter()
+        .find(|c| c["name"] == context.as_str())
+        .unwrap()
+        .clone();
+    renamed["name"] = "prod".into();
+    contexts.push(renamed);
+    std::fs::write(&prod, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
+    let unnamed = project.join("unnamed.yaml");
+    std::fs::write(
+        &unnamed,
+        config.replace(&format!("  context: {context}\n"), ""),
+    )
+    .unwrap();
+    let out = sb
+        .command(&[
+            "up",
+            "-f",
+            unnamed.to_str().unwrap(),
+            "--namespace",
+            "branch-c",
+            "-o",
+            "json",
+        ])
+        .env("KUBECONFIG", &prod)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(json_document(&out.stdout)["message"]
+        .as_str()
+        .unwrap()
+        .contains("\"prod\""));
+    assert!(!namespace_exists(&sb, "branch-c"), "nothing touched");
+
+    // a cluster-scoped object is refused, nothing applied
+    std::fs::write(
+        project.join("k8s/role.yaml"),
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: hello-reader}\nrules: []\n",
+    )
+    .unwrap();
+    let scoped = project.join("scoped.yaml");
+    std::fs::write(
+        &scoped,
+        config.replace(
+            "  - k8s/all-in-one.yaml\n",
+            "  - k8s/all-in-one.yaml\n  - k8s/role.yaml\n",
+        ),
+    )
+    .unwrap();
+    let out = sb.run(&[
+        "up",
+        "-f",
+        scoped.to_str().unwrap(),
+        "--namespace",
+        "branch-d",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let message = json_document(&out.stdout)["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("ClusterRole") && message.contains("hello-reader"),
+        "{message}"
+    );
+    assert!(!namespace_exists(&sb, "branch-d"), "nothing touched");
+
+    // a registry that refuses the push: exit 5 with its answer, nothing applied
+    docker(&[
+        "exec",
+        "-u",
+        "0",
+        &registry,
+        "chmod",
+        "-R",
+        "a-w",
+        "/var/lib/registry",
+    ]);
+    std::fs::write(project.join("app/www/changed.txt"), "changed\n").unwrap();
+    let out = sb.run(&["up", "-f", &file, "--namespace", "branch-b", "-o", "json"]);
+    docker(&[
+        "exec",
+        "-u",
+        "0",
+        &registry,
+        "chmod",
+        "-R",
+        "u+w",
+        "/var/lib/registry",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let message = json_document(&out.stdout)["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains(&format!("pushing {registry_host}/team/hello")),
+        "{message}"
+    );
+    let image = sb.kubectl(&[
+        "-n",
+        "branch-b",
+        "get",
+        "deploy",
+        "hello",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&image.stdout),
+        reference,
+        "branch-b keeps its image"
+    );
+}
