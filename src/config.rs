@@ -918,10 +918,17 @@ timeouts: {boot: 2m, ready: 90s}
             "timeouts",
             "addons",
             "registry",
+            "cluster",
         ] {
             assert!(properties.contains_key(field), "schema lacks {field}");
         }
-        assert_eq!(properties.len(), 12);
+        assert_eq!(properties.len(), 13);
+        let cluster = c.cluster.as_ref().expect("the example has a cluster");
+        assert_eq!(cluster.context.as_deref(), Some("team-shared"));
+        assert_eq!(
+            cluster.tls_secret,
+            Some(("ingress".to_string(), "wildcard-dev".to_string()))
+        );
         assert!(!c.addons.maildev, "the example turns maildev off");
         assert_eq!(c.registry, Some(Registry::Local));
     }
@@ -938,6 +945,42 @@ timeouts: {boot: 2m, ready: 90s}
         assert!(
             err.contains("field `registry`") && err.contains("`local`"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn cluster_fields_are_checked_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let parse = |cluster: &str| {
+            SandboxConfig::parse(
+                &format!("apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\ncluster: {cluster}\n"),
+                &dir.path().join("sandbox.yaml"),
+            )
+        };
+        for (cluster, field) in [
+            ("{tls: {secret: wildcard}}", "cluster.tls.secret"),
+            ("{domain: 'Dev.Example'}", "cluster.domain"),
+            (
+                "{registry: 'https://registry.example.com'}",
+                "cluster.registry",
+            ),
+            ("{registry: 'registry.example.com/'}", "cluster.registry"),
+        ] {
+            let err = parse(cluster).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("field `{field}`")),
+                "{cluster}: {err}"
+            );
+        }
+        let err = parse("{contxt: x}").unwrap_err().to_string();
+        assert!(err.contains("contxt"), "{err}");
+        let c = parse("{context: team, registry: 'registry.example.com:5000/team'}").unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.https_port, 443);
+        assert!(!cluster.allow_cluster_scoped);
+        assert_eq!(
+            cluster.registry.as_deref(),
+            Some("registry.example.com:5000/team")
         );
     }
 
