@@ -140,25 +140,42 @@ pub async fn up(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> {
     }
     ensure_namespace(&client, &namespace, &config.name).await?;
     let lease = take_lease(ctx, &client, &namespace).await?;
+    let key = record_key(config, &context, &namespace);
     let result = async {
-        let (built, pushed) = deliver(ctx, config, &cluster).await?;
-        let rewrite = images::rewrite_map(&built);
-        for doc in &mut docs {
-            manifests::rewrite_images(&mut doc.object, &rewrite, "IfNotPresent");
-        }
         if let Some(secret) = &cluster.tls_secret {
             docs.extend(copy_tls_secret(&client, secret, &namespace).await?);
         }
-        let step = ctx
-            .reporter
-            .step(format!("applying {} objects to {namespace}", docs.len()));
-        let applied = applier.apply_all(&docs).await?;
-        let pruned = applier.prune(&applied).await?;
-        let changed = applied.iter().filter(|a| a.changed).count();
-        step.done(format!(
-            "applied {} objects ({changed} changed)",
-            applied.len()
-        ));
+        let (built, pushed, applied, pruned, unchanged) =
+            match unchanged(config, &cluster, &client, &docs, &key).await {
+                Ok((built, applied)) => {
+                    ctx.reporter.info(format!(
+                        "nothing to build, push or apply: {} and {} as the last up left them",
+                        crate::report::count(built.len(), "image"),
+                        crate::report::count(applied.len(), "object")
+                    ));
+                    (built, Vec::new(), applied, Vec::new(), true)
+                }
+                Err(reason) => {
+                    ctx.reporter.detail(format!("a full up: {reason}"));
+                    crate::warm::forget(&key);
+                    let (built, pushed) = deliver(ctx, config, &cluster).await?;
+                    let rewrite = images::rewrite_map(&built);
+                    for doc in &mut docs {
+                        manifests::rewrite_images(&mut doc.object, &rewrite, "IfNotPresent");
+                    }
+                    let step = ctx
+                        .reporter
+                        .step(format!("applying {} objects to {namespace}", docs.len()));
+                    let applied = applier.apply_all(&docs).await?;
+                    let pruned = applier.prune(&applied).await?;
+                    let changed = applied.iter().filter(|a| a.changed).count();
+                    step.done(format!(
+                        "applied {} objects ({changed} changed)",
+                        applied.len()
+                    ));
+                    (built, pushed, applied, pruned, false)
+                }
+            };
         let ready_since = Instant::now();
         if applied.iter().any(|a| crate::wait::waits_on(&a.object)) {
             let step = ctx.reporter.step("waiting for workloads");
@@ -166,11 +183,14 @@ pub async fn up(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> {
             step.done("workloads ready");
         }
         let urls = answering(ctx, config, &client, &namespace, &cluster, ready_since).await?;
-        Ok::<_, Error>((built, pushed, applied, pruned, urls))
+        if !unchanged {
+            save_record(&client, config, &key, &built, &docs, &applied, &namespace).await;
+        }
+        Ok::<_, Error>((built, pushed, applied, pruned, urls, unchanged))
     }
     .await;
     lease.release().await;
-    let (built, pushed, applied, pruned, urls) = result?;
+    let (built, pushed, applied, pruned, urls, unchanged) = result?;
     let seconds = started.elapsed().as_secs_f64();
     let json = result_json(
         config,
@@ -179,7 +199,7 @@ pub async fn up(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> {
         (&built, &pushed),
         (&applied, &pruned),
         &urls,
-        seconds,
+        (unchanged, seconds),
     );
     let mut text = format!(
         "environment {namespace} of sandbox {} is up on context {context} ({seconds:.1}s)\n",
@@ -217,7 +237,7 @@ pub(crate) fn result_json(
     (built, pushed): (&[BuiltImage], &[String]),
     (applied, pruned): (&[crate::apply::Applied], &[crate::apply::InventoryEntry]),
     urls: &[Url],
-    seconds: f64,
+    (unchanged, seconds): (bool, f64),
 ) -> serde_json::Value {
     json!({
         "apiVersion": crate::config::API_VERSION,
@@ -230,8 +250,138 @@ pub(crate) fn result_json(
         "objects": super::up::objects_json(applied),
         "pruned": super::up::pruned_json(pruned),
         "urls": urls,
+        "unchanged": unchanged,
         "elapsedSeconds": seconds,
     })
+}
+
+/// The key of an environment's record: its context (by digest: a context name may hold
+/// any character), sandbox and namespace.
+fn record_key(config: &SandboxConfig, context: &str, namespace: &str) -> String {
+    let context = &crate::warm::digest(context.as_bytes())[..12];
+    format!("cluster-{context}.{}.{namespace}", config.name)
+}
+
+/// The no-change `up` of an environment: `Ok` with the images as pushed and the objects to
+/// wait for when the record of its last complete `up` still holds (the same image inputs
+/// with their images in the engine and, on a loopback registry, in the registry; the same
+/// documents; every object as it was left); `Err` says what differs.
+async fn unchanged(
+    config: &SandboxConfig,
+    cluster: &ClusterConfig,
+    client: &kube::Client,
+    docs: &[Document],
+    key: &str,
+) -> Result<(Vec<BuiltImage>, Vec<crate::apply::Applied>), String> {
+    let record = crate::warm::read(key).ok_or("no record of a complete up")?;
+    if record.images.len() != config.images.len() {
+        return Err("the images configured changed".into());
+    }
+    let mut built = Vec::new();
+    if !config.images.is_empty() {
+        let engine = Engine::connect().await.map_err(|e| e.to_string())?;
+        for (image, recorded) in config.images.iter().zip(&record.images) {
+            let (_, context) = images::pack(image, &config.base_dir)
+                .await
+                .map_err(|e| e.to_string())?;
+            let inputs = images::inputs(&engine, image, &config.base_dir, &context).await;
+            if recorded.name != image.name || inputs.as_ref() != Some(&recorded.inputs) {
+                return Err(format!("image {} has new inputs", image.name));
+            }
+            if engine
+                .image_id(&recorded.reference)
+                .await
+                .ok()
+                .flatten()
+                .as_ref()
+                != Some(&recorded.id)
+            {
+                return Err(format!("{} is no longer in the engine", recorded.reference));
+            }
+            let host = cluster
+                .registry
+                .as_deref()
+                .and_then(|r| r.split('/').next())
+                .unwrap_or_default();
+            let loopback = host.starts_with("127.0.0.1:") || host.starts_with("localhost:");
+            if loopback && !crate::registry::holds_at(host, &recorded.reference).await {
+                return Err(format!(
+                    "the registry no longer holds {}",
+                    recorded.reference
+                ));
+            }
+            built.push(BuiltImage {
+                name: image.name.clone(),
+                reference: recorded.reference.clone(),
+                id: recorded.id.clone(),
+                inputs,
+            });
+        }
+    }
+    let mut docs = docs.to_vec();
+    let rewrite = images::rewrite_map(&built);
+    for doc in &mut docs {
+        manifests::rewrite_images(&mut doc.object, &rewrite, "IfNotPresent");
+    }
+    if crate::warm::documents_digest(&docs) != record.documents {
+        return Err("the documents to apply changed".into());
+    }
+    let observed = crate::warm::observe(client, &config.name, &record.objects).await?;
+    let mut applied = Vec::new();
+    for ((now, object), left) in observed.into_iter().zip(&record.objects) {
+        if !left.state.unchanged(&now.state) {
+            return Err(format!("{} changed since the last up", now.id()));
+        }
+        if now.role == crate::warm::Role::Project {
+            applied.push(now.as_applied(object));
+        }
+    }
+    Ok((built, applied))
+}
+
+/// Keeps the record of this complete `up` (the states its objects were left in); a failure
+/// only means the next `up` is a full one.
+async fn save_record(
+    client: &kube::Client,
+    config: &SandboxConfig,
+    key: &str,
+    built: &[BuiltImage],
+    docs: &[Document],
+    applied: &[crate::apply::Applied],
+    namespace: &str,
+) {
+    use crate::warm::{ImageRecord, ObjectRecord, Role};
+    let Some(images) = built
+        .iter()
+        .map(|b| {
+            Some(ImageRecord {
+                name: b.name.clone(),
+                inputs: b.inputs.clone()?,
+                id: b.id.clone(),
+                reference: b.reference.clone(),
+            })
+        })
+        .collect::<Option<Vec<_>>>()
+    else {
+        return;
+    };
+    let mut objects: Vec<ObjectRecord> = applied
+        .iter()
+        .map(|a| ObjectRecord::applied(a, Role::Project))
+        .collect();
+    objects.push(ObjectRecord::inventory(namespace));
+    let Ok(observed) = crate::warm::observe(client, &config.name, &objects).await else {
+        return;
+    };
+    let record = crate::warm::Record {
+        format: crate::warm::format(),
+        node: key.to_string(),
+        kubeconfig: String::new(),
+        images,
+        documents: crate::warm::documents_digest(docs),
+        objects: observed.into_iter().map(|(o, _)| o).collect(),
+    };
+    let _ = crate::warm::write(key, &record);
 }
 
 /// The project's documents for an environment on `domain`: its Secrets and manifests,
@@ -587,6 +737,7 @@ pub async fn down(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> {
     let cluster = config.cluster.clone().unwrap_or_default();
     let context = context(&cluster, current_context().as_deref())?;
     let namespace = environment(config)?;
+    crate::warm::forget(&record_key(config, &context, &namespace));
     let client = connect(&context).await?;
     let removed = super::down::delete_environment(ctx, &client, config, &namespace).await?;
     let text = if removed {

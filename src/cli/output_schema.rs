@@ -247,7 +247,7 @@ async fn documents() -> Vec<Value> {
             (&built(), &loaded),
             (&applied(), &pruned()),
             &urls(),
-            3.21,
+            (false, 3.21),
         ),
         super::apply::result_json("hello", &loaded, &applied(), &pruned(), 12.34),
         super::apply::result_json("hello", &[], &[], &[], 0.04),

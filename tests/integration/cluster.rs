@@ -145,10 +145,57 @@ fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
     assert_eq!(get(&url_b).0, 200, "{url_b}");
     assert_eq!(get(&url_a).0, 200, "{url_a} with branch-b up");
 
-    // the same branch again: nothing pushed, nothing changed
+    // the same branch again: nothing built, pushed or applied
     let (again, progress) = up("branch-a");
     assert!(!progress.contains("pushing"), "{progress}");
+    assert_eq!(again["unchanged"], true, "{again}\n{progress}");
     crate::support::assert_nothing_changed(&again, "the second up of branch-a");
+
+    // one run per environment, from any machine: while another holds branch-b's Lease,
+    // an up of branch-b waits (and says so) and one of branch-a does not
+    let now = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.000000Z"])
+        .output()
+        .unwrap();
+    let lease = format!(
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: sandbox-lock, namespace: branch-b}}\n\
+         spec: {{holderIdentity: ci-other/1, leaseDurationSeconds: 30, renewTime: \"{}\"}}\n",
+        String::from_utf8_lossy(&now.stdout).trim()
+    );
+    let lease_file = sb.dir.path().join("lease.yaml");
+    std::fs::write(&lease_file, lease).unwrap();
+    assert_success(
+        &sb.kubectl(&["apply", "-f", lease_file.to_str().unwrap()]),
+        "kubectl apply the other run's Lease",
+    );
+    let mut waiting = sb
+        .command(&["up", "-f", &file, "--namespace", "branch-b", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(waiting.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("waiting for it") {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(read > 0, "up ended without waiting for the Lease: {said}");
+        said.push_str(&line);
+    }
+    assert!(
+        said.contains("another run holds environment branch-b (ci-other/1)"),
+        "{said}"
+    );
+    let (other, progress) = up("branch-a");
+    assert!(!progress.contains("waiting for it"), "{progress}");
+    assert_eq!(other["namespace"], "branch-a");
+    assert_success(
+        &sb.kubectl(&["-n", "branch-b", "delete", "lease", "sandbox-lock"]),
+        "kubectl delete the other run's Lease",
+    );
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "the up that waited");
+    assert_eq!(json_document(&out.stdout)["namespace"], "branch-b");
 
     // down of one environment leaves the other
     let down = sb.run_json(&["down", "-f", &file, "--namespace", "branch-a"]);
