@@ -731,6 +731,50 @@ async fn ingress_address(host: &str, port: u16) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
+/// `urls` in cluster mode: the environment's URL table, and the context's API server.
+pub async fn urls(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> {
+    let cluster = config.cluster.clone().unwrap_or_default();
+    let context = context(&cluster, current_context().as_deref())?;
+    let namespace = environment(config)?;
+    let client = connect(&context).await?;
+    let urls = crate::urls::collect(&client, Some(&namespace), None, cluster.https_port)
+        .await
+        .map_err(kube_error)?;
+    let server = api_server(&context).unwrap_or_default();
+    let mut text = String::new();
+    for u in &urls {
+        text.push_str(&format!("{:<12} {:<30} {}\n", u.kind, u.name, u.url));
+    }
+    text.push_str(&format!("{:<12} {:<30} {server}\n", "API", context));
+    let json = json!({
+        "apiVersion": crate::config::API_VERSION,
+        "kind": "UrlsResult",
+        "sandbox": config.name,
+        "context": context,
+        "apiServer": server,
+        "urls": urls,
+    });
+    ctx.print(&json, &text);
+    Ok(())
+}
+
+/// The API server of `context` in the user's kubeconfig.
+fn api_server(context: &str) -> Option<String> {
+    let kubeconfig = crate::kubeconfig::read(&crate::kubeconfig::user_kubeconfig_path()).ok()??;
+    let cluster = kubeconfig["contexts"]
+        .as_sequence()?
+        .iter()
+        .find(|c| c["name"] == context)?["context"]["cluster"]
+        .as_str()?
+        .to_string();
+    kubeconfig["clusters"]
+        .as_sequence()?
+        .iter()
+        .find(|c| c["name"] == cluster.as_str())?["cluster"]["server"]
+        .as_str()
+        .map(str::to_string)
+}
+
 /// `down --namespace NAME` in cluster mode: deletes the environment's namespace when it is
 /// the sandbox's; nothing else on the cluster is touched.
 pub async fn down(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> {

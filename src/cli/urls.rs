@@ -17,6 +17,9 @@ pub struct UrlsArgs {}
 /// Runs `sandbox urls`.
 pub async fn run(ctx: &Context, _args: UrlsArgs) -> Result<(), Error> {
     let config = ctx.config()?;
+    if config.cluster.is_some() {
+        return super::cluster::urls(ctx, &config).await;
+    }
     let engine = Engine::connect().await?;
     let (info, client) = super::connect(&engine, &config.name).await?;
     let names = Names::of(&config.name);

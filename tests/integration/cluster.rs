@@ -197,6 +197,18 @@ fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
     assert_eq!(out.status.code(), Some(0), "the up that waited");
     assert_eq!(json_document(&out.stdout)["namespace"], "branch-b");
 
+    // urls in cluster mode: the environment's table; a command that does not work in
+    // cluster mode yet refuses (exit 2) rather than act on a local node of the same name
+    let urls = sb.run_json(&["urls", "-f", &file, "--namespace", "branch-b"]);
+    assert_eq!(urls["context"], context.as_str(), "{urls}");
+    assert_eq!(url(&urls), url_b);
+    let status = sb.run(&["status", "-f", &file, "-o", "json"]);
+    assert_eq!(status.status.code(), Some(2), "{status:?}");
+    assert!(json_document(&status.stdout)["message"]
+        .as_str()
+        .unwrap()
+        .contains("cluster mode"));
+
     // down of one environment leaves the other
     let down = sb.run_json(&["down", "-f", &file, "--namespace", "branch-a"]);
     assert_eq!(down["removed"]["namespace"], true, "{down}");
