@@ -143,6 +143,7 @@ pub async fn up(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> {
     let key = record_key(config, &context, &namespace);
     let result = async {
         if let Some(secret) = &cluster.tls_secret {
+            use_tls_secret(&mut docs, &secret.1);
             docs.extend(copy_tls_secret(&client, secret, &namespace).await?);
         }
         let (built, pushed, applied, pruned, unchanged) =
@@ -633,8 +634,29 @@ async fn take_lease(ctx: &Context, client: &kube::Client, namespace: &str) -> Re
     })
 }
 
-/// Copies the TLS Secret `secret` (`(namespace, name)`) into the environment and points
-/// every Ingress without a TLS section at it, for all its hosts.
+/// Points every Ingress of `docs` without a TLS section at Secret `name`, for all its hosts
+/// (pure).
+pub fn use_tls_secret(docs: &mut [Document], name: &str) {
+    for doc in docs.iter_mut().filter(|d| d.kind() == "Ingress") {
+        let spec = &mut doc.object["spec"];
+        if spec["tls"].as_array().is_some_and(|t| !t.is_empty()) {
+            continue;
+        }
+        let mut hosts: Vec<serde_json::Value> = Vec::new();
+        for rule in spec["rules"].as_array().into_iter().flatten() {
+            if let Some(host) = rule["host"].as_str() {
+                if !hosts.iter().any(|h| h == host) {
+                    hosts.push(json!(host));
+                }
+            }
+        }
+        if !hosts.is_empty() {
+            spec["tls"] = json!([{"hosts": hosts, "secretName": name}]);
+        }
+    }
+}
+
+/// Copies the TLS Secret `secret` (`(namespace, name)`) into the environment.
 async fn copy_tls_secret(
     client: &kube::Client,
     secret: &(String, String),
@@ -822,6 +844,21 @@ mod tests {
         assert_eq!(err.exit_code(), crate::error::exit::USAGE);
         assert!(err.to_string().contains("\"prod\""), "{err}");
         assert!(context(&unnamed, None).is_err());
+    }
+
+    #[test]
+    fn ingresses_without_tls_use_the_wildcard_secret() {
+        let text = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: a}\n\
+                    spec:\n  rules:\n  - host: a.pr-1.dev.example.com\n  - host: b.pr-1.dev.example.com\n  - host: a.pr-1.dev.example.com\n\
+                    ---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: own}\n\
+                    spec:\n  tls: [{hosts: [own.example.com], secretName: own-tls}]\n  rules:\n  - host: own.example.com\n";
+        let mut docs = manifests::parse(text, std::path::Path::new("k8s/ingress.yaml")).unwrap();
+        use_tls_secret(&mut docs, "wildcard-dev");
+        assert_eq!(
+            docs[0].object["spec"]["tls"],
+            json!([{"hosts": ["a.pr-1.dev.example.com", "b.pr-1.dev.example.com"], "secretName": "wildcard-dev"}])
+        );
+        assert_eq!(docs[1].object["spec"]["tls"][0]["secretName"], "own-tls");
     }
 
     #[test]

@@ -209,6 +209,67 @@ fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
         .unwrap()
         .contains("cluster mode"));
 
+    // TLS from a wildcard Secret of the cluster's, copied into the environment: `up` returns
+    // once the controller serves it for the host (not its default certificate)
+    let wildcard =
+        rcgen::generate_simple_self_signed(vec!["*.branch-e.127.0.0.1.nip.io".to_string()])
+            .unwrap();
+    let (crt, key) = (sb.dir.path().join("tls.crt"), sb.dir.path().join("tls.key"));
+    std::fs::write(&crt, wildcard.cert.pem()).unwrap();
+    std::fs::write(&key, wildcard.signing_key.serialize_pem()).unwrap();
+    assert_success(
+        &sb.kubectl(&[
+            "create",
+            "secret",
+            "tls",
+            "wildcard-dev",
+            "--cert",
+            crt.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]),
+        "kubectl create secret tls",
+    );
+    let tls = project.join("tls.yaml");
+    std::fs::write(
+        &tls,
+        config.clone() + "  tls: {secret: default/wildcard-dev}\n",
+    )
+    .unwrap();
+    let out = sb.run(&[
+        "up",
+        "-f",
+        tls.to_str().unwrap(),
+        "--namespace",
+        "branch-e",
+        "-o",
+        "json",
+    ]);
+    assert_success(&out, "up with cluster.tls.secret");
+    let secret = sb.kubectl(&[
+        "-n",
+        "branch-e",
+        "get",
+        "ingress",
+        "hello",
+        "-o",
+        "jsonpath={.spec.tls[0].secretName} {.spec.tls[0].hosts[0]}",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&secret.stdout),
+        "wildcard-dev hello.branch-e.127.0.0.1.nip.io"
+    );
+    assert_success(
+        &sb.run(&[
+            "down",
+            "-f",
+            tls.to_str().unwrap(),
+            "--namespace",
+            "branch-e",
+        ]),
+        "down of branch-e",
+    );
+
     // down of one environment leaves the other
     let down = sb.run_json(&["down", "-f", &file, "--namespace", "branch-a"]);
     assert_eq!(down["removed"]["namespace"], true, "{down}");
