@@ -23,24 +23,42 @@ pub async fn run(ctx: &Context, _args: BuildArgs) -> Result<(), Error> {
         .await?
         .into_iter()
         .find(|n| n.running());
-    let requests = images::load_requests(&built);
-    let loaded = match &node {
-        Some(info) => {
-            let profile = Profile::named(&info.profile)?;
-            images::load(&engine, &info.name, &profile, &requests, &ctx.reporter).await?
+    // with the sandbox's registry running: pushed there, as `up` does
+    let registry = match config.registry {
+        Some(crate::config::Registry::Local) => {
+            crate::registry::running(&engine, &config.name).await?
         }
-        None => {
+        None => None,
+    };
+    let requests = images::load_requests(&built);
+    let (built, loaded) = match (&registry, &node) {
+        (Some(registry), _) => {
+            crate::registry::push_all(&engine, registry, &built, &ctx.reporter).await?
+        }
+        (None, Some(info)) => {
+            let profile = Profile::named(&info.profile)?;
+            let loaded =
+                images::load(&engine, &info.name, &profile, &requests, &ctx.reporter).await?;
+            (built, loaded)
+        }
+        (None, None) => {
             ctx.reporter.info(format!(
                 "sandbox {} is not running: images built, not loaded",
                 config.name
             ));
-            Vec::new()
+            (built, Vec::new())
         }
     };
     let mut text = String::new();
     for b in &built {
         let state = if loaded.contains(&b.reference) {
-            "loaded"
+            if registry.is_some() {
+                "pushed"
+            } else {
+                "loaded"
+            }
+        } else if registry.is_some() {
+            "already in the registry"
         } else if node.is_some() {
             "already in the node"
         } else {

@@ -97,6 +97,21 @@ fn images_go_through_the_sandboxs_own_registry_and_the_node_pulls_them() {
     assert_eq!(again["unchanged"], true, "{again}");
     assert_eq!(again["images"][0]["reference"], reference.as_str());
 
+    // `sandbox build` pushes there too: a change to the page is a new tag in the registry
+    std::fs::write(project.join("app/www/built.txt"), "built\n").unwrap();
+    let built = sb.run_json(&["build", "-f", file]);
+    let pushed = built["images"][0]["reference"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        pushed.starts_with(&format!("127.0.0.1:{port}/hello:")),
+        "{built}"
+    );
+    assert_ne!(pushed, reference);
+    assert_eq!(built["images"][0]["loaded"], true, "pushed: {built}");
+    assert!(registry_get(port, "hello/tags/list").contains(pushed.rsplit(':').next().unwrap()));
+
     // a registry that refuses the push (its storage made read-only): exit 5 with the
     // registry's answer, and nothing applied (the Deployment keeps its image)
     let storage = |mode: &str| {
