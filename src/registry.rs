@@ -357,23 +357,38 @@ pub async fn push_all(
     built: &[BuiltImage],
     reporter: &Reporter,
 ) -> Result<(Vec<BuiltImage>, Vec<String>), RegistryError> {
+    push_all_to(engine, &registry.host(), None, built, reporter).await
+}
+
+/// Pushes each built image as `PREFIX/NAME:TAG` (`prefix`: `HOST[:PORT][/PATH]`) with
+/// `credentials`, skipping those a loopback registry says it holds (see [`holds_at`]);
+/// returns the images as the manifests name them there, and the references pushed.
+pub async fn push_all_to(
+    engine: &Engine,
+    prefix: &str,
+    credentials: Option<bollard::auth::DockerCredentials>,
+    built: &[BuiltImage],
+    reporter: &Reporter,
+) -> Result<(Vec<BuiltImage>, Vec<String>), RegistryError> {
+    let host = prefix.split('/').next().unwrap_or(prefix);
     let mut delivered = Vec::new();
     let mut pushed = Vec::new();
     for image in built {
-        let reference = registry.reference(image);
-        let (repo, tag) = crate::docker::split_tag(&reference);
-        engine.tag(&image.id, repo, tag).await?;
-        if !holds(registry, &reference).await {
+        let (_, tag) = crate::docker::split_tag(&image.reference);
+        let repo = format!("{prefix}/{}", image.name);
+        let reference = format!("{repo}:{tag}");
+        engine.tag(&image.id, &repo, tag).await?;
+        if !holds_at(host, &reference).await {
             let step = reporter.step(format!("pushing {reference}"));
             let outcome = engine
-                .push(repo, tag, None, |status| {
+                .push(&repo, tag, credentials.clone(), |status| {
                     reporter.detail(format!("{reference}: {status}"))
                 })
                 .await?;
             if let Err(message) = outcome {
                 return Err(RegistryError::PushRefused {
                     reference,
-                    registry: registry.host(),
+                    registry: prefix.to_string(),
                     message,
                 });
             }

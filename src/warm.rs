@@ -226,6 +226,21 @@ pub fn format() -> String {
     format!("{FORMAT} sandbox {}", env!("CARGO_PKG_VERSION"))
 }
 
+/// The image records of `built`; `None` when an image's inputs are not known.
+pub fn image_records(built: &[crate::images::BuiltImage]) -> Option<Vec<ImageRecord>> {
+    built
+        .iter()
+        .map(|b| {
+            Some(ImageRecord {
+                name: b.name.clone(),
+                inputs: b.inputs.clone()?,
+                id: b.id.clone(),
+                reference: b.reference.clone(),
+            })
+        })
+        .collect()
+}
+
 /// Hex SHA-256 of `bytes`.
 pub fn digest(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, bytes)

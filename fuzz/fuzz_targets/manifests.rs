@@ -59,9 +59,13 @@ fuzz_target!(|data: &[u8]| {
         "hello".to_string(),
         "hello:sandbox-0123456789ab".to_string(),
     )]);
-    for doc in &mut docs {
+    // cluster mode's wildcard TLS Secret on the Ingresses without TLS
+    sandbox::cli::cluster::use_tls_secret(&mut docs, "wildcard-dev");
+    for (i, doc) in docs.iter_mut().enumerate() {
         let _ = doc.describe();
-        manifests::rewrite_images(&mut doc.object, &images);
+        // loaded into the node, or pushed to a registry
+        let policy = if i % 2 == 0 { "Never" } else { "IfNotPresent" };
+        manifests::rewrite_images(&mut doc.object, &images, policy);
         let _ = sandbox::apply::phase(doc.kind());
         let _ = sandbox::apply::kind_rank(doc.kind());
         let mut prepared =

@@ -351,19 +351,8 @@ async fn save_record(
     applied: &[crate::apply::Applied],
     namespace: &str,
 ) {
-    use crate::warm::{ImageRecord, ObjectRecord, Role};
-    let Some(images) = built
-        .iter()
-        .map(|b| {
-            Some(ImageRecord {
-                name: b.name.clone(),
-                inputs: b.inputs.clone()?,
-                id: b.id.clone(),
-                reference: b.reference.clone(),
-            })
-        })
-        .collect::<Option<Vec<_>>>()
-    else {
+    use crate::warm::{ObjectRecord, Role};
+    let Some(images) = crate::warm::image_records(built) else {
         return;
     };
     let mut objects: Vec<ObjectRecord> = applied
@@ -438,37 +427,7 @@ async fn deliver(
         }
         None => None,
     };
-    let mut delivered = Vec::new();
-    let mut pushed = Vec::new();
-    for image in &built {
-        let (_, tag) = crate::docker::split_tag(&image.reference);
-        let repo = format!("{registry}/{}", image.name);
-        let reference = format!("{repo}:{tag}");
-        engine.tag(&image.id, &repo, tag).await?;
-        if !crate::registry::holds_at(host, &reference).await {
-            let step = ctx.reporter.step(format!("pushing {reference}"));
-            let outcome = engine
-                .push(&repo, tag, credentials.clone(), |status| {
-                    ctx.reporter.detail(format!("{reference}: {status}"))
-                })
-                .await?;
-            if let Err(message) = outcome {
-                return Err(crate::registry::RegistryError::PushRefused {
-                    reference,
-                    registry: registry.clone(),
-                    message,
-                }
-                .into());
-            }
-            step.done(format!("pushed {reference}"));
-            pushed.push(reference.clone());
-        }
-        delivered.push(BuiltImage {
-            reference,
-            ..image.clone()
-        });
-    }
-    Ok((delivered, pushed))
+    Ok(crate::registry::push_all_to(&engine, registry, credentials, &built, &ctx.reporter).await?)
 }
 
 /// The environment's namespace, created labelled as the sandbox's when absent. One that
@@ -719,22 +678,7 @@ async fn answering(
         .into_iter()
         .filter(|(u, _)| u.kind == "Ingress")
         .collect::<Vec<_>>();
-    if checks.is_empty() {
-        return Ok(urls);
-    }
-    let budget = config
-        .timeouts
-        .ready
-        .saturating_sub(ready_since.elapsed())
-        .max(Duration::from_secs(5));
-    let step = ctx.reporter.step(format!(
-        "checking {}",
-        crate::report::count(checks.len(), "URL")
-    ));
-    crate::routes::wait_all(&checks, budget, &|line| step.update(line))
-        .await
-        .map_err(crate::wait::WaitError::from)?;
-    step.done("URLs answer");
+    super::up::check_routes(ctx, config, &checks, ready_since).await?;
     Ok(urls)
 }
 

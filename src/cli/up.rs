@@ -36,8 +36,20 @@ pub(crate) async fn wait_answering(
     .await
     .map_err(|e| Error::Kube(crate::apply::api_message(&e)))?;
     let checks = crate::routes::plan(&urls, node.ports.https);
+    check_routes(ctx, config, &checks, ready_since).await?;
+    Ok(urls)
+}
+
+/// Waits until every URL of `checks` answers through its route, within what is left of the
+/// ready timeout since `ready_since` (at least 5 s).
+pub(crate) async fn check_routes(
+    ctx: &Context,
+    config: &SandboxConfig,
+    checks: &[(Url, crate::routes::Check)],
+    ready_since: Instant,
+) -> Result<(), Error> {
     if checks.is_empty() {
-        return Ok(urls);
+        return Ok(());
     }
     let budget = config
         .timeouts
@@ -48,11 +60,11 @@ pub(crate) async fn wait_answering(
         "checking {}",
         crate::report::count(checks.len(), "URL")
     ));
-    crate::routes::wait_all(&checks, budget, &|line| step.update(line))
+    crate::routes::wait_all(checks, budget, &|line| step.update(line))
         .await
         .map_err(wait::WaitError::from)?;
     step.done("URLs answer");
-    Ok(urls)
+    Ok(())
 }
 
 /// The wildcard domain of the laptop's loopback.
@@ -295,18 +307,8 @@ fn new_record(
     addons: &[Applied],
     applied: &[Applied],
 ) -> Option<crate::warm::Record> {
-    use crate::warm::{ImageRecord, ObjectRecord, Role};
-    let images = built
-        .iter()
-        .map(|b| {
-            Some(ImageRecord {
-                name: b.name.clone(),
-                inputs: b.inputs.clone()?,
-                id: b.id.clone(),
-                reference: b.reference.clone(),
-            })
-        })
-        .collect::<Option<Vec<_>>>()?;
+    use crate::warm::{ObjectRecord, Role};
+    let images = crate::warm::image_records(built)?;
     let mut objects: Vec<ObjectRecord> = addons
         .iter()
         .map(|a| ObjectRecord::applied(a, Role::Addon))

@@ -9,13 +9,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{assert_success, json_document, TestSandbox};
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().unwrap();
-    assert_success(&out, &format!("docker {}", args.join(" ")));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use crate::support::{assert_success, docker_ok, json_document, registry_storage, TestSandbox};
 
 /// One HTTPS GET of `url` through 127.0.0.1 (the shared node's published ingress), not
 /// verifying the certificate (the environment has no TLS of its own): status and body.
@@ -82,7 +76,7 @@ fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
     let cluster = sb.run_json(&["up", "-f", shared_file.to_str().unwrap()]);
     let https_port = cluster["ports"]["https"].as_u64().unwrap();
     let registry = format!("sandbox-{}-registry", sb.name);
-    let registry_host = docker(&["port", &registry, "5000/tcp"]);
+    let registry_host = docker_ok(&["port", &registry, "5000/tcp"]);
     assert!(registry_host.starts_with("127.0.0.1:"), "{registry_host}");
 
     // the project, in cluster mode on that context, pushing to that registry
@@ -168,20 +162,10 @@ fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
         &sb.kubectl(&["apply", "-f", lease_file.to_str().unwrap()]),
         "kubectl apply the other run's Lease",
     );
-    let mut waiting = sb
-        .command(&["up", "-f", &file, "--namespace", "branch-b", "-o", "json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(waiting.stderr.take().unwrap());
-    let mut said = String::new();
-    while !said.contains("waiting for it") {
-        let mut line = String::new();
-        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-        assert!(read > 0, "up ended without waiting for the Lease: {said}");
-        said.push_str(&line);
-    }
+    let (waiting, said) = crate::support::spawn_until_said(
+        sb.command(&["up", "-f", &file, "--namespace", "branch-b", "-o", "json"]),
+        "waiting for it",
+    );
     assert!(
         said.contains("another run holds environment branch-b (ci-other/1)"),
         "{said}"
@@ -357,28 +341,10 @@ fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
     assert!(!namespace_exists(&sb, "branch-d"), "nothing touched");
 
     // a registry that refuses the push: exit 5 with its answer, nothing applied
-    docker(&[
-        "exec",
-        "-u",
-        "0",
-        &registry,
-        "chmod",
-        "-R",
-        "a-w",
-        "/var/lib/registry",
-    ]);
+    registry_storage(&registry, "a-w");
     std::fs::write(project.join("app/www/changed.txt"), "changed\n").unwrap();
     let out = sb.run(&["up", "-f", &file, "--namespace", "branch-b", "-o", "json"]);
-    docker(&[
-        "exec",
-        "-u",
-        "0",
-        &registry,
-        "chmod",
-        "-R",
-        "u+w",
-        "/var/lib/registry",
-    ]);
+    registry_storage(&registry, "u+w");
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     let message = json_document(&out.stdout)["message"]
         .as_str()

@@ -38,20 +38,8 @@ fn commands_on_a_sandbox_that_does_not_exist_exit_8() {
     std::fs::create_dir_all(&state).unwrap();
     let lock = std::fs::File::create(state.join(format!("{}.lock", sb.name))).unwrap();
     lock.lock().unwrap();
-    let mut up = sb
-        .command(&["up", "-o", "json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(up.stderr.take().unwrap());
-    let mut said = String::new();
-    while !said.contains("waiting for it") {
-        let mut line = String::new();
-        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-        assert!(read > 0, "up ended before waiting for the lock: {said}");
-        said.push_str(&line);
-    }
+    let (up, said) =
+        crate::support::spawn_until_said(sb.command(&["up", "-o", "json"]), "waiting for it");
     assert_success(
         &std::process::Command::new("kill")
             .args(["-INT", &up.id().to_string()])

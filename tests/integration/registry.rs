@@ -4,9 +4,9 @@
 //! that refuses the push fails `up` with exit 5 and the registry's answer, and `down`
 //! removes the registry (its volume kept until `--purge`).
 
-use std::process::Command;
-
-use crate::support::{assert_success, http_get, json_document, node_images, TestSandbox};
+use crate::support::{
+    assert_success, docker_ok, http_get, json_document, node_images, registry_storage, TestSandbox,
+};
 
 /// `GET http://127.0.0.1:PORT/v2/PATH` of the registry: its body.
 fn registry_get(port: u64, path: &str) -> String {
@@ -14,12 +14,6 @@ fn registry_get(port: u64, path: &str) -> String {
         Ok((200, body)) => body,
         other => panic!("GET /v2/{path} of the registry: {other:.300?}"),
     }
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().unwrap();
-    assert_success(&out, &format!("docker {}", args.join(" ")));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[test]
@@ -47,7 +41,7 @@ fn images_go_through_the_sandboxs_own_registry_and_the_node_pulls_them() {
     let tag = rest.trim_start_matches("hello:");
     assert!(registry_get(port, "hello/tags/list").contains(tag));
     assert_eq!(
-        docker(&["port", &registry, "5000/tcp"]),
+        docker_ok(&["port", &registry, "5000/tcp"]),
         format!("127.0.0.1:{port}")
     );
 
@@ -114,19 +108,7 @@ fn images_go_through_the_sandboxs_own_registry_and_the_node_pulls_them() {
 
     // a registry that refuses the push (its storage made read-only): exit 5 with the
     // registry's answer, and nothing applied (the Deployment keeps its image)
-    let storage = |mode: &str| {
-        docker(&[
-            "exec",
-            "-u",
-            "0",
-            &registry,
-            "chmod",
-            "-R",
-            mode,
-            "/var/lib/registry",
-        ]);
-    };
-    storage("a-w");
+    registry_storage(&registry, "a-w");
     std::fs::write(project.join("app/www/index.html"), "changed\n").unwrap();
     let refused = sb.run(&["up", "-f", file, "-o", "json"]);
     assert_eq!(refused.status.code(), Some(5), "{refused:?}");
@@ -144,7 +126,7 @@ fn images_go_through_the_sandboxs_own_registry_and_the_node_pulls_them() {
         "jsonpath={.spec.template.spec.containers[0].image}",
     ]);
     assert_eq!(String::from_utf8_lossy(&image.stdout), reference);
-    storage("u+w");
+    registry_storage(&registry, "u+w");
 
     // down removes the registry container, keeps its volume; --purge deletes it
     assert_success(&sb.run(&["down"]), "sandbox down");

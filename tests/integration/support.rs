@@ -385,3 +385,44 @@ pub fn node_images(sb: &TestSandbox) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).to_string()
 }
+
+/// Starts `command` with its stdout and stderr piped and reads its stderr until a line holds
+/// `text`; returns the child (its stderr taken) and what it said. Fails if it ends first.
+pub fn spawn_until_said(mut command: Command, text: &str) -> (std::process::Child, String) {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains(text) {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(read > 0, "it ended before saying {text:?}: {said}");
+        said.push_str(&line);
+    }
+    (child, said)
+}
+
+/// `docker ARGS`, which must succeed: its stdout, trimmed.
+pub fn docker_ok(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert_success(&out, &format!("docker {}", args.join(" ")));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Makes a registry container's storage read-only (`a-w`: it refuses pushes) or writable
+/// again (`u+w`).
+pub fn registry_storage(container: &str, mode: &str) {
+    docker_ok(&[
+        "exec",
+        "-u",
+        "0",
+        container,
+        "chmod",
+        "-R",
+        mode,
+        "/var/lib/registry",
+    ]);
+}
