@@ -22,16 +22,23 @@ fn main() {
         // `sandbox exec`: the command's own exit code, its output already said why
         Err(sandbox::error::Error::Exit(code)) => code,
         Err(e) => {
+            // written, not printed: a closed stdout or stderr (a reader gone, as after a
+            // Ctrl-C of a pipeline) must not panic here, which would wait on the blocking
+            // tasks (a lock still awaited) and hang instead of exiting
+            use std::io::Write;
             let code = e.exit_code();
-            eprintln!("error: {e}");
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "error: {e}");
             for cause in e.chain() {
-                eprintln!("  caused by: {cause}");
+                let _ = writeln!(err, "  caused by: {cause}");
             }
             if let Some(hint) = e.hint() {
-                eprintln!("hint: {hint}");
+                let _ = writeln!(err, "hint: {hint}");
             }
+            drop(err);
             if output == Output::Json {
-                println!(
+                let _ = writeln!(
+                    std::io::stdout().lock(),
                     "{}",
                     serde_json::to_string_pretty(&e.json()).expect("JSON values serialise")
                 );

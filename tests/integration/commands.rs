@@ -38,15 +38,18 @@ fn commands_on_a_sandbox_that_does_not_exist_exit_8() {
     std::fs::create_dir_all(&state).unwrap();
     let lock = std::fs::File::create(state.join(format!("{}.lock", sb.name))).unwrap();
     lock.lock().unwrap();
+    let interrupt = |up: &std::process::Child| {
+        assert_success(
+            &std::process::Command::new("kill")
+                .args(["-INT", &up.id().to_string()])
+                .output()
+                .unwrap(),
+            "kill -INT",
+        );
+    };
     let (up, said) =
         crate::support::spawn_until_said(sb.command(&["up", "-o", "json"]), "waiting for it");
-    assert_success(
-        &std::process::Command::new("kill")
-            .args(["-INT", &up.id().to_string()])
-            .output()
-            .unwrap(),
-        "kill -INT",
-    );
+    interrupt(&up);
     let out = up.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{said}");
     let error = json_document(&out.stdout);
@@ -55,6 +58,26 @@ fn commands_on_a_sandbox_that_does_not_exist_exit_8() {
         (Some("Error"), Some(130)),
         "{error}"
     );
+    // the same with its stderr closed (the reader of a pipeline gone): it still exits 130
+    // (it hung: the failed write of the message panicked, and the panic waited for the
+    // lock still awaited)
+    let mut up = sb
+        .command(&["up", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(up.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("waiting for it") {
+        let read = std::io::BufRead::read_line(&mut stderr, &mut said).unwrap();
+        assert!(read > 0, "up ended before waiting for the lock: {said}");
+    }
+    drop(stderr);
+    interrupt(&up);
+    let out = up.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{said}");
+    assert_eq!(json_document(&out.stdout)["exitCode"], 130);
     drop(lock);
 
     // nothing was created on the way

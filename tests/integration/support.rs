@@ -388,6 +388,8 @@ pub fn node_images(sb: &TestSandbox) -> String {
 
 /// Starts `command` with its stdout and stderr piped and reads its stderr until a line holds
 /// `text`; returns the child (its stderr taken) and what it said. Fails if it ends first.
+/// The rest of its stderr is drained in the background (a closed pipe would fail its
+/// next write).
 pub fn spawn_until_said(mut command: Command, text: &str) -> (std::process::Child, String) {
     let mut child = command
         .stdout(std::process::Stdio::piped())
@@ -402,6 +404,7 @@ pub fn spawn_until_said(mut command: Command, text: &str) -> (std::process::Chil
         assert!(read > 0, "it ended before saying {text:?}: {said}");
         said.push_str(&line);
     }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     (child, said)
 }
 
