@@ -138,9 +138,11 @@ pub async fn up(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> {
             )));
         }
     }
-    ensure_namespace(&client, &namespace, &config.name).await?;
+    let created = ensure_namespace(&client, &namespace, &config.name).await?;
     let lease = take_lease(ctx, &client, &namespace).await?;
     let key = record_key(config, &context, &namespace);
+    // set once the apply begins: a run that fails before it leaves no new environment
+    let applying = std::cell::Cell::new(false);
     let result = async {
         if let Some(secret) = &cluster.tls_secret {
             use_tls_secret(&mut docs, &secret.1);
@@ -167,6 +169,7 @@ pub async fn up(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> {
                     let step = ctx
                         .reporter
                         .step(format!("applying {} objects to {namespace}", docs.len()));
+                    applying.set(true);
                     let applied = applier.apply_all(&docs).await?;
                     let pruned = applier.prune(&applied).await?;
                     let changed = applied.iter().filter(|a| a.changed).count();
@@ -191,6 +194,10 @@ pub async fn up(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> {
     }
     .await;
     lease.release().await;
+    if result.is_err() && created && !applying.get() {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let _ = api.delete(&namespace, &Default::default()).await;
+    }
     let (built, pushed, applied, pruned, urls, unchanged) = result?;
     let seconds = started.elapsed().as_secs_f64();
     let json = result_json(
@@ -430,13 +437,14 @@ async fn deliver(
     Ok(crate::registry::push_all_to(&engine, registry, credentials, &built, &ctx.reporter).await?)
 }
 
-/// The environment's namespace, created labelled as the sandbox's when absent. One that
-/// exists without the label is refused: it is someone else's.
+/// The environment's namespace, created labelled as the sandbox's when absent (`true`:
+/// this call created it). One that exists without the label is refused: it is someone
+/// else's.
 async fn ensure_namespace(
     client: &kube::Client,
     namespace: &str,
     sandbox: &str,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     match api.get_opt(namespace).await.map_err(kube_error)? {
         Some(ns) => {
@@ -461,15 +469,15 @@ async fn ensure_namespace(
                 "metadata": {"name": namespace, "labels": {crate::apply::OWNER_LABEL: sandbox}},
             }))
             .expect("a Namespace");
-            match api.create(&PostParams::default(), &ns).await {
-                Ok(_) => {}
+            return match api.create(&PostParams::default(), &ns).await {
+                Ok(_) => Ok(true),
                 // made meanwhile by another run of this environment: the Lease settles it
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
-                Err(e) => return Err(kube_error(e)),
-            }
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                Err(e) => Err(kube_error(e)),
+            };
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// A held Lease, renewed in the background until released.

@@ -368,4 +368,22 @@ fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
         reference,
         "branch-b keeps its image"
     );
+    // a new environment whose push is refused is not left behind (its namespace deleted)
+    registry_storage(&registry, "a-w");
+    let out = sb.run(&["up", "-f", &file, "--namespace", "branch-f", "-o", "json"]);
+    registry_storage(&registry, "u+w");
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let phase = sb.kubectl(&[
+        "get",
+        "namespace",
+        "branch-f",
+        "--ignore-not-found",
+        "-o",
+        "jsonpath={.status.phase}",
+    ]);
+    let phase = String::from_utf8_lossy(&phase.stdout).to_string();
+    assert!(
+        phase.is_empty() || phase == "Terminating",
+        "branch-f: {phase}"
+    );
 }
