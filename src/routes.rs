@@ -29,6 +29,14 @@ const DEFAULT_CERT_CN: &str = "TRAEFIK DEFAULT CERT";
 const RETRY: Duration = Duration::from_millis(50);
 /// Bound of one check (connect, handshake, response head).
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a node port's server may take to answer a request before the check tries again.
+const SILENCE: Duration = Duration::from_secs(1);
+/// How long a node port may accept connections without ever answering before it counts as
+/// answered anyway: a server of a protocol where the client speaks first and the server
+/// stays silent on a request it does not understand.
+const SILENT_SERVER: Duration = Duration::from_secs(10);
+/// What a node port that accepts but does not answer is reported as.
+const SILENT: &str = "accepts connections but does not answer yet";
 
 /// A URL that did not answer through its route in time.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,10 +140,25 @@ pub async fn check(check: &Check, tls: &Arc<rustls::ClientConfig>) -> Result<(),
 
 async fn check_once(check: &Check, tls: &Arc<rustls::ClientConfig>) -> Result<(), String> {
     match check {
-        Check::Port { addr } => tokio::net::TcpStream::connect(addr)
-            .await
-            .map(drop)
-            .map_err(|e| format!("connecting to {addr}: {e}")),
+        Check::Port { addr } => {
+            // a request, and any answer to it: an accepted connection alone proves little
+            // (kube-proxy holds each node port with a socket of its own, and a Service's
+            // rules can still lead where nothing answers)
+            let mut tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connecting to {addr}: {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            let request = format!("GET / HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: sandbox\r\n\r\n");
+            tcp.write_all(request.as_bytes())
+                .await
+                .map_err(|e| format!("sending a request to {addr}: {e}"))?;
+            let mut byte = [0u8; 1];
+            match tokio::time::timeout(SILENCE, tcp.read(&mut byte)).await {
+                // an answer, a close or a reset: a server decided
+                Ok(_) => Ok(()),
+                Err(_) => Err(SILENT.to_string()),
+            }
+        }
         Check::Ingress {
             addr,
             host,
@@ -324,11 +347,20 @@ pub async fn wait_all(
         let tls = tls.clone();
         async move {
             let mut reported = String::new();
+            let mut silent_since: Option<Instant> = None;
             loop {
                 let last = match self::check(check, &tls).await {
                     Ok(()) => return Ok(()),
                     Err(last) => last,
                 };
+                if last == SILENT {
+                    let since = *silent_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= SILENT_SERVER {
+                        return Ok(());
+                    }
+                } else {
+                    silent_since = None;
+                }
                 if Instant::now() >= deadline {
                     return Err(Unanswered {
                         url: url.url.clone(),
@@ -514,7 +546,16 @@ mod tests {
         let server = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-            let _ = listener.accept().await;
+            // the first connection is held without an answer (as kube-proxy's socket
+            // holding a node port does); the next one is answered
+            let (_held, _) = listener.accept().await.unwrap();
+            let (mut answered, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 64];
+            let _ = answered.read(&mut request).await;
+            answered
+                .write_all(b"HTTP/1.0 200 OK\r\n\r\n")
+                .await
+                .unwrap();
         });
         let seen = std::sync::Mutex::new(Vec::new());
         let report = |line: &str| seen.lock().unwrap().push(line.to_string());
@@ -523,8 +564,9 @@ mod tests {
             .unwrap();
         server.await.unwrap();
         let seen = seen.lock().unwrap().clone();
-        assert_eq!(seen.len(), 1, "one line per new observation: {seen:?}");
+        assert_eq!(seen.len(), 2, "one line per new observation: {seen:?}");
         assert!(seen[0].contains("connecting to"), "{seen:?}");
+        assert!(seen[1].contains(SILENT), "{seen:?}");
 
         // a deadline that falls says what was last seen
         let err = wait_all(&checks, Duration::ZERO, &|_| {})
