@@ -503,7 +503,7 @@ fn cluster_config(raw: RawCluster) -> Result<ClusterConfig, (&'static str, Strin
     let tls_secret = match raw.tls.and_then(|t| t.secret) {
         None => None,
         Some(s) => match s.split_once('/') {
-            Some((ns, name)) if is_dns_label(ns) && !name.is_empty() => {
+            Some((ns, name)) if validate_dns_label(ns, 63).is_ok() && !name.is_empty() => {
                 Some((ns.to_string(), name.to_string()))
             }
             _ => {
@@ -515,7 +515,7 @@ fn cluster_config(raw: RawCluster) -> Result<ClusterConfig, (&'static str, Strin
         },
     };
     if let Some(domain) = &raw.domain {
-        if domain.is_empty() || !domain.split('.').all(is_dns_label) {
+        if validate_dns_subdomain(domain).is_err() {
             return Err(invalid(
                 "cluster.domain",
                 format!("{domain:?} is not a DNS name"),
@@ -539,15 +539,6 @@ fn cluster_config(raw: RawCluster) -> Result<ClusterConfig, (&'static str, Strin
         tls_secret,
         allow_cluster_scoped: raw.allow_cluster_scoped,
     })
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 /// serde_yaml appends " at line X column Y" to its messages; the error already carries them.

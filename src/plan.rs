@@ -137,6 +137,10 @@ pub struct Names {
     pub data_volume: String,
     /// Kube context merged into the user's kubeconfig.
     pub context: String,
+    /// Registry container (`registry: local`).
+    pub registry: String,
+    /// The registry's storage volume (kept across `down` unless `--purge`).
+    pub registry_volume: String,
 }
 
 impl Names {
@@ -148,6 +152,8 @@ impl Names {
             network: format!("sandbox-{sandbox}"),
             data_volume: format!("sandbox-{sandbox}-data"),
             context: format!("sandbox-{sandbox}"),
+            registry: format!("sandbox-{sandbox}-registry"),
+            registry_volume: format!("sandbox-{sandbox}-registry"),
         }
     }
 }

@@ -104,18 +104,12 @@ impl LocalRegistry {
 
 /// The registry container's name for sandbox `sandbox`.
 pub fn container_name(sandbox: &str) -> String {
-    format!(
-        "{}-registry",
-        Names::of(sandbox).node.trim_end_matches("-node")
-    )
+    Names::of(sandbox).registry
 }
 
 /// Its storage volume (kept by `down`, deleted by `down --purge`, like the data volume).
 pub fn volume_name(sandbox: &str) -> String {
-    format!(
-        "{}-registry",
-        Names::of(sandbox).data_volume.trim_end_matches("-data")
-    )
+    Names::of(sandbox).registry_volume
 }
 
 /// The registry container (pure): the profile's registry image on the sandbox's network,
@@ -221,25 +215,20 @@ pub async fn ensure(
         Some(r) => r,
         None => {
             let step = reporter.step(format!("starting registry {container}"));
-            let previous = engine
-                .container_state(&container)
-                .await?
-                .is_some()
-                .then_some(());
-            let kept = match previous {
-                Some(()) => engine
+            let existing = engine.container_state(&container).await?.is_some();
+            let kept = if existing {
+                engine
                     .bound_ports(&container)
                     .await?
                     .get(&CONTAINER_PORT)
-                    .copied(),
-                None => None,
+                    .copied()
+            } else {
+                None
             };
-            if previous.is_some() {
-                // a stopped container's ports are fixed: start it again where it was, or
-                // make it again on a free port (its images are on its volume)
-                if engine.start(&container).await.is_err() {
-                    engine.remove_container(&container).await?;
-                }
+            // a stopped container's ports are fixed: start it again where it was, or make
+            // it again on a free port (its images are on its volume)
+            if existing && engine.start(&container).await.is_err() {
+                engine.remove_container(&container).await?;
             }
             if engine.container_state(&container).await?.as_deref() != Some("running") {
                 let names = Names::of(sandbox);
@@ -326,27 +315,27 @@ async fn request(port: u16, method: &str, path: &str) -> Result<u16, String> {
 
 /// Whether the registry at `host` holds `reference`, when it can be asked without
 /// credentials: a registry on this machine's loopback (plain HTTP, as the engine treats
-/// it); any other is not asked (`false`: the push itself skips the layers it has).
-pub async fn holds_at(host: &str, reference: &str) -> bool {
+/// it). `None` for any other, which is not asked (the push itself skips the layers it
+/// has).
+pub async fn holds_at(host: &str, reference: &str) -> Option<bool> {
     let port = host
         .strip_prefix("127.0.0.1:")
         .or_else(|| host.strip_prefix("localhost:"))
-        .and_then(|p| p.parse::<u16>().ok());
-    let Some(port) = port else {
-        return false;
-    };
+        .and_then(|p| p.parse::<u16>().ok())?;
     let Some(rest) = reference.strip_prefix(&format!("{host}/")) else {
-        return false;
+        return Some(false);
     };
     let (name, tag) = crate::docker::split_tag(rest);
-    request(port, "HEAD", &format!("/v2/{name}/manifests/{tag}"))
-        .await
-        .is_ok_and(|code| code == 200)
+    Some(
+        request(port, "HEAD", &format!("/v2/{name}/manifests/{tag}"))
+            .await
+            .is_ok_and(|code| code == 200),
+    )
 }
 
 /// Whether the registry holds `reference` (`127.0.0.1:PORT/NAME:TAG`).
 pub async fn holds(registry: &LocalRegistry, reference: &str) -> bool {
-    holds_at(&registry.host(), reference).await
+    holds_at(&registry.host(), reference).await == Some(true)
 }
 
 /// Pushes each built image to the registry unless it holds it already; returns the images
@@ -378,7 +367,7 @@ pub async fn push_all_to(
         let repo = format!("{prefix}/{}", image.name);
         let reference = format!("{repo}:{tag}");
         engine.tag(&image.id, &repo, tag).await?;
-        if !holds_at(host, &reference).await {
+        if holds_at(host, &reference).await != Some(true) {
             let step = reporter.step(format!("pushing {reference}"));
             let outcome = engine
                 .push(&repo, tag, credentials.clone(), |status| {

@@ -311,8 +311,7 @@ async fn unchanged(
                 .as_deref()
                 .and_then(|r| r.split('/').next())
                 .unwrap_or_default();
-            let loopback = host.starts_with("127.0.0.1:") || host.starts_with("localhost:");
-            if loopback && !crate::registry::holds_at(host, &recorded.reference).await {
+            if crate::registry::holds_at(host, &recorded.reference).await == Some(false) {
                 return Err(format!(
                     "the registry no longer holds {}",
                     recorded.reference

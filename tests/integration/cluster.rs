@@ -14,12 +14,7 @@ use crate::support::{assert_success, docker_ok, json_document, registry_storage,
 /// One HTTPS GET of `url` through 127.0.0.1 (the shared node's published ingress), not
 /// verifying the certificate (the environment has no TLS of its own): status and body.
 fn get(url: &str) -> (u16, String) {
-    let authority = url
-        .trim_start_matches("https://")
-        .split('/')
-        .next()
-        .unwrap();
-    let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "443"));
+    let (host, port, _) = crate::web::split_url(url, "https", 443);
     let out = Command::new("curl")
         .args([
             "-sk",

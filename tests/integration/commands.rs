@@ -249,12 +249,7 @@ fn curl(sb: &TestSandbox, up: &serde_json::Value) -> Option<i32> {
         .filter_map(|u| u["url"].as_str())
         .find(|u| u.starts_with("https://"))
         .unwrap_or_else(|| panic!("no HTTPS URL in {up}"));
-    let authority = url
-        .trim_start_matches("https://")
-        .split('/')
-        .next()
-        .unwrap();
-    let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "443"));
+    let (host, port, _) = crate::web::split_url(url, "https", 443);
     let out = std::process::Command::new("curl")
         .args(["-sS", "-o", "/dev/null", "--max-time", "10", "--resolve"])
         .arg(format!("{host}:{port}:127.0.0.1"))
