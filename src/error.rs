@@ -106,6 +106,9 @@ pub enum Error {
     /// No such sandbox.
     #[error("sandbox {0} does not exist or is not running (`sandbox up` creates it)")]
     NotFound(String),
+    /// Something else a command works on does not exist (the message says what).
+    #[error("{0}")]
+    Absent(String),
     /// Ctrl-C (SIGINT) stopped the command.
     #[error("interrupted")]
     Interrupted,
@@ -168,7 +171,7 @@ impl Error {
             Error::Apply(e) if matches!(**e, ApplyError::UnknownKind { .. }) => exit::USAGE,
             Error::Apply(_) => exit::APPLY,
             Error::Wait(_) => exit::NOT_READY,
-            Error::NotFound(_) => exit::NOT_FOUND,
+            Error::NotFound(_) | Error::Absent(_) => exit::NOT_FOUND,
             Error::Kube(_) | Error::Dns(_) | Error::Trust(_) => exit::FAILURE,
             Error::Exit(code) => *code,
             Error::Interrupted => exit::INTERRUPTED,

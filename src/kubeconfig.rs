@@ -160,6 +160,39 @@ pub fn remove(user: &mut Value, context: &str) -> bool {
     removed
 }
 
+/// A kubeconfig of `context` of `user` alone (its cluster and user, made current), with
+/// `namespace` as the context's namespace; `None` when `user` has no such context.
+pub fn narrow(user: &Value, context: &str, namespace: &str) -> Option<Value> {
+    let named = |key: &str, name: &str| -> Option<Value> {
+        get(user, key)?
+            .as_sequence()?
+            .iter()
+            .find(|e| get(e, "name").and_then(Value::as_str) == Some(name))
+            .cloned()
+    };
+    let mut entry = named("contexts", context)?;
+    let body = entry
+        .as_mapping_mut()?
+        .get_mut("context")?
+        .as_mapping_mut()?;
+    body.insert("namespace".into(), namespace.into());
+    let cluster = body
+        .get("cluster")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let user_name = body.get("user").and_then(Value::as_str).map(str::to_string);
+    let mut out: Value =
+        serde_yaml::from_str("apiVersion: v1\nkind: Config\npreferences: {}\n").expect("skeleton");
+    let map = out.as_mapping_mut().expect("mapping");
+    for (key, name) in [("clusters", cluster), ("users", user_name)] {
+        let list = name.and_then(|n| named(key, &n)).into_iter().collect();
+        map.insert(key.into(), Value::Sequence(list));
+    }
+    map.insert("contexts".into(), Value::Sequence(vec![entry]));
+    map.insert("current-context".into(), context.into());
+    Some(out)
+}
+
 /// Reads a kubeconfig file; `None` when it does not exist or is empty.
 pub fn read(path: &Path) -> Result<Option<Value>, KubeconfigError> {
     match std::fs::read_to_string(path) {
@@ -351,5 +384,27 @@ extensions: [{name: keep-me, extension: {a: 1}}]
             text,
             "left untouched"
         );
+    }
+
+    #[test]
+    fn a_narrowed_kubeconfig_holds_one_context_in_the_environment() {
+        let user: Value = serde_yaml::from_str(
+            "apiVersion: v1\nkind: Config\ncurrent-context: prod\n\
+             clusters:\n- {name: prod, cluster: {server: 'https://prod:6443'}}\n- {name: team, cluster: {server: 'https://team:6443'}}\n\
+             users:\n- {name: ops, user: {token: secret}}\n- {name: dev, user: {token: t}}\n\
+             contexts:\n- {name: prod, context: {cluster: prod, user: ops}}\n- {name: team-shared, context: {cluster: team, user: dev, namespace: default}}\n",
+        )
+        .unwrap();
+        let narrowed = narrow(&user, "team-shared", "pr-7").unwrap();
+        assert_eq!(narrowed["current-context"], "team-shared");
+        assert_eq!(narrowed["contexts"][0]["context"]["namespace"], "pr-7");
+        assert_eq!(narrowed["clusters"].as_sequence().unwrap().len(), 1);
+        assert_eq!(
+            narrowed["clusters"][0]["cluster"]["server"],
+            "https://team:6443"
+        );
+        assert_eq!(narrowed["users"][0]["name"], "dev");
+        assert!(!serde_yaml::to_string(&narrowed).unwrap().contains("secret"));
+        assert!(narrow(&user, "absent", "pr-7").is_none());
     }
 }

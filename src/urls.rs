@@ -148,6 +148,22 @@ pub fn planned(
     urls
 }
 
+/// The URL table as text: `heading` then one line per URL, each after `indent`; nothing
+/// when there is no URL.
+pub fn table(urls: &[Url], heading: &str, indent: &str) -> String {
+    if urls.is_empty() {
+        return String::new();
+    }
+    let mut out = heading.to_string();
+    for u in urls {
+        out.push_str(&format!(
+            "{indent}{:<12} {:<30} {}\n",
+            u.kind, u.name, u.url
+        ));
+    }
+    out
+}
+
 /// `SANDBOX_URL_<NAME>` → URL, `<NAME>` from each URL's object name; an object's first URL
 /// (and an Ingress before a Service of the same name) wins.
 pub fn variables(urls: &[Url]) -> std::collections::BTreeMap<String, String> {
@@ -160,12 +176,14 @@ pub fn variables(urls: &[Url]) -> std::collections::BTreeMap<String, String> {
     vars
 }
 
-/// Every URL in the cluster's project namespaces (or only in `namespace`).
+/// Every URL in the cluster's project namespaces (or only in `namespace`, with the shared
+/// add-ons' when `shared_addons`).
 pub async fn collect(
     client: &kube::Client,
     namespace: Option<&str>,
     node_ip: Option<&str>,
     https_port: u16,
+    shared_addons: bool,
 ) -> Result<Vec<Url>, kube::Error> {
     let (services, ingresses): (Api<Service>, Api<Ingress>) = match namespace {
         Some(ns) => (
@@ -183,7 +201,7 @@ pub async fn collect(
         }
     }
     // an environment also lists the add-ons' web UIs (maildev), which it shares
-    if namespace.is_some_and(|ns| ns != crate::addons::NAMESPACE) {
+    if shared_addons && namespace.is_some_and(|ns| ns != crate::addons::NAMESPACE) {
         let addons: Api<Ingress> = Api::namespaced(client.clone(), crate::addons::NAMESPACE);
         for ingress in addons.list(&ListParams::default()).await?.items {
             urls.extend(ingress_urls(&ingress, https_port));

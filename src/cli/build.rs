@@ -17,6 +17,9 @@ pub struct BuildArgs {}
 pub async fn run(ctx: &Context, _args: BuildArgs) -> Result<(), Error> {
     let config = ctx.config()?;
     let engine = Engine::connect().await?;
+    if config.cluster.is_some() {
+        return push_to_cluster(ctx, &config).await;
+    }
     let built = images::build_all(&engine, &config.images, &config.base_dir, &ctx.reporter).await?;
     let node = engine
         .list_nodes(Some(&config.name))
@@ -67,6 +70,29 @@ pub async fn run(ctx: &Context, _args: BuildArgs) -> Result<(), Error> {
         text.push_str(&format!("{}  {state}\n", b.reference));
     }
     ctx.print(&result_json(&config.name, &built, &loaded), &text);
+    Ok(())
+}
+
+/// `build` in cluster mode: pushed to the cluster's registry (`cluster.registry`), where
+/// the environments pull them from.
+async fn push_to_cluster(
+    ctx: &Context,
+    config: &crate::config::SandboxConfig,
+) -> Result<(), Error> {
+    use super::target::Target;
+    let target = super::cluster::ClusterTarget::new(config)?;
+    let built = super::target::build_all(ctx, config).await?;
+    let (built, pushed) = target.deliver(ctx, built).await?;
+    let mut text = String::new();
+    for b in &built {
+        let state = if pushed.contains(&b.reference) {
+            "pushed"
+        } else {
+            "already in the registry"
+        };
+        text.push_str(&format!("{}  {state}\n", b.reference));
+    }
+    ctx.print(&result_json(&config.name, &built, &pushed), &text);
     Ok(())
 }
 

@@ -17,8 +17,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
+use super::target::{Access, Applying, Lock, Target};
 use super::Context;
-use crate::apply::Applier;
+use crate::apply::{Applied, Applier, InventoryEntry};
 use crate::config::{ClusterConfig, SandboxConfig};
 use crate::docker::Engine;
 use crate::error::Error;
@@ -97,141 +98,340 @@ fn environment(config: &SandboxConfig) -> Result<String, Error> {
     })
 }
 
+/// An environment on an existing cluster: the namespace `config.environment` of the
+/// cluster behind `cluster.context`.
+pub struct ClusterTarget {
+    config: SandboxConfig,
+    cluster: ClusterConfig,
+    context: String,
+    namespace: String,
+    client: Option<kube::Client>,
+    /// The documents as rendered by `ensure(create)`, before it touched the cluster.
+    rendered: Option<Vec<Document>>,
+}
+
+impl ClusterTarget {
+    /// The environment of `config` (its context allowed, its namespace given), not reached
+    /// yet.
+    pub fn new(config: &SandboxConfig) -> Result<ClusterTarget, Error> {
+        let cluster = config.cluster.clone().unwrap_or_default();
+        let context = context(&cluster, current_context().as_deref())?;
+        let namespace = environment(config)?;
+        Ok(ClusterTarget {
+            config: config.clone(),
+            cluster,
+            context,
+            namespace,
+            client: None,
+            rendered: None,
+        })
+    }
+
+    /// The kube context.
+    pub fn context(&self) -> &str {
+        &self.context
+    }
+
+    /// The environment's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The environment's hosts' domain: `<namespace>.<cluster.domain>`.
+    fn domain(&self) -> String {
+        format!(
+            "{}.{}",
+            self.namespace,
+            self.cluster
+                .domain
+                .as_deref()
+                .unwrap_or(super::up::DEFAULT_DOMAIN)
+        )
+    }
+
+    fn record_key(&self) -> String {
+        record_key(&self.config, &self.context, &self.namespace)
+    }
+
+    fn connected(&self) -> Result<&kube::Client, Error> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| Error::Kube(format!("context {} is not reached yet", self.context)))
+    }
+
+    /// The project's documents (and the add-ons it asks for), cluster-scoped ones refused
+    /// unless allowed.
+    async fn render(&self) -> Result<Vec<Document>, Error> {
+        let client = self.connected()?;
+        let docs = documents(&self.config, &self.cluster, &self.domain())?;
+        if !self.cluster.allow_cluster_scoped {
+            let mut applier = Applier::new(client.clone(), &self.config.name, &self.namespace);
+            let scoped = applier.cluster_scoped(&docs).await?;
+            if !scoped.is_empty() {
+                return Err(Error::Usage(format!(
+                    "cluster mode applies only into the environment's namespace, and these \
+                     objects are cluster-scoped:\n{}\n(set `cluster.allowClusterScoped: true` \
+                     to apply them anyway)",
+                    scoped
+                        .iter()
+                        .map(|d| format!("  {}", d.describe()))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )));
+            }
+        }
+        Ok(docs)
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl Target for ClusterTarget {
+    fn describe(&self) -> String {
+        format!(
+            "environment {} of sandbox {} on context {}",
+            self.namespace, self.config.name, self.context
+        )
+    }
+
+    async fn ensure(&mut self, _ctx: &Context, create: bool) -> Result<bool, Error> {
+        if self.client.is_none() {
+            self.client = Some(connect(&self.context).await?);
+        }
+        let client = self.connected()?.clone();
+        if !create {
+            if !environment_exists(&client, &self.namespace, &self.config.name).await? {
+                return Err(Error::Absent(format!(
+                    "{} does not exist (`sandbox up --namespace {}` creates it)",
+                    self.describe(),
+                    self.namespace
+                )));
+            }
+            return Ok(false);
+        }
+        if !self.config.images.is_empty() && self.cluster.registry.is_none() {
+            return Err(Error::Usage(
+                "cluster mode pushes the built images to a registry the cluster pulls from: \
+                 set `cluster.registry` (HOST[:PORT][/PREFIX])"
+                    .into(),
+            ));
+        }
+        // bad input is refused before the environment is made
+        self.rendered = Some(self.render().await?);
+        ensure_namespace(&client, &self.namespace, &self.config.name).await
+    }
+
+    async fn lock(&self, ctx: &Context) -> Result<Lock, Error> {
+        Ok(Lock::Lease(Box::new(
+            take_lease(ctx, self.connected()?, &self.namespace).await?,
+        )))
+    }
+
+    async fn documents(&self, _ctx: &Context) -> Result<Vec<Document>, Error> {
+        let client = self.connected()?;
+        let mut docs = match &self.rendered {
+            Some(docs) => docs.clone(),
+            None => self.render().await?,
+        };
+        if let Some(secret) = &self.cluster.tls_secret {
+            use_tls_secret(&mut docs, &secret.1);
+            docs.extend(copy_tls_secret(client, secret, &self.namespace).await?);
+        }
+        Ok(docs)
+    }
+
+    async fn deliver(
+        &self,
+        ctx: &Context,
+        built: Vec<BuiltImage>,
+    ) -> Result<(Vec<BuiltImage>, Vec<String>), Error> {
+        deliver(ctx, &self.cluster, built).await
+    }
+
+    fn pull_policy(&self) -> &'static str {
+        "IfNotPresent"
+    }
+
+    async fn apply(
+        &self,
+        ctx: &Context,
+        docs: &[Document],
+    ) -> Result<(Vec<Applied>, Vec<InventoryEntry>), Error> {
+        crate::warm::forget(&self.record_key());
+        let step = ctx.reporter.step(format!(
+            "applying {} objects to {}",
+            docs.len(),
+            self.namespace
+        ));
+        let mut applier = Applier::new(
+            self.connected()?.clone(),
+            &self.config.name,
+            &self.namespace,
+        );
+        let applied = applier.apply_all(docs).await?;
+        let pruned = applier.prune(&applied).await?;
+        let changed = applied.iter().filter(|a| a.changed).count();
+        step.done(format!(
+            "applied {} objects ({changed} changed)",
+            applied.len()
+        ));
+        for p in &pruned {
+            ctx.reporter
+                .info(format!("pruned {} (no longer in the manifests)", p.id()));
+        }
+        Ok((applied, pruned))
+    }
+
+    async fn wait(&self, ctx: &Context, applied: &[Applied]) -> Result<(), Error> {
+        if applied.iter().any(|a| crate::wait::waits_on(&a.object)) {
+            let step = ctx.reporter.step("waiting for workloads");
+            crate::wait::wait_all(
+                self.connected()?,
+                applied,
+                self.config.timeouts.ready,
+                None,
+                &step,
+            )
+            .await?;
+            step.done("workloads ready");
+        }
+        Ok(())
+    }
+
+    async fn urls(&self, ctx: &Context, checked_since: Option<Instant>) -> Result<Vec<Url>, Error> {
+        let client = self.connected()?;
+        match checked_since {
+            Some(since) => {
+                answering(
+                    ctx,
+                    &self.config,
+                    client,
+                    &self.namespace,
+                    &self.cluster,
+                    since,
+                )
+                .await
+            }
+            None => crate::urls::collect(
+                client,
+                Some(&self.namespace),
+                None,
+                self.cluster.https_port,
+                false,
+            )
+            .await
+            .map_err(kube_error),
+        }
+    }
+
+    async fn access(&self) -> Result<Access, Error> {
+        let path = crate::kubeconfig::user_kubeconfig_path();
+        let kubeconfig = crate::kubeconfig::read(&path)?.unwrap_or_default();
+        let narrowed = crate::kubeconfig::narrow(&kubeconfig, &self.context, &self.namespace)
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "kube context {:?} is not in {}",
+                    self.context,
+                    path.display()
+                ))
+            })?;
+        Ok(Access {
+            server: api_server(&narrowed, &self.context).unwrap_or_default(),
+            kubeconfig: narrowed,
+            context: self.context.clone(),
+        })
+    }
+
+    fn client(&self) -> Result<kube::Client, Error> {
+        self.connected().cloned()
+    }
+
+    async fn remove(&self, ctx: &Context) -> Result<bool, Error> {
+        crate::warm::forget(&self.record_key());
+        let client = match &self.client {
+            Some(client) => client.clone(),
+            None => connect(&self.context).await?,
+        };
+        super::down::delete_environment(ctx, &client, &self.config, &self.namespace).await
+    }
+
+    async fn unchanged(
+        &self,
+        docs: &[Document],
+    ) -> Result<(Vec<BuiltImage>, Vec<Applied>), String> {
+        let client = self.connected().map_err(|e| e.to_string())?;
+        unchanged(
+            &self.config,
+            &self.cluster,
+            client,
+            docs,
+            &self.record_key(),
+        )
+        .await
+    }
+
+    async fn remember(&self, built: &[BuiltImage], docs: &[Document], applied: &[Applied]) {
+        if let Ok(client) = self.connected() {
+            save_record(
+                client,
+                &self.config,
+                &self.record_key(),
+                built,
+                docs,
+                applied,
+                &self.namespace,
+            )
+            .await;
+        }
+    }
+}
+
+/// Whether `namespace` exists as an environment of sandbox `sandbox` (labelled its).
+async fn environment_exists(
+    client: &kube::Client,
+    namespace: &str,
+    sandbox: &str,
+) -> Result<bool, Error> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    Ok(api
+        .get_opt(namespace)
+        .await
+        .map_err(kube_error)?
+        .is_some_and(|ns| {
+            ns.metadata
+                .labels
+                .unwrap_or_default()
+                .get(crate::apply::OWNER_LABEL)
+                == Some(&sandbox.to_string())
+        }))
+}
+
 /// `up` in cluster mode.
 pub async fn up(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> {
     let started = Instant::now();
-    let cluster = config.cluster.clone().unwrap_or_default();
-    let context = context(&cluster, current_context().as_deref())?;
-    let namespace = environment(config)?;
     super::up::validate_manifests(config)?;
-    if !config.images.is_empty() && cluster.registry.is_none() {
-        return Err(Error::Usage(
-            "cluster mode pushes the built images to a registry the cluster pulls from: set \
-             `cluster.registry` (HOST[:PORT][/PREFIX])"
-                .into(),
-        ));
-    }
-    let client = connect(&context).await?;
-    let domain = format!(
-        "{namespace}.{}",
-        cluster
-            .domain
-            .as_deref()
-            .unwrap_or(super::up::DEFAULT_DOMAIN)
-    );
-    // the documents, before anything is touched (images not built yet: their references
-    // are rewritten once pushed)
-    let mut docs = documents(config, &cluster, &domain)?;
-    let mut applier = Applier::new(client.clone(), &config.name, &namespace);
-    if !cluster.allow_cluster_scoped {
-        let scoped = applier.cluster_scoped(&docs).await?;
-        if !scoped.is_empty() {
-            return Err(Error::Usage(format!(
-                "cluster mode applies only into the environment's namespace, and these objects \
-                 are cluster-scoped:\n{}\n(set `cluster.allowClusterScoped: true` to apply them \
-                 anyway)",
-                scoped
-                    .iter()
-                    .map(|d| format!("  {}", d.describe()))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )));
-        }
-    }
-    let created = ensure_namespace(&client, &namespace, &config.name).await?;
-    let lease = take_lease(ctx, &client, &namespace).await?;
-    let key = record_key(config, &context, &namespace);
-    // set once the apply begins: a run that fails before it leaves no new environment
-    let applying = std::cell::Cell::new(false);
-    let result = async {
-        if let Some(secret) = &cluster.tls_secret {
-            use_tls_secret(&mut docs, &secret.1);
-            docs.extend(copy_tls_secret(&client, secret, &namespace).await?);
-        }
-        let (built, pushed, applied, pruned, unchanged) =
-            match unchanged(config, &cluster, &client, &docs, &key).await {
-                Ok((built, applied)) => {
-                    ctx.reporter.info(format!(
-                        "nothing to build, push or apply: {} and {} as the last up left them",
-                        crate::report::count(built.len(), "image"),
-                        crate::report::count(applied.len(), "object")
-                    ));
-                    (built, Vec::new(), applied, Vec::new(), true)
-                }
-                Err(reason) => {
-                    ctx.reporter.detail(format!("a full up: {reason}"));
-                    crate::warm::forget(&key);
-                    let (built, pushed) = deliver(ctx, config, &cluster).await?;
-                    let rewrite = images::rewrite_map(&built);
-                    for doc in &mut docs {
-                        manifests::rewrite_images(&mut doc.object, &rewrite, "IfNotPresent");
-                    }
-                    let step = ctx
-                        .reporter
-                        .step(format!("applying {} objects to {namespace}", docs.len()));
-                    applying.set(true);
-                    let applied = applier.apply_all(&docs).await?;
-                    let pruned = applier.prune(&applied).await?;
-                    let changed = applied.iter().filter(|a| a.changed).count();
-                    step.done(format!(
-                        "applied {} objects ({changed} changed)",
-                        applied.len()
-                    ));
-                    (built, pushed, applied, pruned, false)
-                }
-            };
-        let ready_since = Instant::now();
-        if applied.iter().any(|a| crate::wait::waits_on(&a.object)) {
-            let step = ctx.reporter.step("waiting for workloads");
-            crate::wait::wait_all(&client, &applied, config.timeouts.ready, None, &step).await?;
-            step.done("workloads ready");
-        }
-        let urls = answering(ctx, config, &client, &namespace, &cluster, ready_since).await?;
-        if !unchanged {
-            save_record(&client, config, &key, &built, &docs, &applied, &namespace).await;
-        }
-        Ok::<_, Error>((built, pushed, applied, pruned, urls, unchanged))
-    }
-    .await;
-    lease.release().await;
-    if result.is_err() && created && !applying.get() {
-        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-        let _ = api.delete(&namespace, &Default::default()).await;
-    }
-    let (built, pushed, applied, pruned, urls, unchanged) = result?;
+    let mut target = ClusterTarget::new(config)?;
+    let done = super::target::up(&mut target, ctx, super::target::build_all(ctx, config)).await?;
     let seconds = started.elapsed().as_secs_f64();
-    let json = result_json(
-        config,
-        &context,
-        &namespace,
-        (&built, &pushed),
-        (&applied, &pruned),
-        &urls,
-        (unchanged, seconds),
-    );
+    let (context, namespace) = (target.context(), target.namespace());
+    let json = result_json(config, context, namespace, &done, seconds);
     let mut text = format!(
         "environment {namespace} of sandbox {} is up on context {context} ({seconds:.1}s)\n",
         config.name
     );
-    let changed = applied.iter().filter(|a| a.changed).count();
+    let changed = done.applied.iter().filter(|a| a.changed).count();
     text.push_str(&format!(
         "  objects       {} applied, {changed} changed, {} pruned\n",
-        applied.len(),
-        pruned.len()
+        done.applied.len(),
+        done.pruned.len()
     ));
-    if !built.is_empty() {
+    if !done.built.is_empty() {
         text.push_str(&format!(
             "  images        {} built, {} pushed\n",
-            built.len(),
-            pushed.len()
+            done.built.len(),
+            done.delivered.len()
         ));
     }
-    if !urls.is_empty() {
-        text.push_str("URLs\n");
-        for u in &urls {
-            text.push_str(&format!("  {:<12} {:<30} {}\n", u.kind, u.name, u.url));
-        }
-    }
+    text.push_str(&crate::urls::table(&done.urls, "URLs\n", "  "));
     ctx.print(&json, &text);
     Ok(())
 }
@@ -242,10 +442,8 @@ pub(crate) fn result_json(
     config: &SandboxConfig,
     context: &str,
     namespace: &str,
-    (built, pushed): (&[BuiltImage], &[String]),
-    (applied, pruned): (&[crate::apply::Applied], &[crate::apply::InventoryEntry]),
-    urls: &[Url],
-    (unchanged, seconds): (bool, f64),
+    done: &Applying,
+    seconds: f64,
 ) -> serde_json::Value {
     json!({
         "apiVersion": crate::config::API_VERSION,
@@ -254,11 +452,11 @@ pub(crate) fn result_json(
         "config": config.source,
         "context": context,
         "namespace": namespace,
-        "images": super::up::images_json(built, pushed),
-        "objects": super::up::objects_json(applied),
-        "pruned": super::up::pruned_json(pruned),
-        "urls": urls,
-        "unchanged": unchanged,
+        "images": super::up::images_json(&done.built, &done.delivered),
+        "objects": super::up::objects_json(&done.applied),
+        "pruned": super::up::pruned_json(&done.pruned),
+        "urls": done.urls,
+        "unchanged": done.unchanged,
         "elapsedSeconds": seconds,
     })
 }
@@ -410,22 +608,21 @@ fn documents(
     Ok(docs)
 }
 
-/// Builds the configured images and pushes each to the cluster's registry as
-/// `REGISTRY/NAME:sandbox-<id>`; returns them as the manifests name them, and what was
+/// Pushes each built image to the cluster's registry as `REGISTRY/NAME:sandbox-<id>`
+/// (skipped when it holds that tag); returns them as the manifests name them, and what was
 /// pushed.
 async fn deliver(
     ctx: &Context,
-    config: &SandboxConfig,
     cluster: &ClusterConfig,
+    built: Vec<BuiltImage>,
 ) -> Result<(Vec<BuiltImage>, Vec<String>), Error> {
     let Some(registry) = &cluster.registry else {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok((built, Vec::new()));
     };
-    if config.images.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
+    if built.is_empty() {
+        return Ok((built, Vec::new()));
     }
     let engine = Engine::connect().await?;
-    let built = images::build_all(&engine, &config.images, &config.base_dir, &ctx.reporter).await?;
     let host = registry.split('/').next().unwrap_or(registry);
     let credentials = match crate::credentials::config_path() {
         Some(path) => {
@@ -480,14 +677,15 @@ async fn ensure_namespace(
 }
 
 /// A held Lease, renewed in the background until released.
-struct Held {
+pub struct Held {
     api: Api<Lease>,
     holder: String,
     renewing: tokio::task::JoinHandle<()>,
 }
 
 impl Held {
-    async fn release(self) {
+    /// Stops renewing and deletes the Lease when this run still holds it.
+    pub async fn release(self) {
         self.renewing.abort();
         if let Ok(Some(lease)) = self.api.get_opt(LEASE).await {
             if lease.spec.and_then(|s| s.holder_identity).as_deref() == Some(&self.holder) {
@@ -662,7 +860,7 @@ async fn answering(
     cluster: &ClusterConfig,
     ready_since: Instant,
 ) -> Result<Vec<Url>, Error> {
-    let urls = crate::urls::collect(client, Some(namespace), None, cluster.https_port)
+    let urls = crate::urls::collect(client, Some(namespace), None, cluster.https_port, false)
         .await
         .map_err(kube_error)?;
     let mut addresses = std::collections::BTreeMap::new();
@@ -704,36 +902,120 @@ async fn ingress_address(host: &str, port: u16) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
-/// `urls` in cluster mode: the environment's URL table, and the context's API server.
-pub async fn urls(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> {
+/// `status` in cluster mode: the context's API server, and each environment of the sandbox
+/// there (every one, or the one named) with its workloads and who holds its Lease.
+pub async fn status(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> {
     let cluster = config.cluster.clone().unwrap_or_default();
     let context = context(&cluster, current_context().as_deref())?;
-    let namespace = environment(config)?;
     let client = connect(&context).await?;
-    let urls = crate::urls::collect(&client, Some(&namespace), None, cluster.https_port)
-        .await
-        .map_err(kube_error)?;
-    let server = api_server(&context).unwrap_or_default();
-    let mut text = String::new();
-    for u in &urls {
-        text.push_str(&format!("{:<12} {:<30} {}\n", u.kind, u.name, u.url));
+    let kubeconfig =
+        crate::kubeconfig::read(&crate::kubeconfig::user_kubeconfig_path())?.unwrap_or_default();
+    let server = api_server(&kubeconfig, &context).unwrap_or_default();
+    let api = match crate::node::api_ready(&client).await {
+        Ok(()) => "ready",
+        Err(_) => "not-ready",
+    };
+    let mut environments = Vec::new();
+    if api == "ready" {
+        let selector = format!("{}={}", crate::apply::OWNER_LABEL, config.name);
+        for namespace in crate::apply::namespace_names(&client, Some(&selector)).await {
+            if config
+                .environment
+                .as_ref()
+                .is_some_and(|only| only != &namespace)
+            {
+                continue;
+            }
+            let workloads = super::status::workload_health(&client, &namespace).await;
+            let lease: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+            let locked_by = match lease.get_opt(LEASE).await {
+                Ok(Some(l)) if !free_for(&l, "", k8s_openapi::jiff::Timestamp::now()) => {
+                    l.spec.and_then(|s| s.holder_identity)
+                }
+                _ => None,
+            };
+            environments.push((namespace, workloads, locked_by));
+        }
     }
-    text.push_str(&format!("{:<12} {:<30} {server}\n", "API", context));
-    let json = json!({
+    let missing = config
+        .environment
+        .as_ref()
+        .filter(|_| api == "ready" && environments.is_empty());
+    let mut text = format!(
+        "sandbox {} on context {context} ({server}): API {api}\n",
+        config.name
+    );
+    if environments.is_empty() {
+        text.push_str("  no environments (`sandbox up --namespace NAME` makes one)\n");
+    }
+    for (namespace, workloads, locked_by) in &environments {
+        let states: Vec<String> = workloads
+            .iter()
+            .map(|(name, state)| {
+                format!(
+                    "{name}:{}",
+                    if state == "ready" {
+                        "ready"
+                    } else {
+                        "not ready"
+                    }
+                )
+            })
+            .collect();
+        text.push_str(&format!(
+            "  {namespace:<24} {}{}\n",
+            if states.is_empty() {
+                "no workloads".to_string()
+            } else {
+                states.join(",")
+            },
+            locked_by
+                .as_ref()
+                .map(|h| format!("  (a run of {h} holds it)"))
+                .unwrap_or_default()
+        ));
+    }
+    let json = status_json(config, &context, &server, api, &environments);
+    if missing.is_none() || ctx.global.output == super::Output::Text {
+        ctx.print(&json, &text);
+    }
+    match missing {
+        Some(namespace) => Err(Error::Absent(format!(
+            "environment {namespace} of sandbox {} does not exist on context {context}",
+            config.name
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// One environment of `ClusterStatusResult`: its namespace, workloads and Lease holder.
+type EnvironmentHealth = (String, Vec<(String, String)>, Option<String>);
+
+/// The `ClusterStatusResult` document.
+pub(crate) fn status_json(
+    config: &SandboxConfig,
+    context: &str,
+    server: &str,
+    api: &str,
+    environments: &[EnvironmentHealth],
+) -> serde_json::Value {
+    json!({
         "apiVersion": crate::config::API_VERSION,
-        "kind": "UrlsResult",
+        "kind": "ClusterStatusResult",
         "sandbox": config.name,
         "context": context,
         "apiServer": server,
-        "urls": urls,
-    });
-    ctx.print(&json, &text);
-    Ok(())
+        "api": api,
+        "environments": environments.iter().map(|(namespace, workloads, locked_by)| json!({
+            "namespace": namespace,
+            "workloads": workloads.iter().map(|(name, state)| json!({"name": name, "state": state})).collect::<Vec<_>>(),
+            "lockedBy": locked_by,
+        })).collect::<Vec<_>>(),
+    })
 }
 
-/// The API server of `context` in the user's kubeconfig.
-fn api_server(context: &str) -> Option<String> {
-    let kubeconfig = crate::kubeconfig::read(&crate::kubeconfig::user_kubeconfig_path()).ok()??;
+/// The API server of `context` in `kubeconfig`.
+fn api_server(kubeconfig: &serde_yaml::Value, context: &str) -> Option<String> {
     let cluster = kubeconfig["contexts"]
         .as_sequence()?
         .iter()
@@ -746,33 +1028,6 @@ fn api_server(context: &str) -> Option<String> {
         .find(|c| c["name"] == cluster.as_str())?["cluster"]["server"]
         .as_str()
         .map(str::to_string)
-}
-
-/// `down --namespace NAME` in cluster mode: deletes the environment's namespace when it is
-/// the sandbox's; nothing else on the cluster is touched.
-pub async fn down(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> {
-    let cluster = config.cluster.clone().unwrap_or_default();
-    let context = context(&cluster, current_context().as_deref())?;
-    let namespace = environment(config)?;
-    crate::warm::forget(&record_key(config, &context, &namespace));
-    let client = connect(&context).await?;
-    let removed = super::down::delete_environment(ctx, &client, config, &namespace).await?;
-    let text = if removed {
-        format!(
-            "environment {namespace} of sandbox {} removed from context {context}\n",
-            config.name
-        )
-    } else {
-        format!(
-            "sandbox {} has no environment {namespace} on context {context}; nothing to remove\n",
-            config.name
-        )
-    };
-    ctx.print(
-        &super::down::environment_result_json(&config.name, &namespace, removed),
-        &text,
-    );
-    Ok(())
 }
 
 #[cfg(test)]

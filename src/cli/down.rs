@@ -67,30 +67,19 @@ pub async fn run(ctx: &Context, args: DownArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// `down --namespace NAME`: delete one environment's namespace, keep the cluster.
+/// `down --namespace NAME` (and any `down` in cluster mode): delete one environment's
+/// namespace, keep the cluster.
 async fn remove_environment(ctx: &Context) -> Result<(), Error> {
     let config = ctx.config()?;
-    if config.cluster.is_some() {
-        return super::cluster::down(ctx, &config).await;
-    }
-    let namespace = config.namespace.clone();
-    crate::warm::forget(&crate::warm::key(&config));
-    let engine = Engine::connect().await?;
-    let (_, client) = super::connect(&engine, &config.name).await?;
-    let owned = delete_environment(ctx, &client, &config, &namespace).await?;
-    let text = if owned {
-        format!(
-            "environment {namespace} of sandbox {} removed\n",
-            config.name
-        )
+    let target = super::target::select(&config).await?;
+    let removed = target.remove(ctx).await?;
+    let text = if removed {
+        format!("{} removed\n", target.describe())
     } else {
-        format!(
-            "sandbox {} has no environment {namespace}; nothing to remove\n",
-            config.name
-        )
+        format!("{} does not exist; nothing to remove\n", target.describe())
     };
     ctx.print(
-        &environment_result_json(&config.name, &namespace, owned),
+        &environment_result_json(&config.name, &config.namespace, removed),
         &text,
     );
     Ok(())

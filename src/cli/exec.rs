@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use clap::Args;
 
+use super::target::{Access, Target};
 use super::Context;
 use crate::error::Error;
 
@@ -19,27 +20,20 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-/// The environment CMD gets: the sandbox's kubeconfig and context, and its URLs.
+/// The environment CMD gets: the target's kubeconfig and context, and its URLs.
 pub fn environment(
-    outcome: &super::up::Outcome,
+    config: &crate::config::SandboxConfig,
+    access: &Access,
+    urls: &[crate::urls::Url],
     kubeconfig: &std::path::Path,
 ) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert("KUBECONFIG".to_string(), kubeconfig.display().to_string());
-    env.insert("SANDBOX_NAME".to_string(), outcome.config.name.clone());
-    env.insert(
-        "SANDBOX_CONTEXT".to_string(),
-        crate::plan::Names::of(&outcome.config.name).context,
-    );
-    env.insert(
-        "SANDBOX_NAMESPACE".to_string(),
-        outcome.config.namespace.clone(),
-    );
-    env.insert(
-        "SANDBOX_API_SERVER".to_string(),
-        format!("https://127.0.0.1:{}", outcome.node.ports.api),
-    );
-    env.extend(crate::urls::variables(&outcome.urls));
+    env.insert("SANDBOX_NAME".to_string(), config.name.clone());
+    env.insert("SANDBOX_CONTEXT".to_string(), access.context.clone());
+    env.insert("SANDBOX_NAMESPACE".to_string(), config.namespace.clone());
+    env.insert("SANDBOX_API_SERVER".to_string(), access.server.clone());
+    env.extend(crate::urls::variables(urls));
     env
 }
 
@@ -59,15 +53,37 @@ fn ca_exports() -> Result<Vec<(String, String)>, Error> {
 /// Runs `sandbox exec`; returns CMD's exit code through [`Error::Exit`] when non-zero.
 pub async fn run(ctx: &Context, args: ExecArgs) -> Result<(), Error> {
     let config = ctx.config()?;
-    let outcome = super::up::bring_up(ctx, &config).await?;
+    // `up`: the laptop's, or the environment's in cluster mode
+    let (target, access, urls): (Box<dyn Target>, Access, Vec<crate::urls::Url>) = match config
+        .cluster
+    {
+        Some(_) => {
+            super::up::validate_manifests(&config)?;
+            let mut target = super::cluster::ClusterTarget::new(&config)?;
+            let done =
+                super::target::up(&mut target, ctx, super::target::build_all(ctx, &config)).await?;
+            let access = target.access().await?;
+            (Box::new(target), access, done.urls)
+        }
+        None => {
+            let outcome = super::up::bring_up(ctx, &config).await?;
+            let access = Access {
+                kubeconfig: outcome.node.kubeconfig.clone(),
+                context: crate::plan::Names::of(&config.name).context,
+                server: format!("https://127.0.0.1:{}", outcome.node.ports.api),
+            };
+            let target = super::target::NodeTarget::new(&config).await?;
+            (Box::new(target), access, outcome.urls)
+        }
+    };
     // a kubeconfig of its own, so CMD's kubectl talks to this sandbox whatever the user's default
     let dir = tempfile::tempdir().map_err(|source| Error::Io {
         action: "create a temporary directory for the command's kubeconfig",
         source,
     })?;
     let kubeconfig = dir.path().join("kubeconfig");
-    crate::kubeconfig::write(&kubeconfig, &outcome.node.kubeconfig)?;
-    let mut env = environment(&outcome, &kubeconfig);
+    crate::kubeconfig::write(&kubeconfig, &access.kubeconfig)?;
+    let mut env = environment(&config, &access, &urls, &kubeconfig);
     // the CA exports of `sandbox trust print`, so that CMD's HTTPS clients trust the sandbox
     match ca_exports() {
         Ok(vars) => env.extend(vars),
@@ -95,11 +111,12 @@ pub async fn run(ctx: &Context, args: ExecArgs) -> Result<(), Error> {
         }
     };
     if args.down {
-        let engine = crate::docker::Engine::connect().await?;
-        let _lock = crate::lock::acquire(&config.name, &ctx.reporter).await?;
-        crate::node::remove(&engine, &config.name, false).await?;
-        ctx.reporter
-            .info(format!("sandbox {} removed", config.name));
+        let lock = target.lock(ctx).await?;
+        let removed = target.remove(ctx).await;
+        lock.release().await;
+        if removed? {
+            ctx.reporter.info(format!("{} removed", target.describe()));
+        }
     }
     if code == 0 {
         Ok(())

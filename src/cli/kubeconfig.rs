@@ -19,12 +19,24 @@ pub struct KubeconfigArgs {
 
 /// Runs `sandbox kubeconfig`.
 pub async fn run(ctx: &Context, args: KubeconfigArgs) -> Result<(), Error> {
-    let sandbox = ctx.sandbox_name()?;
-    let engine = Engine::connect().await?;
-    let (info, profile) = node::running(&engine, &sandbox).await?;
-    let kubeconfig = node::host_kubeconfig(&engine, &info, &profile)
-        .await?
-        .ok_or_else(|| Error::NotFound(sandbox.clone()))?;
+    let config = ctx.config()?;
+    let kubeconfig = match config.cluster {
+        // the environment's context alone, its namespace the environment
+        Some(_) => {
+            use super::target::Target;
+            let mut target = super::cluster::ClusterTarget::new(&config)?;
+            target.ensure(ctx, false).await?;
+            target.access().await?.kubeconfig
+        }
+        None => {
+            let sandbox = config.name;
+            let engine = Engine::connect().await?;
+            let (info, profile) = node::running(&engine, &sandbox).await?;
+            node::host_kubeconfig(&engine, &info, &profile)
+                .await?
+                .ok_or_else(|| Error::NotFound(sandbox.clone()))?
+        }
+    };
     match args.write {
         Some(path) => crate::kubeconfig::write(&path, &kubeconfig)?,
         None => print!(

@@ -6,7 +6,6 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DynamicObject, ListParams, LogParams};
 
 use super::Context;
-use crate::docker::Engine;
 use crate::error::Error;
 
 /// Options of `sandbox logs`.
@@ -40,8 +39,9 @@ fn kind_of(short: &str) -> Option<(&'static str, &'static str, &'static str)> {
 /// Runs `sandbox logs`.
 pub async fn run(ctx: &Context, args: LogsArgs) -> Result<(), Error> {
     let config = ctx.config()?;
-    let engine = Engine::connect().await?;
-    let (_, client) = super::connect(&engine, &config.name).await?;
+    let mut target = super::target::select(&config).await?;
+    target.ensure(ctx, false).await?;
+    let client = target.client()?;
     let namespace = config.namespace.clone();
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let pods: Vec<Pod> = match args.target.as_deref() {

@@ -13,6 +13,7 @@ pub mod logs;
 #[cfg(test)]
 mod output_schema;
 pub mod status;
+pub mod target;
 pub mod trust;
 pub mod up;
 pub mod urls;
@@ -158,16 +159,17 @@ impl Context {
         Ok(config)
     }
 
-    /// `Err` when cluster mode is selected (`--context`, or `cluster:` in the config) for a
-    /// command that does not work on an existing cluster yet: it must not act on a local
-    /// node of the same name instead.
+    /// `Err` when cluster mode is selected (`--context`, or `cluster:` in the config) for
+    /// `load`, which puts images into sandbox's own node: it must not act on a local node of
+    /// the same name instead.
     pub fn refuse_cluster_mode(&self, command: &str) -> Result<(), Error> {
         let selected =
             self.global.context.is_some() || self.config().is_ok_and(|c| c.cluster.is_some());
         if selected {
             return Err(Error::Usage(format!(
-                "`sandbox {command}` does not work in cluster mode yet (`--context` or \
-                 `cluster:` in sandbox.yaml); `up`, `down` and `urls` do"
+                "`sandbox {command}` does not work in cluster mode (`--context` or \
+                 `cluster:` in sandbox.yaml): images reach the cluster through \
+                 `cluster.registry`, pushed by `sandbox build` and `sandbox up`"
             )));
         }
         Ok(())
@@ -205,10 +207,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Up(args) => up::run(&ctx, args).await,
         Command::Down(args) => down::run(&ctx, args).await,
-        Command::Apply(args) => {
-            ctx.refuse_cluster_mode("apply")?;
-            apply::run(&ctx, args).await
-        }
+        Command::Apply(args) => apply::run(&ctx, args).await,
         Command::Build(args) => build::run(&ctx, args).await,
         Command::Load(args) => {
             ctx.refuse_cluster_mode("load")?;
@@ -216,24 +215,12 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Urls(args) => urls::run(&ctx, args).await,
         Command::Dns(args) => dns::run(&ctx, args).await,
-        Command::Logs(args) => {
-            ctx.refuse_cluster_mode("logs")?;
-            logs::run(&ctx, args).await
-        }
-        Command::Status(args) => {
-            ctx.refuse_cluster_mode("status")?;
-            status::run(&ctx, args).await
-        }
+        Command::Logs(args) => logs::run(&ctx, args).await,
+        Command::Status(args) => status::run(&ctx, args).await,
         Command::Completions(args) => completions::completions(args),
         Command::Man => completions::man(),
-        Command::Exec(args) => {
-            ctx.refuse_cluster_mode("exec")?;
-            exec::run(&ctx, args).await
-        }
-        Command::Kubeconfig(args) => {
-            ctx.refuse_cluster_mode("kubeconfig")?;
-            kubeconfig::run(&ctx, args).await
-        }
+        Command::Exec(args) => exec::run(&ctx, args).await,
+        Command::Kubeconfig(args) => kubeconfig::run(&ctx, args).await,
         Command::Trust(args) => trust::run(&ctx, args).await,
     }
 }

@@ -21,11 +21,15 @@ pub struct StatusArgs {
 
 /// Runs `sandbox status`.
 pub async fn run(ctx: &Context, args: StatusArgs) -> Result<(), Error> {
+    let config = ctx.config()?;
+    if config.cluster.is_some() && !args.all {
+        return super::cluster::status(ctx, &config).await;
+    }
     let engine = Engine::connect().await?;
     let only = if args.all {
         None
     } else {
-        Some(ctx.sandbox_name()?)
+        Some(config.name.clone())
     };
     let nodes = engine.list_nodes(only.as_deref()).await?;
     let mut rows = Vec::new();
@@ -174,14 +178,17 @@ async fn api_health(
     (
         "ready".to_string(),
         environments,
-        addon_health(&client).await,
+        workload_health(&client, crate::addons::NAMESPACE).await,
     )
 }
 
-/// Each add-on Deployment with its state: `ready`, or what it waits for.
-async fn addon_health(client: &kube::Client) -> Vec<(String, String)> {
+/// Each Deployment of `namespace` with its state: `ready`, or what it waits for.
+pub(crate) async fn workload_health(
+    client: &kube::Client,
+    namespace: &str,
+) -> Vec<(String, String)> {
     let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
-        kube::Api::namespaced(client.clone(), crate::addons::NAMESPACE);
+        kube::Api::namespaced(client.clone(), namespace);
     let Ok(list) = api.list(&Default::default()).await else {
         return Vec::new();
     };

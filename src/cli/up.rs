@@ -32,6 +32,7 @@ pub(crate) async fn wait_answering(
         config.environment.as_deref(),
         node.ip.as_deref(),
         node.ports.https,
+        true,
     )
     .await
     .map_err(|e| Error::Kube(crate::apply::api_message(&e)))?;
