@@ -58,6 +58,33 @@ pub fn documents(
     Ok(docs)
 }
 
+/// maildev alone, in `namespace` (an environment's own, in cluster mode), its web UI at
+/// `maildev.<builtins.domain>`, its image `image`.
+pub fn maildev_documents(
+    builtins: &Builtins,
+    namespace: &str,
+    image: &str,
+) -> Result<Vec<Document>, ManifestError> {
+    let mut vars = manifests::variables(builtins, &BTreeMap::new());
+    vars.insert("SANDBOX_MAILDEV_IMAGE".into(), image.to_string());
+    let path = Path::new("(built-in add-on)/maildev.yaml");
+    let (_, text) = MANIFESTS
+        .iter()
+        .find(|(name, _)| *name == "maildev")
+        .expect("maildev is embedded");
+    let text = manifests::substitute(text, &vars, path)?;
+    let mut docs = manifests::parse(&text, path)?;
+    for doc in &mut docs {
+        doc.object["metadata"]["namespace"] = serde_json::json!(namespace);
+    }
+    Ok(docs)
+}
+
+/// maildev's SMTP host as the pods of `namespace` reach it when it runs there.
+pub fn smtp_host_in(namespace: &str) -> String {
+    format!("maildev.{namespace}.svc.cluster.local")
+}
+
 /// The images the add-ons run: loaded from the local engine when it holds them (the
 /// offline profile builds them), pulled by the node otherwise.
 pub fn images(profile: &Profile, maildev: bool) -> Vec<String> {
@@ -190,5 +217,28 @@ mod tests {
         let ports = &container(&docs)["ports"];
         assert_eq!(ports[0]["hostPort"], 80);
         assert_eq!(ports[1]["hostPort"], 443);
+    }
+
+    #[test]
+    fn maildev_alone_goes_into_an_environment() {
+        let builtins = Builtins {
+            domain: "pr-7.dev.example.com".into(),
+            ..builtins(443)
+        };
+        let docs = maildev_documents(&builtins, "pr-7", "registry.test/maildev:sandbox-1").unwrap();
+        let kinds: Vec<&str> = docs.iter().map(|d| d.kind()).collect();
+        assert_eq!(kinds, ["Deployment", "Service", "Ingress"]);
+        assert!(docs
+            .iter()
+            .all(|d| d.object["metadata"]["namespace"] == "pr-7"));
+        assert_eq!(
+            docs[0].object["spec"]["template"]["spec"]["containers"][0]["image"],
+            "registry.test/maildev:sandbox-1"
+        );
+        assert_eq!(
+            docs[2].object["spec"]["rules"][0]["host"],
+            "maildev.pr-7.dev.example.com"
+        );
+        assert_eq!(smtp_host_in("pr-7"), "maildev.pr-7.svc.cluster.local");
     }
 }

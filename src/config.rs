@@ -108,6 +108,8 @@ struct RawCluster {
 struct RawClusterTls {
     #[serde(default)]
     secret: Option<String>,
+    #[serde(default)]
+    issuer: Option<String>,
 }
 
 /// `cluster:`: deploying to an existing cluster through a kube context, instead of a
@@ -127,6 +129,9 @@ pub struct ClusterConfig {
     /// A TLS Secret (`NAMESPACE/NAME`) copied into each environment and used by its
     /// Ingresses.
     pub tls_secret: Option<(String, String)>,
+    /// A cert-manager ClusterIssuer: each environment gets a Certificate from it for its
+    /// Ingresses' hosts.
+    pub tls_issuer: Option<String>,
     /// Whether cluster-scoped objects may be applied.
     pub allow_cluster_scoped: bool,
 }
@@ -150,6 +155,9 @@ pub enum Registry {
 pub struct Addons {
     /// maildev, the mail catcher (on unless `addons: {maildev: false}`).
     pub maildev: bool,
+    /// Whether sandbox.yaml asks for maildev in so many words (`addons: {maildev: true}`):
+    /// cluster mode deploys it into the environment only then.
+    pub maildev_asked: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -279,7 +287,10 @@ impl SandboxConfig {
                 boot: None,
                 ready: DEFAULT_READY_TIMEOUT,
             },
-            addons: Addons { maildev: true },
+            addons: Addons {
+                maildev: true,
+                maildev_asked: false,
+            },
             registry: None,
             cluster: None,
         }
@@ -482,6 +493,7 @@ impl SandboxConfig {
             timeouts: Timeouts { boot, ready },
             addons: Addons {
                 maildev: raw.addons.maildev.unwrap_or(true),
+                maildev_asked: raw.addons.maildev == Some(true),
             },
             registry,
             cluster,
@@ -500,7 +512,23 @@ impl SandboxConfig {
 /// Validates `cluster:`; an error names the field.
 fn cluster_config(raw: RawCluster) -> Result<ClusterConfig, (&'static str, String)> {
     let invalid = |field: &'static str, message: String| (field, message);
-    let tls_secret = match raw.tls.and_then(|t| t.secret) {
+    let tls = raw.tls.unwrap_or_default();
+    let tls_issuer = tls.issuer;
+    if let Some(issuer) = &tls_issuer {
+        if tls.secret.is_some() {
+            return Err(invalid(
+                "cluster.tls",
+                "give `secret` or `issuer`, not both".into(),
+            ));
+        }
+        if validate_dns_subdomain(issuer).is_err() {
+            return Err(invalid(
+                "cluster.tls.issuer",
+                format!("{issuer:?} is not a ClusterIssuer name"),
+            ));
+        }
+    }
+    let tls_secret = match tls.secret {
         None => None,
         Some(s) => match s.split_once('/') {
             Some((ns, name)) if validate_dns_label(ns, 63).is_ok() && !name.is_empty() => {
@@ -537,6 +565,7 @@ fn cluster_config(raw: RawCluster) -> Result<ClusterConfig, (&'static str, Strin
         https_port: raw.https_port.unwrap_or(443),
         ingress_class: raw.ingress_class,
         tls_secret,
+        tls_issuer,
         allow_cluster_scoped: raw.allow_cluster_scoped,
     })
 }
@@ -956,6 +985,11 @@ timeouts: {boot: 2m, ready: 90s}
                 "cluster.registry",
             ),
             ("{registry: 'registry.example.com/'}", "cluster.registry"),
+            (
+                "{tls: {secret: ingress/wildcard, issuer: letsencrypt}}",
+                "cluster.tls",
+            ),
+            ("{tls: {issuer: 'Lets Encrypt'}}", "cluster.tls.issuer"),
         ] {
             let err = parse(cluster).unwrap_err().to_string();
             assert!(

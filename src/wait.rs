@@ -158,6 +158,28 @@ pub fn judge(object: &Value) -> Option<Readiness> {
             }
             phase => Readiness::Pending(format!("pod {}", phase.unwrap_or("Pending"))),
         },
+        // cert-manager's: Ready once its Secret holds a certificate for the spec
+        "Certificate"
+            if object["apiVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("cert-manager.io/")) =>
+        {
+            match condition(object, "Ready") {
+                // the condition says which generation it judged (absent: any)
+                Some(c)
+                    if c["status"] == "True"
+                        && c.get("observedGeneration")
+                            .is_none_or(|g| int(g) >= int(&object["metadata"]["generation"])) =>
+                {
+                    Readiness::Ready
+                }
+                Some(c) => Readiness::Pending(format!(
+                    "certificate not issued yet: {}",
+                    c["message"].as_str().unwrap_or_default()
+                )),
+                None => Readiness::Pending("waiting for cert-manager to issue it".into()),
+            }
+        }
         _ => return None,
     })
 }
@@ -1161,5 +1183,38 @@ mod tests {
         let beat = Instant::now() + Duration::from_millis(50);
         assert!(changes.next(beat, &waited).await.is_empty());
         assert!(Instant::now() >= beat);
+    }
+
+    #[test]
+    fn a_certificate_is_ready_once_cert_manager_says_so_for_its_generation() {
+        let certificate = |conditions: Value| {
+            json!({"apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+                   "metadata": {"name": "sandbox-tls", "generation": 2},
+                   "status": {"conditions": conditions}})
+        };
+        assert!(matches!(
+            judge(&certificate(json!([]))),
+            Some(Readiness::Pending(_))
+        ));
+        assert!(matches!(
+            judge(&certificate(json!([{"type": "Ready", "status": "False", "message": "Issuing certificate as Secret does not exist"}]))),
+            Some(Readiness::Pending(m)) if m.contains("Secret does not exist")
+        ));
+        assert!(matches!(
+            judge(&certificate(
+                json!([{"type": "Ready", "status": "True", "observedGeneration": 1}])
+            )),
+            Some(Readiness::Pending(_))
+        ));
+        assert_eq!(
+            judge(&certificate(
+                json!([{"type": "Ready", "status": "True", "observedGeneration": 2}])
+            )),
+            Some(Readiness::Ready)
+        );
+        // another group's Certificate is not waited on
+        let mut other = certificate(json!([]));
+        other["apiVersion"] = json!("example.com/v1");
+        assert_eq!(judge(&other), None);
     }
 }

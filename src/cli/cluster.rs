@@ -108,6 +108,9 @@ pub struct ClusterTarget {
     client: Option<kube::Client>,
     /// The documents as rendered by `ensure(create)`, before it touched the cluster.
     rendered: Option<Vec<Document>>,
+    /// maildev's image when the environment runs one (`addons.maildev: true`), with the
+    /// local build to push when the engine holds it.
+    maildev: Option<(String, Option<BuiltImage>)>,
 }
 
 impl ClusterTarget {
@@ -124,6 +127,7 @@ impl ClusterTarget {
             namespace,
             client: None,
             rendered: None,
+            maildev: None,
         })
     }
 
@@ -163,7 +167,18 @@ impl ClusterTarget {
     /// unless allowed.
     async fn render(&self) -> Result<Vec<Document>, Error> {
         let client = self.connected()?;
-        let docs = documents(&self.config, &self.cluster, &self.domain())?;
+        let maildev = self.maildev.as_ref().map(|(image, _)| image.as_str());
+        let docs = documents(&self.config, &self.cluster, &self.domain(), maildev)?;
+        if self.cluster.tls_issuer.is_some() {
+            let gvk = kube::core::GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate");
+            if kube::discovery::pinned_kind(client, &gvk).await.is_err() {
+                return Err(Error::Usage(format!(
+                    "cluster.tls.issuer: context {} serves no cert-manager.io/v1 Certificate \
+                     (is cert-manager installed?); use `cluster.tls.secret` instead, or no TLS",
+                    self.context
+                )));
+            }
+        }
         if !self.cluster.allow_cluster_scoped {
             let mut applier = Applier::new(client.clone(), &self.config.name, &self.namespace);
             let scoped = applier.cluster_scoped(&docs).await?;
@@ -198,6 +213,9 @@ impl Target for ClusterTarget {
             self.client = Some(connect(&self.context).await?);
         }
         let client = self.connected()?.clone();
+        if self.config.addons.maildev_asked && self.maildev.is_none() {
+            self.maildev = Some(maildev_image(&self.config).await?);
+        }
         if !create {
             if !environment_exists(&client, &self.namespace, &self.config.name).await? {
                 return Err(Error::Absent(format!(
@@ -236,6 +254,10 @@ impl Target for ClusterTarget {
             use_tls_secret(&mut docs, &secret.1);
             docs.extend(copy_tls_secret(client, secret, &self.namespace).await?);
         }
+        if let Some(issuer) = &self.cluster.tls_issuer {
+            docs.extend(certificate(&docs, &self.namespace, issuer)?);
+            use_tls_secret(&mut docs, CERTIFICATE);
+        }
         Ok(docs)
     }
 
@@ -244,6 +266,9 @@ impl Target for ClusterTarget {
         ctx: &Context,
         built: Vec<BuiltImage>,
     ) -> Result<(Vec<BuiltImage>, Vec<String>), Error> {
+        let mut built = built;
+        // maildev's local build goes the same way as the project's images
+        built.extend(self.maildev.iter().filter_map(|(_, local)| local.clone()));
         deliver(ctx, &self.cluster, built).await
     }
 
@@ -359,11 +384,16 @@ impl Target for ClusterTarget {
         docs: &[Document],
     ) -> Result<(Vec<BuiltImage>, Vec<Applied>), String> {
         let client = self.connected().map_err(|e| e.to_string())?;
+        let addons: Vec<BuiltImage> = self
+            .maildev
+            .iter()
+            .filter_map(|(_, local)| local.clone())
+            .collect();
         unchanged(
             &self.config,
             &self.cluster,
             client,
-            docs,
+            (docs, &addons),
             &self.record_key(),
         )
         .await
@@ -383,6 +413,42 @@ impl Target for ClusterTarget {
             .await;
         }
     }
+}
+
+/// maildev's image for an environment: that of the profile named (else of the first
+/// profile whose image the local engine holds, else of the default profile), with the local
+/// image to push when the engine holds it (content-tagged).
+async fn maildev_image(config: &SandboxConfig) -> Result<(String, Option<BuiltImage>), Error> {
+    let names: Vec<&str> = match &config.profile {
+        Some(named) => vec![named.as_str()],
+        None => vec![crate::profile::PREFERRED, "offline"],
+    };
+    let mut references = Vec::new();
+    for name in names {
+        let profile = crate::profile::Profile::named(name)?;
+        references.extend(profile.addons.get("maildev").cloned());
+    }
+    // without a registry to push to, the cluster pulls the profile's image itself
+    let registry = config.cluster.as_ref().and_then(|c| c.registry.as_ref());
+    if registry.is_some() {
+        let engine = Engine::connect().await?;
+        for reference in &references {
+            if let Some(id) = engine.image_id(reference).await? {
+                let (repository, _) = crate::docker::split_tag(reference);
+                let local = BuiltImage {
+                    name: repository.to_string(),
+                    reference: format!("{repository}:{}", images::content_tag(&id)),
+                    inputs: Some(id.clone()),
+                    id,
+                };
+                return Ok((reference.clone(), Some(local)));
+            }
+        }
+    }
+    let first = references.into_iter().next().ok_or_else(|| {
+        Error::Usage("the profile names no maildev image (`addons.maildev`)".into())
+    })?;
+    Ok((first, None))
 }
 
 /// Whether `namespace` exists as an environment of sandbox `sandbox` (labelled its).
@@ -476,14 +542,35 @@ async fn unchanged(
     config: &SandboxConfig,
     cluster: &ClusterConfig,
     client: &kube::Client,
-    docs: &[Document],
+    (docs, addons): (&[Document], &[BuiltImage]),
     key: &str,
 ) -> Result<(Vec<BuiltImage>, Vec<crate::apply::Applied>), String> {
     let record = crate::warm::read(key).ok_or("no record of a complete up")?;
-    if record.images.len() != config.images.len() {
+    if record.images.len() != config.images.len() + addons.len() {
         return Err("the images configured changed".into());
     }
+    let host = cluster
+        .registry
+        .as_deref()
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_default();
     let mut built = Vec::new();
+    // the add-ons' images as pushed: the same local image, still in the registry
+    for (image, recorded) in addons.iter().zip(&record.images[config.images.len()..]) {
+        if recorded.name != image.name || recorded.id != image.id {
+            return Err(format!("add-on image {} changed", image.name));
+        }
+        if crate::registry::holds_at(host, &recorded.reference).await == Some(false) {
+            return Err(format!(
+                "the registry no longer holds {}",
+                recorded.reference
+            ));
+        }
+        built.push(BuiltImage {
+            reference: recorded.reference.clone(),
+            ..image.clone()
+        });
+    }
     if !config.images.is_empty() {
         let engine = Engine::connect().await.map_err(|e| e.to_string())?;
         for (image, recorded) in config.images.iter().zip(&record.images) {
@@ -504,11 +591,6 @@ async fn unchanged(
             {
                 return Err(format!("{} is no longer in the engine", recorded.reference));
             }
-            let host = cluster
-                .registry
-                .as_deref()
-                .and_then(|r| r.split('/').next())
-                .unwrap_or_default();
             if crate::registry::holds_at(host, &recorded.reference).await == Some(false) {
                 return Err(format!(
                     "the registry no longer holds {}",
@@ -584,6 +666,7 @@ fn documents(
     config: &SandboxConfig,
     cluster: &ClusterConfig,
     domain: &str,
+    maildev: Option<&str>,
 ) -> Result<Vec<Document>, Error> {
     let builtins = manifests::Builtins {
         name: config.name.clone(),
@@ -592,11 +675,25 @@ fn documents(
         ip: super::up::DEFAULT_IP.to_string(),
         http_port: 80,
         https_port: cluster.https_port,
-        smtp_host: crate::addons::SMTP_DNS_NAME.to_string(),
+        smtp_host: match maildev {
+            Some(_) => crate::addons::smtp_host_in(&config.namespace),
+            None => crate::addons::SMTP_DNS_NAME.to_string(),
+        },
         smtp_port: crate::addons::SMTP_PORT,
     };
     let mut docs = super::up::secret_documents(config)?;
-    docs.extend(super::up::read_manifests(config, &builtins, None, &[])?);
+    let mut addons = Vec::new();
+    if let Some(image) = maildev {
+        addons = crate::addons::maildev_documents(&builtins, &config.namespace, image)?;
+    }
+    let addon_urls = crate::urls::planned(&addons, cluster.https_port, None, &config.namespace);
+    docs.extend(super::up::read_manifests(
+        config,
+        &builtins,
+        None,
+        &addon_urls,
+    )?);
+    docs.extend(addons);
     if let Some(class) = &cluster.ingress_class {
         for doc in docs.iter_mut().filter(|d| d.kind() == "Ingress") {
             let spec = &mut doc.object["spec"];
@@ -820,6 +917,50 @@ pub fn use_tls_secret(docs: &mut [Document], name: &str) {
     }
 }
 
+/// The name of an environment's Certificate (`cluster.tls.issuer`) and of its Secret.
+pub const CERTIFICATE: &str = "sandbox-tls";
+
+/// The cert-manager Certificate of an environment: from ClusterIssuer `issuer`, for the
+/// hosts of every Ingress of `docs` without a TLS section, into Secret [`CERTIFICATE`]
+/// (pure; none when there is no such host).
+pub fn certificate(
+    docs: &[Document],
+    namespace: &str,
+    issuer: &str,
+) -> Result<Vec<Document>, Error> {
+    let mut hosts: Vec<&str> = Vec::new();
+    for doc in docs.iter().filter(|d| d.kind() == "Ingress") {
+        let spec = &doc.object["spec"];
+        if spec["tls"].as_array().is_some_and(|t| !t.is_empty()) {
+            continue;
+        }
+        for rule in spec["rules"].as_array().into_iter().flatten() {
+            if let Some(host) = rule["host"].as_str() {
+                if !hosts.contains(&host) {
+                    hosts.push(host);
+                }
+            }
+        }
+    }
+    if hosts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let certificate = json!({
+        "apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+        "metadata": {"name": CERTIFICATE, "namespace": namespace},
+        "spec": {
+            "secretName": CERTIFICATE,
+            "dnsNames": hosts,
+            "issuerRef": {"group": "cert-manager.io", "kind": "ClusterIssuer", "name": issuer},
+        },
+    });
+    let text = serde_yaml::to_string(&certificate).expect("a Certificate serialises");
+    Ok(manifests::parse(
+        &text,
+        std::path::Path::new(&format!("(cluster.tls.issuer {issuer})")),
+    )?)
+}
+
 /// Copies the TLS Secret `secret` (`(namespace, name)`) into the environment.
 async fn copy_tls_secret(
     client: &kube::Client,
@@ -917,7 +1058,14 @@ pub async fn status(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> 
     };
     let mut environments = Vec::new();
     if api == "ready" {
-        let selector = format!("{}={}", crate::apply::OWNER_LABEL, config.name);
+        // the add-ons' namespace of a laptop sandbox of the same name is no environment
+        let selector = format!(
+            "{}={},{}!={}",
+            crate::apply::OWNER_LABEL,
+            config.name,
+            crate::plan::LABEL_ROLE,
+            crate::addons::ROLE
+        );
         for namespace in crate::apply::namespace_names(&client, Some(&selector)).await {
             if config
                 .environment
@@ -1093,5 +1241,28 @@ mod tests {
             "me",
             now
         ));
+    }
+
+    #[test]
+    fn an_issuer_gives_one_certificate_for_the_hosts_without_tls() {
+        let text = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: a}\n\
+                    spec:\n  rules:\n  - host: a.pr-1.dev.example.com\n  - host: b.pr-1.dev.example.com\n\
+                    ---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: own}\n\
+                    spec:\n  tls: [{hosts: [own.example.com], secretName: own-tls}]\n  rules:\n  - host: own.example.com\n";
+        let mut docs = manifests::parse(text, std::path::Path::new("k8s/ingress.yaml")).unwrap();
+        let issued = certificate(&docs, "pr-1", "team-ca").unwrap();
+        assert_eq!(issued.len(), 1);
+        let spec = &issued[0].object["spec"];
+        assert_eq!(
+            spec["dnsNames"],
+            json!(["a.pr-1.dev.example.com", "b.pr-1.dev.example.com"])
+        );
+        assert_eq!(spec["issuerRef"]["kind"], "ClusterIssuer");
+        assert_eq!(spec["issuerRef"]["name"], "team-ca");
+        assert_eq!(issued[0].object["metadata"]["namespace"], "pr-1");
+        assert!(crate::wait::waits_on(&issued[0].object));
+        use_tls_secret(&mut docs, CERTIFICATE);
+        assert_eq!(docs[0].object["spec"]["tls"][0]["secretName"], CERTIFICATE);
+        assert!(certificate(&docs, "pr-1", "team-ca").unwrap().is_empty());
     }
 }

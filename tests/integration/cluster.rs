@@ -56,10 +56,25 @@ fn namespace_exists(sb: &TestSandbox, namespace: &str) -> bool {
     !String::from_utf8_lossy(&out.stdout).trim().is_empty()
 }
 
-#[test]
-fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
-    let sb = TestSandbox::new("shared");
-    // the existing cluster: a node of its own, with a registry
+/// The "existing cluster": a node of its own with a registry (`registry: local`), brought up
+/// by the test; and the hello-ingress project set up for cluster mode on its context,
+/// pushing to that registry.
+struct Shared {
+    /// The project's sandbox.yaml (cluster mode).
+    file: String,
+    /// The project's directory.
+    project: std::path::PathBuf,
+    /// The project's config text.
+    config: String,
+    /// The shared node's kube context.
+    context: String,
+    /// The registry container.
+    registry: String,
+    /// Where the registry is published (`127.0.0.1:PORT`).
+    registry_host: String,
+}
+
+fn shared_cluster(sb: &TestSandbox) -> Shared {
     let shared = sb.cwd().join("shared");
     std::fs::create_dir_all(&shared).unwrap();
     let shared_file = shared.join("sandbox.yaml");
@@ -73,8 +88,6 @@ fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
     let registry = format!("sandbox-{}-registry", sb.name);
     let registry_host = docker_ok(&["port", &registry, "5000/tcp"]);
     assert!(registry_host.starts_with("127.0.0.1:"), "{registry_host}");
-
-    // the project, in cluster mode on that context, pushing to that registry
     let (file, project) = sb.fixture("hello-ingress");
     let context = sb.context();
     let config = std::fs::read_to_string(&file).unwrap()
@@ -82,6 +95,27 @@ fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
             "cluster:\n  context: {context}\n  registry: {registry_host}/team\n  httpsPort: {https_port}\n"
         );
     std::fs::write(&file, &config).unwrap();
+    Shared {
+        file,
+        project,
+        config,
+        context,
+        registry,
+        registry_host,
+    }
+}
+
+#[test]
+fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
+    let sb = TestSandbox::new("shared");
+    let Shared {
+        file,
+        project,
+        config,
+        context,
+        registry,
+        registry_host,
+    } = shared_cluster(&sb);
     let up = |namespace: &str| {
         let out = sb.run(&["up", "-f", &file, "--namespace", namespace, "-o", "json"]);
         assert_success(&out, &format!("up --namespace {namespace}"));
@@ -176,14 +210,14 @@ fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
     assert_eq!(out.status.code(), Some(0), "the up that waited");
     assert_eq!(json_document(&out.stdout)["namespace"], "branch-b");
 
-    // urls in cluster mode: the environment's table; a command that does not work in
-    // cluster mode yet refuses (exit 2) rather than act on a local node of the same name
+    // urls in cluster mode: the environment's table; `load`, which puts images into a node
+    // of sandbox's own, refuses (exit 2) rather than act on the local node of the same name
     let urls = sb.run_json(&["urls", "-f", &file, "--namespace", "branch-b"]);
     assert_eq!(urls["context"], context.as_str(), "{urls}");
     assert_eq!(url(&urls), url_b);
-    let status = sb.run(&["status", "-f", &file, "-o", "json"]);
-    assert_eq!(status.status.code(), Some(2), "{status:?}");
-    assert!(json_document(&status.stdout)["message"]
+    let load = sb.run(&["load", "-f", &file, "hello", "-o", "json"]);
+    assert_eq!(load.status.code(), Some(2), "{load:?}");
+    assert!(json_document(&load.stdout)["message"]
         .as_str()
         .unwrap()
         .contains("cluster mode"));
@@ -380,5 +414,316 @@ fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
     assert!(
         phase.is_empty() || phase == "Terminating",
         "branch-f: {phase}"
+    );
+}
+
+/// A minimal CustomResourceDefinition of cert-manager's Certificate (no controller runs
+/// here: the test plays cert-manager's part, issuing the Secret and setting Ready).
+const CERTIFICATE_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: certificates.cert-manager.io}
+spec:
+  group: cert-manager.io
+  names: {kind: Certificate, listKind: CertificateList, plural: certificates, singular: certificate}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+";
+
+#[test]
+fn every_verb_works_on_an_environment_with_its_own_maildev_and_certificate() {
+    let sb = TestSandbox::new("verbs");
+    let Shared {
+        file,
+        project,
+        config,
+        context,
+        registry_host,
+        ..
+    } = shared_cluster(&sb);
+    // maildev per environment, asked for in so many words
+    let maildev = project.join("maildev.yaml");
+    std::fs::write(&maildev, config.clone() + "addons: {maildev: true}\n").unwrap();
+    let maildev = maildev.to_str().unwrap();
+    let at = |args: &[&str], namespace: &str| {
+        let mut all = vec![args[0], "-f", maildev, "--namespace", namespace];
+        all.extend(&args[1..]);
+        sb.run(&all)
+    };
+    let up = sb.run_json(&["up", "-f", maildev, "--namespace", "verbs-a"]);
+    let urls: Vec<&str> = up["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["url"].as_str())
+        .collect();
+    let mail = urls
+        .iter()
+        .find(|u| u.starts_with("https://maildev.verbs-a.127.0.0.1.nip.io"))
+        .unwrap_or_else(|| panic!("no maildev URL of the environment: {up}"));
+    // its local image went through the registry like the project's
+    assert!(
+        up["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["reference"].as_str().unwrap().starts_with(&format!(
+                "{registry_host}/team/sandbox-offline/maildev:sandbox-"
+            ))),
+        "{up}"
+    );
+    let (code, body) = get(mail);
+    assert_eq!(code, 200, "{mail}: {body}");
+    assert!(
+        !urls.iter().any(|u| u.contains("maildev.127.0.0.1.nip.io")),
+        "the shared node's own maildev is not the environment's: {urls:?}"
+    );
+
+    // status: the context's environments of this sandbox, with their workloads
+    let status = sb.run_json(&["status", "-f", &file]);
+    assert_eq!(status["kind"], "ClusterStatusResult", "{status}");
+    assert_eq!(status["api"], "ready", "{status}");
+    let env = status["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["namespace"] == "verbs-a")
+        .unwrap_or_else(|| panic!("verbs-a not listed: {status}"));
+    let workloads: Vec<(&str, &str)> = env["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["name"].as_str().unwrap(), w["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        workloads,
+        [("hello", "ready"), ("maildev", "ready")],
+        "{status}"
+    );
+    assert_eq!(
+        status["environments"].as_array().unwrap().len(),
+        1,
+        "{status}"
+    );
+    let missing = at(&["status", "-o", "json"], "verbs-x");
+    assert_eq!(missing.status.code(), Some(8), "{missing:?}");
+
+    // apply: the manifests again, nothing built
+    let applied = at(&["apply", "-o", "json"], "verbs-a");
+    assert_success(&applied, "apply in cluster mode");
+    let applied = json_document(&applied.stdout);
+    assert_eq!(applied["kind"], "ApplyResult", "{applied}");
+    assert!(
+        applied["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["namespace"] == "verbs-a"),
+        "{applied}"
+    );
+    let absent = at(&["apply", "-o", "json"], "verbs-x");
+    assert_eq!(
+        absent.status.code(),
+        Some(8),
+        "apply to no environment: {absent:?}"
+    );
+    assert!(
+        !namespace_exists(&sb, "verbs-x"),
+        "apply makes no environment"
+    );
+
+    // logs of the environment's maildev
+    let logs = sb.run(&[
+        "logs",
+        "-f",
+        maildev,
+        "--namespace",
+        "verbs-a",
+        "deploy/maildev",
+    ]);
+    assert_success(&logs, "logs in cluster mode");
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("[maildev-"),
+        "{}",
+        String::from_utf8_lossy(&logs.stdout)
+    );
+
+    // kubeconfig: the context alone, in the environment's namespace
+    let kubeconfig = at(&["kubeconfig"], "verbs-a");
+    assert_success(&kubeconfig, "kubeconfig in cluster mode");
+    let kubeconfig: serde_yaml::Value = serde_yaml::from_slice(&kubeconfig.stdout).unwrap();
+    assert_eq!(kubeconfig["current-context"], context.as_str());
+    assert_eq!(kubeconfig["contexts"].as_sequence().unwrap().len(), 1);
+    assert_eq!(kubeconfig["contexts"][0]["context"]["namespace"], "verbs-a");
+
+    // exec: up, then the command with the environment's kubeconfig and URLs; --down
+    // removes the environment, not the cluster
+    let out = sb.run(&[
+        "-f",
+        maildev,
+        "--namespace",
+        "verbs-a",
+        "exec",
+        "--down",
+        "--",
+        "sh",
+        "-c",
+        "kubectl get deploy hello -o name && echo \"$SANDBOX_NAMESPACE $SANDBOX_CONTEXT $SANDBOX_URL_MAILDEV\"",
+    ]);
+    assert_success(&out, "exec --down in cluster mode");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("deployment.apps/hello"), "{said}");
+    assert!(
+        said.contains(&format!(
+            "verbs-a {context} https://maildev.verbs-a.127.0.0.1.nip.io"
+        )),
+        "{said}"
+    );
+    let phase = sb.kubectl(&[
+        "get",
+        "namespace",
+        "verbs-a",
+        "--ignore-not-found",
+        "-o",
+        "jsonpath={.status.phase}",
+    ]);
+    let phase = String::from_utf8_lossy(&phase.stdout).to_string();
+    assert!(
+        phase.is_empty() || phase == "Terminating",
+        "verbs-a: {phase}"
+    );
+    assert!(
+        sb.leftovers("container")
+            .iter()
+            .any(|c| c.ends_with("-node")),
+        "the cluster stays"
+    );
+
+    // a Certificate per environment from cert-manager: refused where it is not installed,
+    // nothing touched
+    let issuer = project.join("issuer.yaml");
+    std::fs::write(&issuer, config.clone() + "  tls: {issuer: team-ca}\n").unwrap();
+    let issuer = issuer.to_str().unwrap();
+    let out = sb.run(&["up", "-f", issuer, "--namespace", "verbs-t", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        json_document(&out.stdout)["message"]
+            .as_str()
+            .unwrap()
+            .contains("cert-manager"),
+        "{out:?}"
+    );
+    assert!(!namespace_exists(&sb, "verbs-t"), "nothing touched");
+    // installed (its CRD; the test plays its controller): up returns once the Certificate
+    // is Ready and the controller serves its Secret for the host
+    let crd = sb.dir.path().join("certificate-crd.yaml");
+    std::fs::write(&crd, CERTIFICATE_CRD).unwrap();
+    assert_success(
+        &sb.kubectl(&["apply", "-f", crd.to_str().unwrap()]),
+        "kubectl apply the CRD",
+    );
+    crate::support::eventually(
+        "the Certificate kind is served",
+        std::time::Duration::from_secs(60),
+        || {
+            let out = sb.kubectl(&["get", "certificates.cert-manager.io", "-A"]);
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).to_string())
+            }
+        },
+    );
+    let (waiting, _) = crate::support::spawn_until_said(
+        sb.command(&["up", "-f", issuer, "--namespace", "verbs-t", "-o", "json"]),
+        "waiting for workloads",
+    );
+    let hosts = crate::support::eventually(
+        "the environment's Certificate",
+        std::time::Duration::from_secs(60),
+        || {
+            let out = sb.kubectl(&[
+                "-n",
+                "verbs-t",
+                "get",
+                "certificate",
+                "sandbox-tls",
+                "-o",
+                "jsonpath={.spec.dnsNames[*]} {.spec.issuerRef.name}",
+            ]);
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if out.status.success() && !text.is_empty() {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+    );
+    assert_eq!(hosts, "hello.verbs-t.127.0.0.1.nip.io team-ca");
+    let issued =
+        rcgen::generate_simple_self_signed(vec!["hello.verbs-t.127.0.0.1.nip.io".to_string()])
+            .unwrap();
+    let (crt, key) = (
+        sb.dir.path().join("issued.crt"),
+        sb.dir.path().join("issued.key"),
+    );
+    std::fs::write(&crt, issued.cert.pem()).unwrap();
+    std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
+    assert_success(
+        &sb.kubectl(&[
+            "-n",
+            "verbs-t",
+            "create",
+            "secret",
+            "tls",
+            "sandbox-tls",
+            "--cert",
+            crt.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]),
+        "issue the Secret",
+    );
+    assert_success(
+        &sb.kubectl(&["-n", "verbs-t", "patch", "certificate", "sandbox-tls", "--subresource=status", "--type=merge", "-p",
+            r#"{"status":{"conditions":[{"type":"Ready","status":"True","reason":"Ready","message":"Certificate is up to date and has not expired","observedGeneration":1}]}}"#]),
+        "set the Certificate Ready",
+    );
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "up with cluster.tls.issuer: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let url = url(&json_document(&out.stdout));
+    // verified against the issued certificate alone: the controller serves it
+    let (host, port, _) = crate::web::split_url(&url, "https", 443);
+    let served = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+        ])
+        .arg(&crt)
+        .arg("--resolve")
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&served.stdout),
+        "200",
+        "{url}: {served:?}"
     );
 }
