@@ -79,10 +79,8 @@ async fn push_to_cluster(
     ctx: &Context,
     config: &crate::config::SandboxConfig,
 ) -> Result<(), Error> {
-    use super::target::Target;
-    let target = super::cluster::ClusterTarget::new(config)?;
     let built = super::target::build_all(ctx, config).await?;
-    let (built, pushed) = target.deliver(ctx, built).await?;
+    let (built, pushed) = super::cluster::push(ctx, config, built).await?;
     let mut text = String::new();
     for b in &built {
         let state = if pushed.contains(&b.reference) {

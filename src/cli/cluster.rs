@@ -227,11 +227,7 @@ impl Target for ClusterTarget {
             return Ok(false);
         }
         if !self.config.images.is_empty() && self.cluster.registry.is_none() {
-            return Err(Error::Usage(
-                "cluster mode pushes the built images to a registry the cluster pulls from: \
-                 set `cluster.registry` (HOST[:PORT][/PREFIX])"
-                    .into(),
-            ));
+            return Err(no_registry());
         }
         // bad input is refused before the environment is made
         self.rendered = Some(self.render().await?);
@@ -703,6 +699,29 @@ fn documents(
         }
     }
     Ok(docs)
+}
+
+/// `sandbox build` in cluster mode: the built images pushed to `cluster.registry` (no
+/// environment needed), as [`deliver`].
+pub async fn push(
+    ctx: &Context,
+    config: &SandboxConfig,
+    built: Vec<BuiltImage>,
+) -> Result<(Vec<BuiltImage>, Vec<String>), Error> {
+    let cluster = config.cluster.clone().unwrap_or_default();
+    if !built.is_empty() && cluster.registry.is_none() {
+        return Err(no_registry());
+    }
+    deliver(ctx, &cluster, built).await
+}
+
+/// Images configured, and no `cluster.registry` to push them to.
+fn no_registry() -> Error {
+    Error::Usage(
+        "cluster mode pushes the built images to a registry the cluster pulls from: set \
+         `cluster.registry` (HOST[:PORT][/PREFIX])"
+            .into(),
+    )
 }
 
 /// Pushes each built image to the cluster's registry as `REGISTRY/NAME:sandbox-<id>`

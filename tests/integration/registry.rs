@@ -147,3 +147,100 @@ fn images_go_through_the_sandboxs_own_registry_and_the_node_pulls_them() {
         sb.leftovers("volume")
     );
 }
+
+/// A registry that wants a password (htpasswd, bcrypt) gets the one Docker's config holds
+/// for it, as `docker push` would: a wrong one fails the push (`sandbox build` in cluster
+/// mode) with exit 5 and the registry's answer; the right one pushes.
+#[test]
+fn a_registry_that_wants_credentials_gets_those_of_the_docker_config() {
+    let sb = TestSandbox::new("creds");
+    let auth = sb.dir.path().join("auth");
+    std::fs::create_dir_all(&auth).unwrap();
+    let hash = bcrypt::hash("s3cret", 5).unwrap();
+    std::fs::write(auth.join("htpasswd"), format!("tester:{hash}\n")).unwrap();
+    // the registry runs as its own user: it must read the bind-mounted file
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        auth.join("htpasswd"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let container = format!("{}-authregistry", sb.name);
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &container,
+        "--label",
+        &format!("dev.sandbox/sandbox={}", sb.name),
+        "-p",
+        "127.0.0.1::5000",
+        "-e",
+        "REGISTRY_AUTH=htpasswd",
+        "-e",
+        "REGISTRY_AUTH_HTPASSWD_REALM=sandbox-test",
+        "-e",
+        "REGISTRY_AUTH_HTPASSWD_PATH=/auth/htpasswd",
+        "-v",
+        &format!("{}:/auth:ro", auth.display()),
+        "sandbox-offline/registry:2.8.2",
+    ]);
+    let host = docker_ok(&["port", &container, "5000/tcp"]);
+    // it answers, and wants credentials
+    crate::support::eventually(
+        "the registry answers",
+        std::time::Duration::from_secs(30),
+        || match http_get(&format!("http://{host}/v2/")) {
+            Ok((401, _)) => Ok(()),
+            other => Err(format!("{other:.200?}")),
+        },
+    );
+    let (file, _) = sb.fixture("hello");
+    let config = std::fs::read_to_string(&file).unwrap()
+        + &format!("cluster:\n  context: nowhere\n  registry: {host}/team\n");
+    std::fs::write(&file, config).unwrap();
+    let docker_config = sb.dir.path().join("docker");
+    std::fs::create_dir_all(&docker_config).unwrap();
+    let login = |password: &str| {
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("tester:{password}"));
+        std::fs::write(
+            docker_config.join("config.json"),
+            serde_json::json!({"auths": {host.as_str(): {"auth": auth}}}).to_string(),
+        )
+        .unwrap();
+    };
+    let build = || {
+        sb.command(&["build", "-f", &file, "-o", "json"])
+            .env("DOCKER_CONFIG", &docker_config)
+            .output()
+            .unwrap()
+    };
+
+    login("wrong");
+    let out = build();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let message = json_document(&out.stdout)["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains(&format!("pushing {host}/team/hello")) && message.contains("auth"),
+        "the registry's answer: {message}"
+    );
+
+    login("s3cret");
+    let out = build();
+    assert_success(&out, "build with the right credentials");
+    let built = json_document(&out.stdout);
+    let image = &built["images"][0];
+    assert!(
+        image["reference"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{host}/team/hello:sandbox-")),
+        "{built}"
+    );
+    assert_eq!(image["loaded"], true, "pushed: {built}");
+}
