@@ -169,6 +169,16 @@ impl ClusterTarget {
         let client = self.connected()?;
         let maildev = self.maildev.as_ref().map(|(image, _)| image.as_str());
         let docs = documents(&self.config, &self.cluster, &self.domain(), maildev)?;
+        let elsewhere = elsewhere(&docs, &self.namespace);
+        if !elsewhere.is_empty() {
+            return Err(Error::Usage(format!(
+                "cluster mode applies only into the environment's namespace {}, and these \
+                 objects name another:\n{}\n(remove their `metadata.namespace`, or set it to \
+                 ${{SANDBOX_NAMESPACE}})",
+                self.namespace,
+                elsewhere.join("\n")
+            )));
+        }
         if self.cluster.tls_issuer.is_some() {
             let gvk = kube::core::GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate");
             if kube::discovery::pinned_kind(client, &gvk).await.is_err() {
@@ -936,6 +946,17 @@ pub fn use_tls_secret(docs: &mut [Document], name: &str) {
     }
 }
 
+/// The documents of `docs` that name a namespace other than `namespace`, described with
+/// the namespace they name (pure).
+pub fn elsewhere(docs: &[Document], namespace: &str) -> Vec<String> {
+    docs.iter()
+        .filter_map(|d| {
+            let named = d.namespace().filter(|n| *n != namespace)?;
+            Some(format!("  {}: metadata.namespace {named}", d.describe()))
+        })
+        .collect()
+}
+
 /// The name of an environment's Certificate (`cluster.tls.issuer`) and of its Secret.
 pub const CERTIFICATE: &str = "sandbox-tls";
 
@@ -1283,5 +1304,21 @@ mod tests {
         use_tls_secret(&mut docs, CERTIFICATE);
         assert_eq!(docs[0].object["spec"]["tls"][0]["secretName"], CERTIFICATE);
         assert!(certificate(&docs, "pr-1", "team-ca").unwrap().is_empty());
+    }
+
+    #[test]
+    fn objects_naming_another_namespace_are_found_with_their_file_and_document() {
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: pr-1}\n---\n\
+                    apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n---\n\
+                    apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: monitoring}\n";
+        let docs = manifests::parse(text, std::path::Path::new("k8s/all.yaml")).unwrap();
+        let found = elsewhere(&docs, "pr-1");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("k8s/all.yaml")
+                && found[0].contains("document 3")
+                && found[0].contains("metadata.namespace monitoring"),
+            "{found:?}"
+        );
     }
 }

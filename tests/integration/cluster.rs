@@ -11,27 +11,7 @@ use serde_json::Value;
 
 use crate::support::{assert_success, docker_ok, json_document, registry_storage, TestSandbox};
 
-/// One HTTPS GET of `url` through 127.0.0.1 (the shared node's published ingress), not
-/// verifying the certificate (the environment has no TLS of its own): status and body.
-fn get(url: &str) -> (u16, String) {
-    let (host, port, _) = crate::web::split_url(url, "https", 443);
-    let out = Command::new("curl")
-        .args([
-            "-sk",
-            "--max-time",
-            "10",
-            "-w",
-            "\n%{http_code}",
-            "--resolve",
-        ])
-        .arg(format!("{host}:{port}:127.0.0.1"))
-        .arg(url)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
+use crate::support::ingress_get as get;
 
 fn url(up: &Value) -> String {
     up["urls"]

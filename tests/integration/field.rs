@@ -313,16 +313,14 @@ fn check_case(sb: &TestSandbox, case: &str, expect: &Expect) -> Vec<String> {
     failures
 }
 
-#[test]
-fn field_corpus_applies_on_one_node() {
-    let sb = TestSandbox::new("field");
-    let corpus = root().join("fixtures/field");
-    // the contexts are relative (`../_images/web`): copy the whole corpus once
-    copy_dir(&corpus, &sb.cwd().join("field"));
+/// The corpus's cases (`SANDBOX_TEST_FIELD_CASES` picks some), in the order they apply:
+/// Kubernetes 1.20 has no range kept for fixed nodePorts, so a case that writes one goes
+/// before the cases whose Services get one at random, which could take it.
+fn cases(corpus: &Path) -> Vec<String> {
     let only: Option<BTreeSet<String>> = std::env::var("SANDBOX_TEST_FIELD_CASES")
         .ok()
         .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
-    let mut cases: Vec<String> = std::fs::read_dir(&corpus)
+    let mut cases: Vec<String> = std::fs::read_dir(corpus)
         .unwrap()
         .filter_map(Result::ok)
         .filter(|e| e.path().join("sandbox.yaml").is_file())
@@ -331,8 +329,6 @@ fn field_corpus_applies_on_one_node() {
         .filter(|name| only.as_ref().is_none_or(|only| only.contains(name)))
         .collect();
     cases.sort();
-    // Kubernetes 1.20 has no range kept for fixed nodePorts: a case that writes one goes
-    // before the cases whose Services get one at random, which could take it
     let fixes_node_port = |case: &String| {
         walk(&corpus.join(case))
             .iter()
@@ -341,28 +337,36 @@ fn field_corpus_applies_on_one_node() {
     };
     cases.sort_by_key(|case| !fixes_node_port(case));
     assert!(cases.len() >= 16 || only.is_some(), "only {cases:?}");
+    cases
+}
 
+/// Runs `check` on every case (a panic is a failure of that case), then fails with every
+/// case's failures.
+fn run_cases(
+    what: &str,
+    corpus: &Path,
+    cases: &[String],
+    check: impl Fn(&str, &Expect) -> Vec<String>,
+) {
     let started = Instant::now();
     let mut failures: Vec<String> = Vec::new();
     let mut passed: Vec<String> = Vec::new();
-    for case in &cases {
+    for case in cases {
         let case_started = Instant::now();
         let found = match read_expect(&corpus.join(case).join("expect.txt")) {
             Err(e) => vec![e],
-            Ok(expect) => {
-                std::panic::catch_unwind(AssertUnwindSafe(|| check_case(&sb, case, &expect)))
-                    .unwrap_or_else(|panic| {
-                        let message = panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_default();
-                        vec![format!("panicked: {message}")]
-                    })
-            }
+            Ok(expect) => std::panic::catch_unwind(AssertUnwindSafe(|| check(case, &expect)))
+                .unwrap_or_else(|panic| {
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    vec![format!("panicked: {message}")]
+                }),
         };
         eprintln!(
-            "field case {case}: {} in {:.1} s",
+            "{what} case {case}: {} in {:.1} s",
             if found.is_empty() { "ok" } else { "FAILED" },
             case_started.elapsed().as_secs_f64()
         );
@@ -372,18 +376,175 @@ fn field_corpus_applies_on_one_node() {
         failures.extend(found.into_iter().map(|f| format!("[{case}] {f}")));
     }
     eprintln!(
-        "field corpus: {} of {} cases passed in {:.0} s",
+        "{what}: {} of {} cases passed in {:.0} s",
         passed.len(),
         cases.len(),
         started.elapsed().as_secs_f64()
     );
     assert!(
         failures.is_empty(),
-        "{} of {} field cases failed (passed: {passed:?}):\n\n{}",
+        "{what}: {} of {} cases failed (passed: {passed:?}):\n\n{}",
         cases.len() - passed.len(),
         cases.len(),
         failures.join("\n\n")
     );
+}
+
+#[test]
+fn field_corpus_applies_on_one_node() {
+    let sb = TestSandbox::new("field");
+    let corpus = root().join("fixtures/field");
+    // the contexts are relative (`../_images/web`): copy the whole corpus once
+    copy_dir(&corpus, &sb.cwd().join("field"));
+    run_cases("field corpus", &corpus, &cases(&corpus), |case, expect| {
+        check_case(&sb, case, expect)
+    });
+}
+
+/// The same corpus in cluster mode: each case deployed as an environment (its namespace)
+/// to an existing cluster (a node brought up with `registry: local`), its images pushed to
+/// that registry. A case with cluster-scoped objects or objects in other namespaces is
+/// refused (exit 2) with nothing made; every other case is deployed: every object
+/// reported, every workload rolled out, every Ingress URL answering through the cluster's
+/// ingress, and a second `up` changes nothing.
+#[test]
+fn field_corpus_deploys_as_environments_in_cluster_mode() {
+    let sb = TestSandbox::new("fieldenv");
+    let corpus = root().join("fixtures/field");
+    copy_dir(&corpus, &sb.cwd().join("field"));
+    let shared = sb.cwd().join("shared.yaml");
+    std::fs::write(
+        &shared,
+        "apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nregistry: local\naddons: {maildev: false}\n",
+    )
+    .unwrap();
+    let cluster = sb.run_json(&["up", "-f", shared.to_str().unwrap()]);
+    let https_port = cluster["ports"]["https"].as_u64().unwrap();
+    let registry = format!("sandbox-{}-registry", sb.name);
+    let registry_host = crate::support::docker_ok(&["port", &registry, "5000/tcp"]);
+    let section = format!(
+        "\ncluster:\n  context: {}\n  registry: {registry_host}/field\n  httpsPort: {https_port}\n",
+        sb.context()
+    );
+    run_cases(
+        "field corpus in cluster mode",
+        &corpus,
+        &cases(&corpus),
+        |case, expect| check_environment(&sb, case, expect, &section),
+    );
+}
+
+/// One case as an environment in cluster mode (see above): what is wrong with it.
+fn check_environment(sb: &TestSandbox, case: &str, expect: &Expect, section: &str) -> Vec<String> {
+    let namespace = format!("field-{case}");
+    let dir = sb.cwd().join("field").join(case);
+    let text = std::fs::read_to_string(dir.join("sandbox.yaml")).unwrap() + section;
+    std::fs::write(dir.join("cluster.yaml"), text).unwrap();
+    let file = format!("field/{case}/cluster.yaml");
+    let up = || {
+        let out = sb.run(&[
+            "up",
+            "-f",
+            &file,
+            "--namespace",
+            &namespace,
+            "-o",
+            "json",
+            "-v",
+        ]);
+        (out.status.code(), json_document(&out.stdout), out)
+    };
+    let leaves = expect
+        .objects
+        .iter()
+        .any(|(_, ns, _)| ns.as_deref() != Some(namespace.as_str()));
+    let (code, first, out) = up();
+    if leaves {
+        let message = first["message"].as_str().unwrap_or_default();
+        let mut failures = Vec::new();
+        if code != Some(2)
+            || !(message.contains("cluster-scoped") || message.contains("name another"))
+        {
+            failures.push(format!(
+                "a case that leaves its namespace is not refused: exit {code:?}, {first}"
+            ));
+        }
+        let made = sb.kubectl(&[
+            "get",
+            "namespace",
+            &namespace,
+            "--ignore-not-found",
+            "-o",
+            "name",
+        ]);
+        if !String::from_utf8_lossy(&made.stdout).trim().is_empty() {
+            failures.push(format!("refused, yet namespace {namespace} was made"));
+        }
+        return failures;
+    }
+    if code != Some(0) {
+        return vec![format!(
+            "up exited with {code:?}: {first}\n{}",
+            tail(&out, 25)
+        )];
+    }
+    let mut failures = Vec::new();
+    let reported: BTreeSet<ObjectKey> = first["objects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            (
+                o["kind"].as_str().unwrap_or_default().to_string(),
+                o["namespace"].as_str().map(str::to_string),
+                o["name"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    for key in &expect.objects {
+        if !reported.contains(key) {
+            failures.push(format!(
+                "`up` does not report {key:?}; it reports {reported:?}"
+            ));
+        }
+        if let (kind, Some(ns), name) = key {
+            if let Err(e) = rolled_out(sb, kind, ns, name) {
+                failures.push(e);
+            }
+        }
+    }
+    // the Ingress URLs (an environment has no node address: no node-port URLs), each one
+    // request through the shared node's ingress
+    for (kind, name, text) in expect.urls.iter().filter(|(kind, _, _)| kind == "Ingress") {
+        let listed = first["urls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|u| u["kind"] == kind.as_str() && u["name"] == name.as_str());
+        let Some(url) = listed.and_then(|u| u["url"].as_str()) else {
+            failures.push(format!(
+                "`up` lists no {kind} URL for {name}: {}",
+                first["urls"]
+            ));
+            continue;
+        };
+        if let Err(e) = judge(Ok(crate::support::ingress_get(url)), text.as_deref()) {
+            failures.push(format!("{kind} {name}: {url} does not answer: {e}"));
+        }
+    }
+    let (code, again, out) = up();
+    if code != Some(0) || again["unchanged"] != true {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let reason = stderr
+            .lines()
+            .find(|l| l.contains("a full run"))
+            .unwrap_or("(no reason given)");
+        failures.push(format!(
+            "the second up was not a no-op: exit {code:?}, unchanged = {}; {reason}",
+            again["unchanged"]
+        ));
+    }
+    failures
 }
 
 /// Every file under `dir`.

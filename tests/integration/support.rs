@@ -429,3 +429,25 @@ pub fn registry_storage(container: &str, mode: &str) {
         "/var/lib/registry",
     ]);
 }
+
+/// One HTTPS GET of `url` through 127.0.0.1 (a node's published ingress, whatever the
+/// URL's host resolves to), the certificate not verified: status (0 when none) and body.
+pub fn ingress_get(url: &str) -> (u16, String) {
+    let (host, port, _) = crate::web::split_url(url, "https", 443);
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "--resolve",
+        ])
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
