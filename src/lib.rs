@@ -35,3 +35,4 @@ pub mod trust;
 pub mod urls;
 pub mod wait;
 pub mod warm;
+pub mod watch;

@@ -11,7 +11,12 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime starts");
+    // `dev` handles Ctrl-C itself (it may remove the sandbox first, with --down)
+    let own_interrupt = matches!(cli.command, cli::Command::Dev(_));
     let result = runtime.block_on(async {
+        if own_interrupt {
+            return cli::run(cli).await;
+        }
         tokio::select! {
             result = cli::run(cli) => result,
             _ = tokio::signal::ctrl_c() => Err(sandbox::error::Error::Interrupted),

@@ -4,6 +4,7 @@ pub mod apply;
 pub mod build;
 pub mod cluster;
 pub mod completions;
+pub mod dev;
 pub mod dns;
 pub mod down;
 pub mod exec;
@@ -85,6 +86,8 @@ pub enum Command {
     Up(up::UpArgs),
     /// Remove the sandbox's containers, network and kube context (data only with --purge).
     Down(down::DownArgs),
+    /// Bring the sandbox up, then keep it up to date as the project's files change.
+    Dev(dev::DevArgs),
     /// Apply the manifests to the running sandbox and wait, building nothing.
     Apply(apply::ApplyArgs),
     /// Build the configured images and load them into the running node.
@@ -207,6 +210,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Up(args) => up::run(&ctx, args).await,
         Command::Down(args) => down::run(&ctx, args).await,
+        Command::Dev(args) => dev::run(&ctx, args).await,
         Command::Apply(args) => apply::run(&ctx, args).await,
         Command::Build(args) => build::run(&ctx, args).await,
         Command::Load(args) => {

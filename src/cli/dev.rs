@@ -1,0 +1,245 @@
+//! `sandbox dev`: `up`, then watch the files an `up` reads and bring the sandbox up to date
+//! on every change (one update per burst of changes), streaming the project's pod logs in
+//! between. Ctrl-C stops watching and leaves the sandbox up (`--down` removes it).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use futures_util::{AsyncBufReadExt, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, LogParams};
+use notify::Watcher;
+
+use super::Context;
+use crate::config::SandboxConfig;
+use crate::error::Error;
+use crate::watch::{Burst, Inputs, Touched};
+
+/// Options of `sandbox dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Remove the sandbox (data volume kept) when `dev` stops.
+    #[arg(long)]
+    pub down: bool,
+    /// Do not stream the project's pod logs.
+    #[arg(long)]
+    pub no_logs: bool,
+}
+
+/// Runs `sandbox dev` until Ctrl-C (exit 130).
+pub async fn run(ctx: &Context, args: DevArgs) -> Result<(), Error> {
+    let config = ctx.config()?;
+    if config.cluster.is_some() {
+        return Err(Error::Usage(
+            "`sandbox dev` does not work in cluster mode yet; `sandbox up` does".into(),
+        ));
+    }
+    let looped = watch_loop(ctx, &config, &args);
+    let stopped = tokio::select! {
+        result = looped => result,
+        _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
+    };
+    if args.down {
+        let target = super::target::NodeTarget::new(&config).await?;
+        let lock = super::target::Target::lock(&target, ctx).await?;
+        let removed = super::target::Target::remove(&target, ctx).await;
+        lock.release().await;
+        if removed? {
+            ctx.reporter
+                .info(format!("sandbox {} removed", config.name));
+        }
+    } else if matches!(stopped, Err(Error::Interrupted)) {
+        ctx.reporter.info(format!(
+            "stopped watching; sandbox {} stays up (`sandbox down` removes it)",
+            config.name
+        ));
+    }
+    stopped
+}
+
+/// The first `up`, then an update per burst of changes, forever.
+async fn watch_loop(ctx: &Context, config: &SandboxConfig, args: &DevArgs) -> Result<(), Error> {
+    let outcome = super::up::bring_up(ctx, config).await?;
+    eprint!("{}", outcome.text());
+    let client = outcome.node.client.clone();
+    let namespace = config.namespace.clone();
+    if !args.no_logs {
+        tokio::spawn(stream_logs(client, namespace));
+    }
+    let (events, mut changes) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    let mut config = config.clone();
+    let mut inputs = Inputs::of(&config);
+    let mut watcher = watch(&inputs, events.clone())?;
+    ctx.reporter.info(format!(
+        "watching the project's files for changes ({} watched; Ctrl-C stops, the sandbox \
+         stays up)",
+        match inputs.roots().len() {
+            1 => "1 directory".to_string(),
+            n => format!("{n} directories"),
+        }
+    ));
+    let mut update = 0;
+    loop {
+        // the first change that is an input of the sandbox begins a burst
+        let mut burst = loop {
+            let Some(path) = changes.recv().await else {
+                return Ok(());
+            };
+            let touched = inputs.touched(&path);
+            if !touched.is_empty() {
+                let mut burst = Burst::new(Instant::now());
+                burst.add(path, touched, Instant::now());
+                break burst;
+            }
+        };
+        // the rest of the burst, until it is quiet
+        loop {
+            let due = tokio::time::Instant::from_std(burst.due());
+            match tokio::time::timeout_at(due, changes.recv()).await {
+                Ok(Some(path)) => {
+                    let touched = inputs.touched(&path);
+                    if !touched.is_empty() {
+                        burst.add(path, touched, Instant::now());
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(_) => break,
+            }
+        }
+        update += 1;
+        let started = Instant::now();
+        let trigger = burst.describe(&config.base_dir);
+        ctx.reporter
+            .info(format!("update {update}: {trigger} changed"));
+        if burst.touched.contains(&Touched::Config) {
+            // sandbox.yaml or a .dockerignore: what is read, and so watched, may differ
+            match ctx.config() {
+                Ok(c) => config = c,
+                Err(e) => {
+                    ctx.reporter.warn(format!(
+                        "update {update} failed: {e}; watching for the next change"
+                    ));
+                    continue;
+                }
+            }
+            inputs = Inputs::of(&config);
+            drop(watcher);
+            watcher = watch(&inputs, events.clone())?;
+        }
+        match super::up::bring_up(ctx, &config).await {
+            Ok(outcome) => ctx.reporter.info(format!(
+                "update {update} done in {:.1}s: {}",
+                started.elapsed().as_secs_f64(),
+                summary(&outcome)
+            )),
+            Err(e) => {
+                let mut message = format!("update {update} failed: {e}");
+                for cause in e.chain() {
+                    message.push_str(&format!("\n  caused by: {cause}"));
+                }
+                ctx.reporter
+                    .warn(format!("{message}\nwatching for the next change"));
+            }
+        }
+    }
+}
+
+/// What an update did, in a few words.
+fn summary(outcome: &super::up::Outcome) -> String {
+    if outcome.unchanged {
+        return "nothing to build, load or apply".into();
+    }
+    let changed = outcome.applied.iter().filter(|a| a.changed).count();
+    format!(
+        "{} loaded, {} changed, ready",
+        crate::report::count(outcome.loaded.len(), "image"),
+        crate::report::count(changed, "object")
+    )
+}
+
+/// A watcher of every root of `inputs`, sending each changed path to `events`.
+fn watch(
+    inputs: &Inputs,
+    events: tokio::sync::mpsc::UnboundedSender<PathBuf>,
+) -> Result<notify::RecommendedWatcher, Error> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        for path in event.paths {
+            let _ = events.send(path);
+        }
+    })
+    .map_err(watch_error)?;
+    for (dir, recursive) in inputs.roots() {
+        if !dir.is_dir() {
+            // a directory that does not exist yet (secrets/ before its first file)
+            continue;
+        }
+        let mode = if *recursive {
+            notify::RecursiveMode::Recursive
+        } else {
+            notify::RecursiveMode::NonRecursive
+        };
+        watcher.watch(dir, mode).map_err(watch_error)?;
+    }
+    Ok(watcher)
+}
+
+fn watch_error(e: notify::Error) -> Error {
+    Error::Io {
+        action: "watch the project's files",
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// Streams the logs of every container of the namespace's pods to stdout, each line
+/// prefixed `[pod/container]`, following new pods as they come: the pods running when it
+/// starts from their next line, later ones from their first.
+async fn stream_logs(client: kube::Client, namespace: String) {
+    let pods: Api<Pod> = Api::namespaced(client, &namespace);
+    let mut followed: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut first = true;
+    loop {
+        if let Ok(list) = pods.list(&ListParams::default()).await {
+            for pod in list.items {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                let running: Vec<String> = pod
+                    .status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+                    .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+                    .map(|c| c.name.clone())
+                    .collect();
+                for container in running {
+                    if !followed.insert((uid.clone(), container.clone())) {
+                        continue;
+                    }
+                    let params = LogParams {
+                        container: Some(container.clone()),
+                        follow: true,
+                        tail_lines: first.then_some(0),
+                        ..Default::default()
+                    };
+                    let (pods, name) = (pods.clone(), name.clone());
+                    let prefix = format!("[{name}/{container}]");
+                    tokio::spawn(async move {
+                        let Ok(stream) = pods.log_stream(&name, &params).await else {
+                            return;
+                        };
+                        let mut lines = stream.lines();
+                        while let Some(Ok(line)) = lines.next().await {
+                            println!("{prefix} {line}");
+                        }
+                    });
+                }
+            }
+        }
+        first = false;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,178 @@
+//! `sandbox dev` (issue 18), driven as a child process: an edit of the image's files
+//! rebuilds and rolls (the new page served), the pods' logs stream prefixed
+//! `[pod/container]`, a broken Dockerfile is reported and the next fix recovers, 50 files
+//! written at once (a `git checkout`) make one update, and Ctrl-C (SIGINT) exits 130
+//! leaving the sandbox up.
+
+use std::io::BufRead;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::support::{eventually, http_get, TestSandbox};
+
+/// The child and everything it has written so far.
+struct Running {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn collect(reader: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let into = text.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            let mut text = into.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    text
+}
+
+impl Running {
+    /// Waits until stderr has a line containing `text`; returns that line.
+    fn said(&mut self, text: &str, deadline: Duration) -> String {
+        let stderr = self.stderr.clone();
+        let child = &mut self.child;
+        eventually(&format!("dev says {text:?}"), deadline, || {
+            let all = stderr.lock().unwrap().clone();
+            if let Some(line) = all.lines().find(|l| l.contains(text)) {
+                return Ok(line.to_string());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("dev ended ({status}) before saying {text:?}:\n{all}");
+            }
+            Err(all.lines().last().unwrap_or_default().to_string())
+        })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- dev's stderr\n{}", self.stderr.lock().unwrap());
+        }
+    }
+}
+
+fn serves(url: &str, text: &str) {
+    eventually(
+        &format!("{url} serves {text:?}"),
+        Duration::from_secs(120),
+        || match http_get(url) {
+            Ok((200, body)) if body.contains(text) => Ok(()),
+            other => Err(format!("{other:.200?}")),
+        },
+    );
+}
+
+#[test]
+fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
+    let sb = TestSandbox::new("dev");
+    let (file, project) = sb.fixture("hello");
+    let mut child = sb
+        .command(&["dev", "-f", &file])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sandbox dev starts");
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    let mut dev = Running {
+        child,
+        stdout,
+        stderr,
+    };
+    dev.said("watching", Duration::from_secs(300));
+    let urls = sb.run_json(&["urls", "-f", &file]);
+    let url = urls["urls"][0]["url"].as_str().unwrap().to_string();
+    assert!(url.starts_with("http://"), "{urls}");
+
+    // an edit of a file of the image: rebuilt, loaded, rolled out
+    let page = project.join("app/www/index.html");
+    let original = std::fs::read_to_string(&page).unwrap();
+    std::fs::write(&page, format!("{original}edited once\n")).unwrap();
+    let line = dev.said("update 1 done", Duration::from_secs(120));
+    assert!(line.contains("1 image loaded"), "{line}");
+    assert!(dev
+        .said("update 1:", Duration::ZERO)
+        .contains("app/www/index.html"));
+    serves(&url, "edited once");
+
+    // the pods' logs, prefixed with the pod and container (busybox httpd -v logs requests)
+    let stdout = dev.stdout.clone();
+    eventually(
+        "a request in the streamed logs",
+        Duration::from_secs(60),
+        || {
+            let _ = http_get(&url);
+            let logs = stdout.lock().unwrap().clone();
+            match logs.lines().find(|l| l.starts_with("[hello-")) {
+                Some(_) => Ok(()),
+                None => Err(logs),
+            }
+        },
+    );
+
+    // a broken Dockerfile: reported, and dev keeps watching
+    let dockerfile = project.join("app/Dockerfile");
+    let good = std::fs::read_to_string(&dockerfile).unwrap();
+    std::fs::write(&dockerfile, format!("{good}RUN exit 3\n")).unwrap();
+    let failed = dev.said("update 2 failed", Duration::from_secs(120));
+    assert!(failed.contains("Dockerfile"), "{failed}");
+    assert!(dev.child.try_wait().unwrap().is_none(), "dev keeps running");
+    // the next good change recovers
+    std::fs::write(&dockerfile, &good).unwrap();
+    std::fs::write(&page, format!("{original}fixed\n")).unwrap();
+    dev.said("update 3 done", Duration::from_secs(120));
+    serves(&url, "fixed");
+
+    // 50 files at once, as a `git checkout` writes them: one update
+    for i in 0..50 {
+        std::fs::write(project.join(format!("app/www/burst-{i}.txt")), "x\n").unwrap();
+    }
+    let update = dev.said("update 4:", Duration::from_secs(30));
+    assert!(
+        update.contains("and 47 more"),
+        "one update for the 50 files: {update}"
+    );
+    dev.said("update 4 done", Duration::from_secs(120));
+    serves(
+        &format!(
+            "{}burst-49.txt",
+            url.trim_end_matches('/').to_string() + "/"
+        ),
+        "x",
+    );
+
+    // Ctrl-C: exit 130, the sandbox stays up
+    let pid = dev.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = eventually("dev exits", Duration::from_secs(30), || {
+        match dev.child.try_wait() {
+            Ok(Some(status)) => Ok(status),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert_eq!(status.code(), Some(130), "{}", dev.stderr.lock().unwrap());
+    assert!(
+        !dev.stderr
+            .lock()
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("update 5")),
+        "no update after the burst's"
+    );
+    let status = sb.run_json(&["status", "-f", &file]);
+    assert_eq!(status["sandboxes"][0]["state"], "running", "{status}");
+    serves(&url, "fixed");
+}
