@@ -187,6 +187,43 @@ pub struct ImageConfig {
     /// Build arguments.
     #[serde(default)]
     pub args: BTreeMap<String, String>,
+    /// Files `sandbox dev` copies into the running containers instead of rebuilding.
+    #[serde(default)]
+    pub sync: Vec<SyncRule>,
+}
+
+/// A `sync:` rule of an image: a change under `from` (in the build context) is copied to
+/// `to` in every running container of the image, then `run` runs there.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SyncRule {
+    /// A directory (or file) of the build context, relative to it.
+    pub from: PathBuf,
+    /// Where it is in the image: an absolute path.
+    pub to: String,
+    /// A command run in each container after a sync: a string for `sh -c`, or an argv.
+    #[serde(default)]
+    pub run: Option<Command>,
+}
+
+/// A command: a string run with `sh -c`, or an argv list.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Command {
+    /// Run with `sh -c`.
+    Shell(String),
+    /// Run as is.
+    Argv(Vec<String>),
+}
+
+impl Command {
+    /// The argv to execute.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            Command::Shell(s) => vec!["sh".into(), "-c".into(), s.clone()],
+            Command::Argv(a) => a.clone(),
+        }
+    }
 }
 
 fn default_context() -> PathBuf {
@@ -379,6 +416,33 @@ impl SandboxConfig {
                     &format!("images[{i}].name"),
                     format!("image {:?} is listed twice", image.name),
                 ));
+            }
+            for (j, rule) in image.sync.iter().enumerate() {
+                let field = format!("images[{i}].sync[{j}]");
+                let inside = rule.from.components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::Normal(_) | std::path::Component::CurDir
+                    )
+                });
+                if !inside {
+                    return Err(invalid(
+                        &format!("{field}.from"),
+                        format!(
+                            "{} is not a path inside the build context (relative, no `..`)",
+                            rule.from.display()
+                        ),
+                    ));
+                }
+                if !rule.to.starts_with('/') {
+                    return Err(invalid(
+                        &format!("{field}.to"),
+                        format!("{:?} is not an absolute path in the container", rule.to),
+                    ));
+                }
+                if rule.run.as_ref().is_some_and(|r| r.argv().is_empty()) {
+                    return Err(invalid(&format!("{field}.run"), "an empty command".into()));
+                }
             }
         }
         for (i, secret) in raw.secrets.iter().enumerate() {
@@ -1045,5 +1109,40 @@ timeouts: {boot: 2m, ready: 90s}
             SandboxConfig::discover(None, dir.path()).unwrap().name,
             "found"
         );
+    }
+
+    #[test]
+    fn sync_rules_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let parse = |sync: &str| {
+            SandboxConfig::parse(
+                &format!(
+                    "apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\n\
+                     images: [{{name: web, context: app, sync: {sync}}}]\n"
+                ),
+                &dir.path().join("sandbox.yaml"),
+            )
+        };
+        let c = parse("[{from: www/, to: /www/}, {from: src, to: /app/src, run: 'kill -HUP 1'}, {from: conf, to: /etc/app, run: [touch, /tmp/reload]}]").unwrap();
+        let sync = &c.images[0].sync;
+        assert_eq!(sync[0].from, PathBuf::from("www/"));
+        assert_eq!(sync[0].run, None);
+        assert_eq!(
+            sync[1].run.as_ref().unwrap().argv(),
+            ["sh", "-c", "kill -HUP 1"]
+        );
+        assert_eq!(
+            sync[2].run.as_ref().unwrap().argv(),
+            ["touch", "/tmp/reload"]
+        );
+        for (sync, field) in [
+            ("[{from: ../secrets, to: /x}]", "images[0].sync[0].from"),
+            ("[{from: /etc, to: /x}]", "images[0].sync[0].from"),
+            ("[{from: www, to: www}]", "images[0].sync[0].to"),
+            ("[{from: www, to: /www, run: []}]", "images[0].sync[0].run"),
+        ] {
+            let err = parse(sync).unwrap_err().to_string();
+            assert!(err.contains(&format!("field `{field}`")), "{sync}: {err}");
+        }
     }
 }

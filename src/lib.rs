@@ -30,6 +30,7 @@ pub mod registry;
 pub mod report;
 pub mod routes;
 pub mod secrets;
+pub mod sync;
 pub mod tls;
 pub mod trust;
 pub mod urls;

@@ -747,20 +747,41 @@ pub async fn client_for(
     kubeconfig: &serde_yaml::Value,
     context: &str,
 ) -> Result<kube::Client, NodeError> {
-    let client_error = |message: String| NodeError::Client {
+    let config = config_for(kubeconfig, context).await?;
+    multiplexed_client(config, RESPONSE_TIMEOUT).map_err(|e| client_error(context, e))
+}
+
+/// A client for requests that upgrade their connection (exec, attach, port-forward): kube's
+/// own, over HTTP/1.1, since an HTTP/2 connection cannot be upgraded.
+pub async fn upgrading_client_for(
+    kubeconfig: &serde_yaml::Value,
+    context: &str,
+) -> Result<kube::Client, NodeError> {
+    let config = config_for(kubeconfig, context).await?;
+    kube::Client::try_from(config).map_err(|e| client_error(context, e))
+}
+
+fn client_error(context: &str, e: impl std::fmt::Display) -> NodeError {
+    NodeError::Client {
         context: context.to_string(),
-        message,
-    };
+        message: e.to_string(),
+    }
+}
+
+/// The client config of `context` of `kubeconfig`.
+async fn config_for(
+    kubeconfig: &serde_yaml::Value,
+    context: &str,
+) -> Result<kube::Config, NodeError> {
     let parsed: kube::config::Kubeconfig =
-        serde_yaml::from_value(kubeconfig.clone()).map_err(|e| client_error(e.to_string()))?;
+        serde_yaml::from_value(kubeconfig.clone()).map_err(|e| client_error(context, e))?;
     let options = kube::config::KubeConfigOptions {
         context: Some(context.to_string()),
         ..Default::default()
     };
-    let config = kube::Config::from_custom_kubeconfig(parsed, &options)
+    kube::Config::from_custom_kubeconfig(parsed, &options)
         .await
-        .map_err(|e| client_error(e.to_string()))?;
-    multiplexed_client(config, RESPONSE_TIMEOUT).map_err(|e| client_error(e.to_string()))
+        .map_err(|e| client_error(context, e))
 }
 
 /// How long a request may wait for its response's head (a hung API server).

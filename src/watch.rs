@@ -31,6 +31,21 @@ struct Context {
     dir: PathBuf,
     dockerfile: String,
     ignore: IgnoreRules,
+    sync: Vec<crate::config::SyncRule>,
+}
+
+/// A file to copy into the running containers of an image (or, `exists` false, to remove
+/// there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncFile {
+    /// The image.
+    pub image: String,
+    /// The file on this machine.
+    pub local: PathBuf,
+    /// Where it is in the container (absolute).
+    pub remote: String,
+    /// The index of its rule in the image's `sync:`.
+    pub rule: usize,
 }
 
 /// One entry of `manifests:` as watched.
@@ -72,6 +87,7 @@ impl Inputs {
                     dir,
                     dockerfile: image.dockerfile.clone(),
                     ignore,
+                    sync: image.sync.clone(),
                 }
             })
             .collect();
@@ -163,6 +179,52 @@ impl Inputs {
             }
         }
         touched
+    }
+}
+
+impl Inputs {
+    /// Where a change of `path` goes when it is synced: the image, the file in its
+    /// containers and the rule; `None` when no sync rule covers it (a Dockerfile or
+    /// `.dockerignore` never is).
+    pub fn synced(&self, path: &Path) -> Option<SyncFile> {
+        for c in &self.contexts {
+            let Ok(rel) = path.strip_prefix(&c.dir) else {
+                continue;
+            };
+            let name = rel.to_string_lossy().replace('\\', "/");
+            if name == c.dockerfile || name == ".dockerignore" || c.ignore.excluded(&name) {
+                return None;
+            }
+            for (i, rule) in c.sync.iter().enumerate() {
+                let from: PathBuf = rule.from.components().collect();
+                let Ok(under) = rel.strip_prefix(&from) else {
+                    continue;
+                };
+                let under = under.to_string_lossy().replace('\\', "/");
+                let remote = if under.is_empty() {
+                    // the rule names the file itself
+                    rule.to.clone()
+                } else {
+                    format!("{}/{under}", rule.to.trim_end_matches('/'))
+                };
+                return Some(SyncFile {
+                    image: c.image.clone(),
+                    local: path.to_path_buf(),
+                    remote,
+                    rule: i,
+                });
+            }
+        }
+        None
+    }
+
+    /// The files of a burst to sync, when every change of it is covered by a sync rule
+    /// (only image files changed); `None` when it needs a rebuild.
+    pub fn sync_plan(&self, burst: &Burst) -> Option<Vec<SyncFile>> {
+        if !burst.touched.iter().all(|t| matches!(t, Touched::Image(_))) {
+            return None;
+        }
+        burst.paths.iter().map(|p| self.synced(p)).collect()
     }
 }
 
@@ -347,5 +409,59 @@ mod tests {
         let mut endless = Burst::new(t0);
         endless.add(PathBuf::from("/p/a"), web, t0 + Duration::from_secs(5));
         assert_eq!(endless.due(), t0 + LONGEST);
+    }
+
+    #[test]
+    fn changes_under_sync_rules_are_synced_and_the_rest_rebuilds() {
+        let (dir, mut config) = project();
+        let base = dir.path();
+        config.images[0].sync = vec![
+            crate::config::SyncRule {
+                from: PathBuf::from("www/"),
+                to: "/srv/www/".into(),
+                run: None,
+            },
+            crate::config::SyncRule {
+                from: PathBuf::from("conf/app.ini"),
+                to: "/etc/app.ini".into(),
+                run: None,
+            },
+        ];
+        let inputs = Inputs::of(&config);
+        let page = base.join("app/www/css/site.css");
+        assert_eq!(
+            inputs.synced(&page),
+            Some(SyncFile {
+                image: "web".into(),
+                local: page.clone(),
+                remote: "/srv/www/css/site.css".into(),
+                rule: 0,
+            })
+        );
+        assert_eq!(
+            inputs
+                .synced(&base.join("app/conf/app.ini"))
+                .unwrap()
+                .remote,
+            "/etc/app.ini"
+        );
+        assert_eq!(inputs.synced(&base.join("app/src/main.rs")), None);
+        assert_eq!(inputs.synced(&base.join("app/Dockerfile")), None);
+        assert_eq!(inputs.synced(&base.join("app/debug.log")), None);
+
+        let at = Instant::now();
+        let mut burst = Burst::new(at);
+        burst.add(page.clone(), inputs.touched(&page), at);
+        assert_eq!(inputs.sync_plan(&burst).map(|p| p.len()), Some(1));
+        // one file outside the rules: the whole burst rebuilds
+        let main = base.join("app/src/main.rs");
+        burst.add(main.clone(), inputs.touched(&main), at);
+        assert_eq!(inputs.sync_plan(&burst), None);
+        // a manifest too: rebuilds (and re-applies)
+        let mut burst = Burst::new(at);
+        burst.add(page.clone(), inputs.touched(&page), at);
+        let manifest = base.join("k8s/app.yaml");
+        burst.add(manifest.clone(), inputs.touched(&manifest), at);
+        assert_eq!(inputs.sync_plan(&burst), None);
     }
 }

@@ -63,11 +63,20 @@ pub async fn run(ctx: &Context, args: DevArgs) -> Result<(), Error> {
 async fn watch_loop(ctx: &Context, config: &SandboxConfig, args: &DevArgs) -> Result<(), Error> {
     let outcome = super::up::bring_up(ctx, config).await?;
     eprint!("{}", outcome.text());
-    let client = outcome.node.client.clone();
-    let namespace = config.namespace.clone();
     if !args.no_logs {
-        tokio::spawn(stream_logs(client, namespace));
+        tokio::spawn(stream_logs(
+            outcome.node.client.clone(),
+            config.namespace.clone(),
+        ));
     }
+    // a sync execs in the containers: an upgrade, which the multiplexed client cannot do
+    let client = crate::node::upgrading_client_for(
+        &outcome.node.kubeconfig,
+        &crate::plan::Names::of(&config.name).context,
+    )
+    .await?;
+    // what the pods run of each image: a sync goes into those containers
+    let mut references = references_of(&outcome);
     let (events, mut changes) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let mut config = config.clone();
     let mut inputs = Inputs::of(&config);
@@ -128,12 +137,40 @@ async fn watch_loop(ctx: &Context, config: &SandboxConfig, args: &DevArgs) -> Re
             drop(watcher);
             watcher = watch(&inputs, events.clone())?;
         }
+        if let Some(files) = inputs.sync_plan(&burst) {
+            let synced = crate::sync::sync(
+                &client,
+                &config.namespace,
+                &config.images,
+                &references,
+                &files,
+            )
+            .await;
+            match synced {
+                Ok(synced) => {
+                    ctx.reporter.info(format!(
+                        "update {update} done in {:.1}s: {} synced into {} (no build, no \
+                         restart)",
+                        started.elapsed().as_secs_f64(),
+                        crate::report::count(synced.files, "file"),
+                        crate::report::count(synced.containers, "container"),
+                    ));
+                    continue;
+                }
+                Err(reason) => ctx.reporter.info(format!(
+                    "update {update}: not synced ({reason}); rebuilding"
+                )),
+            }
+        }
         match super::up::bring_up(ctx, &config).await {
-            Ok(outcome) => ctx.reporter.info(format!(
-                "update {update} done in {:.1}s: {}",
-                started.elapsed().as_secs_f64(),
-                summary(&outcome)
-            )),
+            Ok(outcome) => {
+                references = references_of(&outcome);
+                ctx.reporter.info(format!(
+                    "update {update} done in {:.1}s: {}",
+                    started.elapsed().as_secs_f64(),
+                    summary(&outcome)
+                ))
+            }
             Err(e) => {
                 let mut message = format!("update {update} failed: {e}");
                 for cause in e.chain() {
@@ -144,6 +181,15 @@ async fn watch_loop(ctx: &Context, config: &SandboxConfig, args: &DevArgs) -> Re
             }
         }
     }
+}
+
+/// Each configured image's name → the reference the manifests run.
+fn references_of(outcome: &super::up::Outcome) -> std::collections::BTreeMap<String, String> {
+    outcome
+        .built
+        .iter()
+        .map(|b| (b.name.clone(), b.reference.clone()))
+        .collect()
 }
 
 /// What an update did, in a few words.

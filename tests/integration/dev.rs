@@ -1,6 +1,7 @@
 //! `sandbox dev` (issue 18), driven as a child process: an edit of the image's files
 //! rebuilds and rolls (the new page served), the pods' logs stream prefixed
-//! `[pod/container]`, a broken Dockerfile is reported and the next fix recovers, 50 files
+//! `[pod/container]`, an edit under a `sync:` rule is copied into the running containers
+//! (no build, no restart) and survives the next rebuild, a broken Dockerfile is reported and the next fix recovers, 50 files
 //! written at once (a `git checkout`) make one update, and Ctrl-C (SIGINT) exits 130
 //! leaving the sandbox up.
 
@@ -75,6 +76,21 @@ fn serves(url: &str, text: &str) {
 fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
     let sb = TestSandbox::new("dev");
     let (file, project) = sb.fixture("hello");
+    // files under www/synced/ are synced into the running containers (writable by the
+    // container's user), the rest rebuilds
+    let dockerfile = project.join("app/Dockerfile");
+    let good = std::fs::read_to_string(&dockerfile)
+        .unwrap()
+        .replace("COPY www /www", "COPY --chown=65534:65534 www /www");
+    std::fs::write(&dockerfile, &good).unwrap();
+    std::fs::create_dir_all(project.join("app/www/synced")).unwrap();
+    std::fs::write(project.join("app/www/synced/page.txt"), "first\n").unwrap();
+    let config = std::fs::read_to_string(&file).unwrap().replace(
+        "    context: app\n",
+        "    context: app\n    sync:\n      - {from: www/synced/, to: /www/synced/, run: 'date > /www/synced/ran.txt'}\n",
+    );
+    assert!(config.contains("sync:"), "{config}");
+    std::fs::write(&file, config).unwrap();
     let mut child = sb
         .command(&["dev", "-f", &file])
         .stdout(Stdio::piped())
@@ -119,36 +135,55 @@ fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
         },
     );
 
+    // an edit under the sync rule: copied into both running containers, then the rule's
+    // command runs there; no build, no pod restarted
+    let pods = || {
+        let out = sb.kubectl(&[
+            "-n",
+            "default",
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.uid}:{.status.containerStatuses[0].restartCount} {end}",
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let before = pods();
+    std::fs::write(project.join("app/www/synced/page.txt"), "synced twice\n").unwrap();
+    let synced = dev.said("update 2 done", Duration::from_secs(60));
+    assert!(
+        synced.contains("1 file synced into 2 containers"),
+        "{synced}"
+    );
+    let base = url.trim_end_matches('/').to_string();
+    serves(&format!("{base}/synced/page.txt"), "synced twice");
+    serves(&format!("{base}/synced/ran.txt"), "");
+    assert_eq!(pods(), before, "the same pods, none restarted");
+
     // a broken Dockerfile: reported, and dev keeps watching
-    let dockerfile = project.join("app/Dockerfile");
-    let good = std::fs::read_to_string(&dockerfile).unwrap();
     std::fs::write(&dockerfile, format!("{good}RUN exit 3\n")).unwrap();
-    let failed = dev.said("update 2 failed", Duration::from_secs(120));
+    let failed = dev.said("update 3 failed", Duration::from_secs(120));
     assert!(failed.contains("Dockerfile"), "{failed}");
     assert!(dev.child.try_wait().unwrap().is_none(), "dev keeps running");
     // the next good change recovers
     std::fs::write(&dockerfile, &good).unwrap();
     std::fs::write(&page, format!("{original}fixed\n")).unwrap();
-    dev.said("update 3 done", Duration::from_secs(120));
+    dev.said("update 4 done", Duration::from_secs(120));
     serves(&url, "fixed");
+    // the synced file was not lost: the image is built from the same files
+    serves(&format!("{base}/synced/page.txt"), "synced twice");
 
     // 50 files at once, as a `git checkout` writes them: one update
     for i in 0..50 {
         std::fs::write(project.join(format!("app/www/burst-{i}.txt")), "x\n").unwrap();
     }
-    let update = dev.said("update 4:", Duration::from_secs(30));
+    let update = dev.said("update 5:", Duration::from_secs(30));
     assert!(
         update.contains("and 47 more"),
         "one update for the 50 files: {update}"
     );
-    dev.said("update 4 done", Duration::from_secs(120));
-    serves(
-        &format!(
-            "{}burst-49.txt",
-            url.trim_end_matches('/').to_string() + "/"
-        ),
-        "x",
-    );
+    dev.said("update 5 done", Duration::from_secs(120));
+    serves(&format!("{base}/burst-49.txt"), "x");
 
     // Ctrl-C: exit 130, the sandbox stays up
     let pid = dev.child.id().to_string();
@@ -169,7 +204,7 @@ fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
             .lock()
             .unwrap()
             .lines()
-            .any(|l| l.contains("update 5")),
+            .any(|l| l.contains("update 6")),
         "no update after the burst's"
     );
     let status = sb.run_json(&["status", "-f", &file]);
