@@ -1,9 +1,9 @@
 //! `sandbox dev` (issue 18), driven as a child process: an edit of the image's files
 //! rebuilds and rolls (the new page served), the pods' logs stream prefixed
 //! `[pod/container]`, an edit under a `sync:` rule is copied into the running containers
-//! (no build, no restart) and survives the next rebuild, a broken Dockerfile is reported and the next fix recovers, 50 files
-//! written at once (a `git checkout`) make one update, and Ctrl-C (SIGINT) exits 130
-//! leaving the sandbox up.
+//! (no build, no restart) and survives the next rebuild, a broken Dockerfile is reported
+//! and the next fix recovers, a `git checkout` of 50 files makes one update, and Ctrl-C
+//! (SIGINT) exits 130 leaving the sandbox up.
 
 use std::io::BufRead;
 use std::process::{Child, Stdio};
@@ -91,6 +91,27 @@ fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
     );
     assert!(config.contains("sync:"), "{config}");
     std::fs::write(&file, config).unwrap();
+    // a branch that adds 50 files, for a real `git checkout` later
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=test", "-c", "user.email=test@example.com"])
+            .args(args)
+            .current_dir(&project)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "base"]);
+    git(&["checkout", "-qb", "burst"]);
+    for i in 0..50 {
+        std::fs::write(project.join(format!("app/www/burst-{i}.txt")), "x\n").unwrap();
+    }
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "50 files"]);
+    git(&["checkout", "-q", "main"]);
+    assert!(!project.join("app/www/burst-0.txt").exists());
     let mut child = sb
         .command(&["dev", "-f", &file])
         .stdout(Stdio::piped())
@@ -173,10 +194,8 @@ fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
     // the synced file was not lost: the image is built from the same files
     serves(&format!("{base}/synced/page.txt"), "synced twice");
 
-    // 50 files at once, as a `git checkout` writes them: one update
-    for i in 0..50 {
-        std::fs::write(project.join(format!("app/www/burst-{i}.txt")), "x\n").unwrap();
-    }
+    // a `git checkout` of a branch with 50 more files: one update
+    git(&["checkout", "-q", "burst"]);
     let update = dev.said("update 5:", Duration::from_secs(30));
     assert!(
         update.contains("and 47 more"),
