@@ -288,28 +288,13 @@ impl Target for ClusterTarget {
         docs: &[Document],
     ) -> Result<(Vec<Applied>, Vec<InventoryEntry>), Error> {
         crate::warm::forget(&self.record_key());
-        let step = ctx.reporter.step(format!(
-            "applying {} objects to {}",
-            docs.len(),
-            self.namespace
-        ));
         let mut applier = Applier::new(
             self.connected()?.clone(),
             &self.config.name,
             &self.namespace,
         );
-        let applied = applier.apply_all(docs).await?;
-        let pruned = applier.prune(&applied).await?;
-        let changed = applied.iter().filter(|a| a.changed).count();
-        step.done(format!(
-            "applied {} objects ({changed} changed)",
-            applied.len()
-        ));
-        for p in &pruned {
-            ctx.reporter
-                .info(format!("pruned {} (no longer in the manifests)", p.id()));
-        }
-        Ok((applied, pruned))
+        let message = format!("applying {} objects to {}", docs.len(), self.namespace);
+        super::up::apply_with(ctx, &mut applier, docs, message).await
     }
 
     async fn wait(&self, ctx: &Context, applied: &[Applied]) -> Result<(), Error> {

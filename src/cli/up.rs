@@ -822,13 +822,28 @@ pub(crate) async fn apply(
     if config.source.is_none() {
         return Ok((Vec::new(), Vec::new()));
     }
-    let step = ctx
-        .reporter
-        .step(format!("applying {} objects", docs.len()));
     let mut applier = Applier::new(node.client.clone(), &config.name, &config.namespace);
     if let Some(held) = pods_held {
         applier.hold_pods(held);
     }
+    apply_with(
+        ctx,
+        &mut applier,
+        docs,
+        format!("applying {} objects", docs.len()),
+    )
+    .await
+}
+
+/// Applies `docs` with `applier` and prunes what its last apply made and they no longer
+/// hold, as one step of the progress (`message`), each pruned object said.
+pub(crate) async fn apply_with(
+    ctx: &Context,
+    applier: &mut Applier,
+    docs: &[Document],
+    message: String,
+) -> Result<(Vec<Applied>, Vec<InventoryEntry>), Error> {
+    let step = ctx.reporter.step(message);
     let applied = applier.apply_all(docs).await?;
     let pruned = applier.prune(&applied).await?;
     let changed = applied.iter().filter(|a| a.changed).count();

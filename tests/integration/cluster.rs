@@ -24,6 +24,51 @@ fn url(up: &Value) -> String {
         .to_string()
 }
 
+/// A self-signed certificate for `host` as TLS Secret `namespace/name`; returns the
+/// certificate's file.
+fn tls_secret(sb: &TestSandbox, namespace: &str, name: &str, host: &str) -> std::path::PathBuf {
+    let issued = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+    let (crt, key) = (
+        sb.dir.path().join(format!("{name}.crt")),
+        sb.dir.path().join(format!("{name}.key")),
+    );
+    std::fs::write(&crt, issued.cert.pem()).unwrap();
+    std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
+    assert_success(
+        &sb.kubectl(&[
+            "-n",
+            namespace,
+            "create",
+            "secret",
+            "tls",
+            name,
+            "--cert",
+            crt.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]),
+        &format!("kubectl create secret tls {namespace}/{name}"),
+    );
+    crt
+}
+
+/// Asserts that `namespace` is gone or going (Terminating).
+fn assert_going(sb: &TestSandbox, namespace: &str) {
+    let phase = sb.kubectl(&[
+        "get",
+        "namespace",
+        namespace,
+        "--ignore-not-found",
+        "-o",
+        "jsonpath={.status.phase}",
+    ]);
+    let phase = String::from_utf8_lossy(&phase.stdout).to_string();
+    assert!(
+        phase.is_empty() || phase == "Terminating",
+        "{namespace}: {phase}"
+    );
+}
+
 fn namespace_exists(sb: &TestSandbox, namespace: &str) -> bool {
     let out = sb.kubectl(&[
         "get",
@@ -204,24 +249,11 @@ fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
 
     // TLS from a wildcard Secret of the cluster's, copied into the environment: `up` returns
     // once the controller serves it for the host (not its default certificate)
-    let wildcard =
-        rcgen::generate_simple_self_signed(vec!["*.branch-e.127.0.0.1.nip.io".to_string()])
-            .unwrap();
-    let (crt, key) = (sb.dir.path().join("tls.crt"), sb.dir.path().join("tls.key"));
-    std::fs::write(&crt, wildcard.cert.pem()).unwrap();
-    std::fs::write(&key, wildcard.signing_key.serialize_pem()).unwrap();
-    assert_success(
-        &sb.kubectl(&[
-            "create",
-            "secret",
-            "tls",
-            "wildcard-dev",
-            "--cert",
-            crt.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ]),
-        "kubectl create secret tls",
+    tls_secret(
+        &sb,
+        "default",
+        "wildcard-dev",
+        "*.branch-e.127.0.0.1.nip.io",
     );
     let tls = project.join("tls.yaml");
     std::fs::write(
@@ -382,19 +414,7 @@ fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
     let out = sb.run(&["up", "-f", &file, "--namespace", "branch-f", "-o", "json"]);
     registry_storage(&registry, "u+w");
     assert_eq!(out.status.code(), Some(5), "{out:?}");
-    let phase = sb.kubectl(&[
-        "get",
-        "namespace",
-        "branch-f",
-        "--ignore-not-found",
-        "-o",
-        "jsonpath={.status.phase}",
-    ]);
-    let phase = String::from_utf8_lossy(&phase.stdout).to_string();
-    assert!(
-        phase.is_empty() || phase == "Terminating",
-        "branch-f: {phase}"
-    );
+    assert_going(&sb, "branch-f");
 }
 
 /// A minimal CustomResourceDefinition of cert-manager's Certificate (no controller runs
@@ -564,19 +584,7 @@ fn every_verb_works_on_an_environment_with_its_own_maildev_and_certificate() {
         )),
         "{said}"
     );
-    let phase = sb.kubectl(&[
-        "get",
-        "namespace",
-        "verbs-a",
-        "--ignore-not-found",
-        "-o",
-        "jsonpath={.status.phase}",
-    ]);
-    let phase = String::from_utf8_lossy(&phase.stdout).to_string();
-    assert!(
-        phase.is_empty() || phase == "Terminating",
-        "verbs-a: {phase}"
-    );
+    assert_going(&sb, "verbs-a");
     assert!(
         sb.leftovers("container")
             .iter()
@@ -645,29 +653,11 @@ fn every_verb_works_on_an_environment_with_its_own_maildev_and_certificate() {
         },
     );
     assert_eq!(hosts, "hello.verbs-t.127.0.0.1.nip.io team-ca");
-    let issued =
-        rcgen::generate_simple_self_signed(vec!["hello.verbs-t.127.0.0.1.nip.io".to_string()])
-            .unwrap();
-    let (crt, key) = (
-        sb.dir.path().join("issued.crt"),
-        sb.dir.path().join("issued.key"),
-    );
-    std::fs::write(&crt, issued.cert.pem()).unwrap();
-    std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
-    assert_success(
-        &sb.kubectl(&[
-            "-n",
-            "verbs-t",
-            "create",
-            "secret",
-            "tls",
-            "sandbox-tls",
-            "--cert",
-            crt.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ]),
-        "issue the Secret",
+    let crt = tls_secret(
+        &sb,
+        "verbs-t",
+        "sandbox-tls",
+        "hello.verbs-t.127.0.0.1.nip.io",
     );
     assert_success(
         &sb.kubectl(&["-n", "verbs-t", "patch", "certificate", "sandbox-tls", "--subresource=status", "--type=merge", "-p",
