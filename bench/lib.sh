@@ -72,6 +72,11 @@ render_hello() {
     "$ROOT/fixtures/apps/hello/k8s/all-in-one.yaml"
 }
 
+# the release binary of the checked-out code: built when missing or stale (cargo does nothing
+# when it is current; a binary left from older code would measure that code instead)
 ensure_release_binary() {
-  [ -x "$SANDBOX" ] || (cd "$ROOT" && cargo build --release --locked -q)
+  if [ "$SANDBOX" = "$ROOT/target/release/sandbox" ]; then
+    (cd "$ROOT" && cargo build --release --locked -q)
+  fi
+  [ -x "$SANDBOX" ]
 }

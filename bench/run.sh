@@ -9,7 +9,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 cargo build --release --locked -q
-ALL=(lifecycle images apply dns cluster)
+ALL=(lifecycle images apply dns cluster dev)
 WANTED=("${@:-${ALL[@]}}")
 [ $# -gt 0 ] || WANTED=("${ALL[@]}")
 started=$(date +%s)

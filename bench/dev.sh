@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# The daily loop (issue 18): `sandbox dev` on the hello fixture, an edit at a time, against
+# the hand-made loop, in the same run on the same node.
+#   - sync path: an edit of a file under the image's `sync:` rule, until the new content is
+#     served (no build, no restart);
+#   - rebuild path: an edit of the image's page, until `dev` says the update is done (built,
+#     loaded, applied, rolled out, URL answering), against the hand-made loop `docker build;
+#     docker save | ctr import; kubectl set image; kubectl rollout status` of the same kind of
+#     change; with the two floors under it measured alone: the `docker build` of such a
+#     change and a rollout of the Deployment (`kubectl rollout restart` + `rollout status`).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+ensure_release_binary
+export DOCKER_BUILDKIT=0 # Debian's engine has no BuildKit; say so once, not at each build
+
+WORKDIR=$(mktemp -d)
+export XDG_STATE_HOME=$WORKDIR/state XDG_DATA_HOME=$WORKDIR/data KUBECONFIG=$WORKDIR/kubeconfig
+NAME=bench-dev-$$
+CTX=sandbox-$NAME
+NODE=sandbox-$NAME-node
+DEV_PID=
+cleanup() {
+  [ -n "$DEV_PID" ] && kill "$DEV_PID" 2>/dev/null && wait "$DEV_PID" 2>/dev/null || true
+  "$SANDBOX" --name "$NAME" -q down --purge >/dev/null 2>&1 || true
+  rm -rf "$WORKDIR"
+}
+trap cleanup EXIT
+now() { date +%s.%N; }
+since() { echo "$(now) - $1" | bc; }
+
+# the hello fixture, its page directory writable by the container's user, www/synced/ synced
+PROJECT=$WORKDIR/hello
+cp -r "$ROOT/fixtures/apps/hello" "$PROJECT"
+sed -i 's|COPY www /www|COPY --chown=65534:65534 www /www|' "$PROJECT/app/Dockerfile"
+mkdir -p "$PROJECT/app/www/synced"
+echo first > "$PROJECT/app/www/synced/page.txt"
+sed -i 's|^    context: app$|    context: app\n    sync:\n      - {from: www/synced/, to: /www/synced/}|' "$PROJECT/sandbox.yaml"
+grep -q 'sync:' "$PROJECT/sandbox.yaml"
+
+cd "$PROJECT"
+"$SANDBOX" --name "$NAME" dev --no-logs > "$WORKDIR/dev.out" 2> "$WORKDIR/dev.err" &
+DEV_PID=$!
+for _ in $(seq 600); do grep -q 'watching' "$WORKDIR/dev.err" && break; sleep 0.2; done
+grep -q 'watching' "$WORKDIR/dev.err" || { cat "$WORKDIR/dev.err" >&2; exit 1; }
+URL=$("$SANDBOX" --name "$NAME" urls -o json | python3 -c 'import json,sys; print([u["url"] for u in json.load(sys.stdin)["urls"] if u["kind"] == "NodePort"][0])')
+URL=${URL%/}
+
+# until_served PATH TEXT: polls the URL every 20 ms until its body holds TEXT (60 s at most)
+until_served() {
+  for _ in $(seq 3000); do
+    curl -s --max-time 2 "$URL$1" | grep -q "$2" && return 0
+    sleep 0.02
+  done
+  echo "never served: $URL$1 $2" >&2
+  return 1
+}
+# until_said TEXT: waits until dev's progress has a line with TEXT (120 s at most)
+until_said() {
+  for _ in $(seq 6000); do
+    grep -q "$1" "$WORKDIR/dev.err" && return 0
+    sleep 0.02
+  done
+  echo "dev never said: $1" >&2
+  tail -20 "$WORKDIR/dev.err" >&2
+  return 1
+}
+
+update=0
+sync_times=()
+rebuild_times=()
+own_times=()
+for i in $(seq "$REPS"); do
+  # sync path
+  update=$((update + 1))
+  s=$(now)
+  echo "synced $i $$" > "$PROJECT/app/www/synced/page.txt"
+  until_served /synced/page.txt "synced $i $$"
+  sync_times+=("$(since "$s")")
+  until_said "update $update done"
+  # rebuild path: until dev says the update is done (rolled out, URL answering)
+  update=$((update + 1))
+  s=$(now)
+  echo "rebuilt $i $$" > "$PROJECT/app/www/index.html"
+  until_said "update $update done"
+  rebuild_times+=("$(since "$s")")
+  until_served / "rebuilt $i $$"
+done
+# sandbox's own part of an update: its whole time less the rollout's wait (from its progress)
+for n in $(seq 2 2 "$update"); do
+  line=$(grep "update $n done in" "$WORKDIR/dev.err" | head -1)
+  own_times+=("$(echo "$line" | sed -E 's/.*done in ([0-9.]+)s.*/\1/')")
+done
+kill "$DEV_PID"; wait "$DEV_PID" 2>/dev/null || true; DEV_PID=
+
+# the hand-made loop on the same node and Deployment; and its floors, each alone
+hand_times=()
+build_times=()
+rollout_times=()
+for i in $(seq "$REPS"); do
+  echo "by hand $i $$" > "$PROJECT/app/www/index.html"
+  s=$(now)
+  docker build -q -t "hello:hand-$i-$$" "$PROJECT/app" >/dev/null
+  docker save "hello:hand-$i-$$" | docker exec -i "$NODE" ctr -n k8s.io images import - >/dev/null
+  kubectl --context "$CTX" set image deploy/hello "web=hello:hand-$i-$$" >/dev/null
+  kubectl --context "$CTX" rollout status deploy/hello --timeout=120s >/dev/null
+  hand_times+=("$(since "$s")")
+  echo "build floor $i $$" > "$PROJECT/app/www/index.html"
+  s=$(now)
+  docker build -q -t "hello:floor-$i-$$" "$PROJECT/app" >/dev/null
+  build_times+=("$(since "$s")")
+  s=$(now)
+  kubectl --context "$CTX" rollout restart deploy/hello >/dev/null
+  kubectl --context "$CTX" rollout status deploy/hello --timeout=120s >/dev/null
+  rollout_times+=("$(since "$s")")
+done
+
+sync_s=$(median "${sync_times[@]}")
+rebuild_s=$(median "${rebuild_times[@]}")
+hand_s=$(median "${hand_times[@]}")
+build_s=$(median "${build_times[@]}")
+rollout_s=$(median "${rollout_times[@]}")
+floor_s=$(echo "$build_s + $rollout_s + 0.3" | bc)
+table_start dev "The daily loop (issue 18)"
+row "edit -> served, sync path" "$sync_s" "rebuild path (sandbox dev)" "$rebuild_s" "< 0.5 s"
+row "edit -> rolled out, rebuild path" "$rebuild_s" "docker build; docker save \\| ctr import; kubectl set image; rollout status" "$hand_s" "<= build + rollout + 0.3 s = ${floor_s} s"
+row "floor: docker build of the change" "$build_s" "-" 0 "-"
+row "floor: rollout of the Deployment" "$rollout_s" "-" 0 "-"
+cat "$TABLE"
+echo
+echo "sandbox dev's update times as it reports them (rebuild path): ${own_times[*]}"
