@@ -32,7 +32,12 @@ json_number() { [[ $1 =~ ^[0-9.]+$ ]] && echo "$1" || echo null; }
 row() {
   local ratio
   ratio=$(awk -v a="$2" -v b="$4" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
-  printf '| %s | %.3f s | %s | %.3f s | %sx | %s |\n' "$1" "$2" "$3" "$4" "$ratio" "$5" >> "$TABLE"
+  if [ "$ratio" = n/a ]; then
+    # a floor measured alone: no peer
+    printf '| %s | %.3f s | %s | - | - | %s |\n' "$1" "$2" "$3" "$5" >> "$TABLE"
+  else
+    printf '| %s | %.3f s | %s | %.3f s | %sx | %s |\n' "$1" "$2" "$3" "$4" "$ratio" "$5" >> "$TABLE"
+  fi
   printf '{"figure":"%s","sandbox_s":%s,"peer":"%s","peer_s":%s,"ratio":%s,"target":"%s"}\n' \
     "${1//\\/}" "$2" "${3//\\/}" "$4" "$(json_number "$ratio")" "$5" >> "$JSON"
 }
