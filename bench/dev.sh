@@ -7,7 +7,9 @@
 #     loaded, applied, rolled out, URL answering), against the hand-made loop `docker build;
 #     docker save | ctr import; kubectl set image; kubectl rollout status` of the same kind of
 #     change; with the two floors under it measured alone: the `docker build` of such a
-#     change and a rollout of the Deployment (`kubectl rollout restart` + `rollout status`).
+#     change and a rollout of the Deployment (`kubectl rollout restart` + `rollout status`);
+#   - the watcher idle with a 10,000-file build context: CPU and RSS of `sandbox dev
+#     --no-logs`, beside `inotifywait -m -r` of the same tree (inotify-tools, when installed).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ensure_release_binary
@@ -114,6 +116,36 @@ for i in $(seq "$REPS"); do
   rollout_times+=("$(since "$s")")
 done
 
+# the watcher idle, with a 10,000-file build context: CPU over 10 s and RSS of `sandbox dev
+# --no-logs` once it watches, beside `inotifywait -m -r` of the same context
+for d in $(seq 100); do
+  mkdir -p "$PROJECT/app/www/many/$d"
+  for f in $(seq 100); do : > "$PROJECT/app/www/many/$d/$f.txt"; done
+done
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# idle PID: "CPU% RSS_MB" over 10 s
+idle() {
+  local hz t0 t1
+  hz=$(getconf CLK_TCK)
+  t0=$(ticks "$1"); sleep 10; t1=$(ticks "$1")
+  echo "$(echo "scale=2; 100 * ($t1 - $t0) / $hz / 10" | bc) $(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status")"
+}
+: > "$WORKDIR/dev.err"
+"$SANDBOX" --name "$NAME" dev --no-logs > "$WORKDIR/dev.out" 2> "$WORKDIR/dev.err" &
+DEV_PID=$!
+until_said "watching"
+sleep 2 # settled: the no-change up's connections closed
+read -r dev_cpu dev_rss < <(idle "$DEV_PID")
+kill -INT "$DEV_PID"; wait "$DEV_PID" 2>/dev/null || true; DEV_PID=
+peer_cpu=- peer_rss=-
+if command -v inotifywait >/dev/null; then
+  inotifywait -m -r -q "$PROJECT/app" > /dev/null 2>&1 &
+  peer=$!
+  sleep 2
+  read -r peer_cpu peer_rss < <(idle "$peer")
+  kill "$peer"; wait "$peer" 2>/dev/null || true
+fi
+
 sync_s=$(median "${sync_times[@]}")
 rebuild_s=$(median "${rebuild_times[@]}")
 hand_s=$(median "${hand_times[@]}")
@@ -125,6 +157,8 @@ row "edit -> served, sync path" "$sync_s" "rebuild path (sandbox dev)" "$rebuild
 row "edit -> rolled out, rebuild path" "$rebuild_s" "docker build; docker save \\| ctr import; kubectl set image; rollout status" "$hand_s" "<= build + rollout + 0.3 s = ${floor_s} s"
 row "floor: docker build of the change" "$build_s" "-" 0 "-"
 row "floor: rollout of the Deployment" "$rollout_s" "-" 0 "-"
+row_in "% of a core" "watcher idle, 10,000-file context: CPU" "$dev_cpu" "inotifywait -m -r" "$peer_cpu" "< 1%"
+row_in MB "watcher idle, 10,000-file context: RSS" "$dev_rss" "inotifywait -m -r" "$peer_rss" "< 30 MB"
 cat "$TABLE"
 echo
 echo "sandbox dev's update times as it reports them (rebuild path): ${own_times[*]}"

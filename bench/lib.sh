@@ -49,7 +49,7 @@ row_in() {
   ratio=$(awk -v a="$3" -v b="$5" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
   printf '| %s | %s %s | %s | %s %s | %sx | %s |\n' "$2" "$3" "$1" "$4" "$5" "$1" "$ratio" "$6" >> "$TABLE"
   printf '{"figure":"%s","unit":"%s","sandbox":%s,"peer":"%s","peer_value":%s,"ratio":%s,"target":"%s"}\n' \
-    "${2//\\/}" "$1" "$3" "${4//\\/}" "$5" "$(json_number "$ratio")" "$6" >> "$JSON"
+    "${2//\\/}" "$1" "$(json_number "$3")" "${4//\\/}" "$(json_number "$5")" "$(json_number "$ratio")" "$6" >> "$JSON"
 }
 
 # table_start FILE_STEM TITLE [ENVIRONMENT [PEER_COLUMN]]: ENVIRONMENT replaces the Docker
