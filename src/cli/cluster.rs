@@ -110,7 +110,9 @@ pub struct ClusterTarget {
     rendered: Option<Vec<Document>>,
     /// maildev's image when the environment runs one (`addons.maildev: true`), with the
     /// local build to push when the engine holds it.
-    maildev: Option<(String, Option<BuiltImage>)>,
+    /// Found when first needed (it asks the Docker engine): `urls`, `logs` and `kubeconfig`
+    /// of an environment need no engine.
+    maildev: std::sync::OnceLock<(String, Option<BuiltImage>)>,
 }
 
 impl ClusterTarget {
@@ -127,7 +129,7 @@ impl ClusterTarget {
             namespace,
             client: None,
             rendered: None,
-            maildev: None,
+            maildev: std::sync::OnceLock::new(),
         })
     }
 
@@ -163,11 +165,23 @@ impl ClusterTarget {
             .ok_or_else(|| Error::Kube(format!("context {} is not reached yet", self.context)))
     }
 
+    /// maildev's image and its local build to push, when the environment runs maildev.
+    async fn maildev(&self) -> Result<Option<&(String, Option<BuiltImage>)>, Error> {
+        if !self.config.addons.maildev_asked {
+            return Ok(None);
+        }
+        if self.maildev.get().is_none() {
+            let found = maildev_image(&self.config).await?;
+            let _ = self.maildev.set(found);
+        }
+        Ok(self.maildev.get())
+    }
+
     /// The project's documents (and the add-ons it asks for), cluster-scoped ones refused
     /// unless allowed.
     async fn render(&self) -> Result<Vec<Document>, Error> {
         let client = self.connected()?;
-        let maildev = self.maildev.as_ref().map(|(image, _)| image.as_str());
+        let maildev = self.maildev().await?.map(|(image, _)| image.as_str());
         let docs = documents(&self.config, &self.cluster, &self.domain(), maildev)?;
         let elsewhere = elsewhere(&docs, &self.namespace);
         if !elsewhere.is_empty() {
@@ -223,9 +237,6 @@ impl Target for ClusterTarget {
             self.client = Some(connect(&self.context).await?);
         }
         let client = self.connected()?.clone();
-        if self.config.addons.maildev_asked && self.maildev.is_none() {
-            self.maildev = Some(maildev_image(&self.config).await?);
-        }
         if !create {
             if !environment_exists(&client, &self.namespace, &self.config.name).await? {
                 return Err(Error::Absent(format!(
@@ -274,7 +285,7 @@ impl Target for ClusterTarget {
     ) -> Result<(Vec<BuiltImage>, Vec<String>), Error> {
         let mut built = built;
         // maildev's local build goes the same way as the project's images
-        built.extend(self.maildev.iter().filter_map(|(_, local)| local.clone()));
+        built.extend(self.maildev().await?.and_then(|(_, local)| local.clone()));
         deliver(ctx, &self.cluster, built).await
     }
 
@@ -376,9 +387,11 @@ impl Target for ClusterTarget {
     ) -> Result<(Vec<BuiltImage>, Vec<Applied>), String> {
         let client = self.connected().map_err(|e| e.to_string())?;
         let addons: Vec<BuiltImage> = self
-            .maildev
-            .iter()
-            .filter_map(|(_, local)| local.clone())
+            .maildev()
+            .await
+            .map_err(|e| e.to_string())?
+            .and_then(|(_, local)| local.clone())
+            .into_iter()
             .collect();
         unchanged(
             &self.config,
@@ -545,8 +558,9 @@ async fn unchanged(
         .as_deref()
         .and_then(|r| r.split('/').next())
         .unwrap_or_default();
-    let mut built = Vec::new();
-    // the add-ons' images as pushed: the same local image, still in the registry
+    // the add-ons' images as pushed (after the project's, as recorded): the same local
+    // image, still in the registry
+    let mut pushed_addons = Vec::new();
     for (image, recorded) in addons.iter().zip(&record.images[config.images.len()..]) {
         if recorded.name != image.name || recorded.id != image.id {
             return Err(format!("add-on image {} changed", image.name));
@@ -557,11 +571,12 @@ async fn unchanged(
                 recorded.reference
             ));
         }
-        built.push(BuiltImage {
+        pushed_addons.push(BuiltImage {
             reference: recorded.reference.clone(),
             ..image.clone()
         });
     }
+    let mut built = Vec::new();
     if !config.images.is_empty() {
         let engine = Engine::connect().await.map_err(|e| e.to_string())?;
         for (image, recorded) in config.images.iter().zip(&record.images) {
@@ -596,11 +611,9 @@ async fn unchanged(
             });
         }
     }
+    built.extend(pushed_addons);
     let mut docs = docs.to_vec();
-    let rewrite = images::rewrite_map(&built);
-    for doc in &mut docs {
-        manifests::rewrite_images(&mut doc.object, &rewrite, "IfNotPresent");
-    }
+    super::target::rewrite(&mut docs, &built, "IfNotPresent");
     if crate::warm::documents_digest(&docs) != record.documents {
         return Err("the documents to apply changed".into());
     }
@@ -1084,14 +1097,7 @@ pub async fn status(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> 
     let mut environments = Vec::new();
     if api == "ready" {
         // the add-ons' namespace of a laptop sandbox of the same name is no environment
-        let selector = format!(
-            "{}={},{}!={}",
-            crate::apply::OWNER_LABEL,
-            config.name,
-            crate::plan::LABEL_ROLE,
-            crate::addons::ROLE
-        );
-        for namespace in crate::apply::namespace_names(&client, Some(&selector)).await {
+        for namespace in super::status::environments(&client, &config.name).await {
             if config
                 .environment
                 .as_ref()

@@ -167,19 +167,23 @@ async fn api_health(
     if node::api_ready(&client).await.is_err() {
         return ("not-ready".to_string(), Vec::new(), Vec::new());
     }
-    let selector = format!(
-        "{}={},{}!={}",
-        crate::apply::OWNER_LABEL,
-        info.sandbox,
-        crate::plan::LABEL_ROLE,
-        crate::addons::ROLE
-    );
-    let environments = crate::apply::namespace_names(&client, Some(&selector)).await;
+    let environments = environments(&client, &info.sandbox).await;
     (
         "ready".to_string(),
         environments,
         workload_health(&client, crate::addons::NAMESPACE).await,
     )
+}
+
+/// The namespaces sandbox `sandbox` made on a cluster (its environments), not its add-ons'.
+pub(crate) async fn environments(client: &kube::Client, sandbox: &str) -> Vec<String> {
+    let selector = format!(
+        "{}={sandbox},{}!={}",
+        crate::apply::OWNER_LABEL,
+        crate::plan::LABEL_ROLE,
+        crate::addons::ROLE
+    );
+    crate::apply::namespace_names(client, Some(&selector)).await
 }
 
 /// Each Deployment of `namespace` with its state: `ready`, or what it waits for.

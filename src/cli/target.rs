@@ -161,6 +161,7 @@ where
     F: std::future::Future<Output = Result<Vec<BuiltImage>, Error>>,
 {
     let mut docs = target.documents(ctx).await?;
+    // the no-change path applies nothing: its documents are only compared, by the target
     let (built, delivered, applied, pruned, unchanged) = match target.unchanged(&docs).await {
         Ok((built, applied)) => {
             ctx.reporter.info(format!(
@@ -168,7 +169,6 @@ where
                 crate::report::count(built.len(), "image"),
                 crate::report::count(applied.len(), "object")
             ));
-            rewrite(&mut docs, &built, target.pull_policy());
             (built, Vec::new(), applied, Vec::new(), true)
         }
         Err(reason) => {
