@@ -9,7 +9,9 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{assert_success, docker_ok, json_document, registry_storage, TestSandbox};
+use crate::support::{
+    assert_success, docker_ok, failed_with, json_document, registry_storage, TestSandbox,
+};
 
 use crate::support::ingress_get as get;
 
@@ -241,11 +243,7 @@ fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
     assert_eq!(urls["context"], context.as_str(), "{urls}");
     assert_eq!(url(&urls), url_b);
     let load = sb.run(&["load", "-f", &file, "hello", "-o", "json"]);
-    assert_eq!(load.status.code(), Some(2), "{load:?}");
-    assert!(json_document(&load.stdout)["message"]
-        .as_str()
-        .unwrap()
-        .contains("cluster mode"));
+    assert!(failed_with(&load, 2).contains("cluster mode"));
 
     // TLS from a wildcard Secret of the cluster's, copied into the environment: `up` returns
     // once the controller serves it for the host (not its default certificate)
@@ -339,11 +337,7 @@ fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
         .env("KUBECONFIG", &prod)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(json_document(&out.stdout)["message"]
-        .as_str()
-        .unwrap()
-        .contains("\"prod\""));
+    assert!(failed_with(&out, 2).contains("\"prod\""));
     assert!(!namespace_exists(&sb, "branch-c"), "nothing touched");
 
     // a cluster-scoped object is refused, nothing applied
@@ -370,11 +364,7 @@ fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
         "-o",
         "json",
     ]);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let message = json_document(&out.stdout)["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let message = failed_with(&out, 2);
     assert!(
         message.contains("ClusterRole") && message.contains("hello-reader"),
         "{message}"
@@ -386,11 +376,7 @@ fn branches_deploy_side_by_side_to_an_existing_cluster_through_its_registry() {
     std::fs::write(project.join("app/www/changed.txt"), "changed\n").unwrap();
     let out = sb.run(&["up", "-f", &file, "--namespace", "branch-b", "-o", "json"]);
     registry_storage(&registry, "u+w");
-    assert_eq!(out.status.code(), Some(5), "{out:?}");
-    let message = json_document(&out.stdout)["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let message = failed_with(&out, 5);
     assert!(
         message.contains(&format!("pushing {registry_host}/team/hello")),
         "{message}"
@@ -598,14 +584,7 @@ fn every_verb_works_on_an_environment_with_its_own_maildev_and_certificate() {
     std::fs::write(&issuer, config.clone() + "  tls: {issuer: team-ca}\n").unwrap();
     let issuer = issuer.to_str().unwrap();
     let out = sb.run(&["up", "-f", issuer, "--namespace", "verbs-t", "-o", "json"]);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(
-        json_document(&out.stdout)["message"]
-            .as_str()
-            .unwrap()
-            .contains("cert-manager"),
-        "{out:?}"
-    );
+    assert!(failed_with(&out, 2).contains("cert-manager"), "{out:?}");
     assert!(!namespace_exists(&sb, "verbs-t"), "nothing touched");
     // installed (its CRD; the test plays its controller): up returns once the Certificate
     // is Ready and the controller serves its Secret for the host

@@ -10,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{eventually, http_get, TestSandbox};
+use crate::support::{eventually, http_get, serves, TestSandbox};
 
 /// The child and everything it has written so far.
 struct Running {
@@ -61,15 +61,18 @@ impl Drop for Running {
     }
 }
 
-fn serves(url: &str, text: &str) {
-    eventually(
-        &format!("{url} serves {text:?}"),
-        Duration::from_secs(120),
-        || match http_get(url) {
-            Ok((200, body)) if body.contains(text) => Ok(()),
-            other => Err(format!("{other:.200?}")),
-        },
-    );
+/// Requests `url` 4 times right after `dev` said a sync was done: every answer is 200 and
+/// holds `text` (no retry: no pod changed, so the promise holds when it is said, for every
+/// pod behind the Service). After an update that rolls pods, the tests use
+/// [`crate::support::serves`] instead, which waits for kube-proxy to stop reaching the old
+/// pods.
+fn serves_now(url: &str, text: &str) {
+    for _ in 0..4 {
+        match http_get(url) {
+            Ok((200, body)) if body.contains(text) => {}
+            other => panic!("{url} does not serve {text:?}: {other:.200?}"),
+        }
+    }
 }
 
 #[test]
@@ -139,7 +142,7 @@ fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
     assert!(dev
         .said("update 1:", Duration::ZERO)
         .contains("app/www/index.html"));
-    serves(&url, "edited once");
+    serves(&url, format!("{original}edited once").trim());
 
     // the pods' logs, prefixed with the pod and container (busybox httpd -v logs requests)
     let stdout = dev.stdout.clone();
@@ -177,8 +180,8 @@ fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
         "{synced}"
     );
     let base = url.trim_end_matches('/').to_string();
-    serves(&format!("{base}/synced/page.txt"), "synced twice");
-    serves(&format!("{base}/synced/ran.txt"), "");
+    serves_now(&format!("{base}/synced/page.txt"), "synced twice");
+    serves_now(&format!("{base}/synced/ran.txt"), "");
     assert_eq!(pods(), before, "the same pods, none restarted");
 
     // a broken Dockerfile: reported, and dev keeps watching
@@ -190,7 +193,7 @@ fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
     std::fs::write(&dockerfile, &good).unwrap();
     std::fs::write(&page, format!("{original}fixed\n")).unwrap();
     dev.said("update 4 done", Duration::from_secs(120));
-    serves(&url, "fixed");
+    serves(&url, format!("{original}fixed").trim());
     // the synced file was not lost: the image is built from the same files
     serves(&format!("{base}/synced/page.txt"), "synced twice");
 
@@ -228,5 +231,5 @@ fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
     );
     let status = sb.run_json(&["status", "-f", &file]);
     assert_eq!(status["sandboxes"][0]["state"], "running", "{status}");
-    serves(&url, "fixed");
+    serves_now(&url, "fixed");
 }

@@ -220,11 +220,7 @@ fn a_registry_that_wants_credentials_gets_those_of_the_docker_config() {
 
     login("wrong");
     let out = build();
-    assert_eq!(out.status.code(), Some(5), "{out:?}");
-    let message = json_document(&out.stdout)["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let message = crate::support::failed_with(&out, 5);
     assert!(
         message.contains(&format!("pushing {host}/team/hello")) && message.contains("auth"),
         "the registry's answer: {message}"

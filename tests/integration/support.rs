@@ -451,3 +451,12 @@ pub fn ingress_get(url: &str) -> (u16, String) {
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
+
+/// Asserts that a `-o json` command exited with `code` and returns its `Error` message.
+pub fn failed_with(out: &Output, code: i32) -> String {
+    assert_eq!(out.status.code(), Some(code), "{out:?}");
+    json_document(&out.stdout)["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no Error message on stdout: {out:?}"))
+        .to_string()
+}
