@@ -20,6 +20,7 @@ pub mod ingress;
 pub mod kubeconfig;
 pub mod kustomize;
 pub mod lock;
+pub mod logs;
 pub mod manifests;
 pub mod node;
 pub mod normalize;

@@ -2,14 +2,11 @@
 //! on every change (one update per burst of changes), streaming the project's pod logs in
 //! between. Ctrl-C stops watching and leaves the sandbox up (`--down` removes it).
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use futures_util::{AsyncBufReadExt, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, LogParams};
+use kube::api::Api;
 use notify::Watcher;
 
 use super::Context;
@@ -64,10 +61,13 @@ async fn watch_loop(ctx: &Context, config: &SandboxConfig, args: &DevArgs) -> Re
     let outcome = super::up::bring_up(ctx, config).await?;
     eprint!("{}", outcome.text());
     if !args.no_logs {
-        tokio::spawn(stream_logs(
-            outcome.node.client.clone(),
-            config.namespace.clone(),
-        ));
+        // the pods running now from their next line, later ones from their first
+        let lines = crate::logs::Lines {
+            tail: Some(0),
+            ..Default::default()
+        };
+        let pods = Api::namespaced(outcome.node.client.clone(), &config.namespace);
+        tokio::spawn(crate::logs::follow(pods, None, lines));
     }
     // a sync execs in the containers: an upgrade, which the multiplexed client cannot do
     let client = crate::node::upgrading_client_for(
@@ -199,9 +199,10 @@ fn summary(outcome: &super::up::Outcome) -> String {
     }
     let changed = outcome.applied.iter().filter(|a| a.changed).count();
     format!(
-        "{} loaded, {} changed, ready",
+        "{} loaded, {} changed, ready ({})",
         crate::report::count(outcome.loaded.len(), "image"),
-        crate::report::count(changed, "object")
+        crate::report::count(changed, "object"),
+        outcome.timings.describe()
     )
 }
 
@@ -239,53 +240,5 @@ fn watch_error(e: notify::Error) -> Error {
     Error::Io {
         action: "watch the project's files",
         source: std::io::Error::other(e.to_string()),
-    }
-}
-
-/// Streams the logs of every container of the namespace's pods to stdout, each line
-/// prefixed `[pod/container]`, following new pods as they come: the pods running when it
-/// starts from their next line, later ones from their first.
-async fn stream_logs(client: kube::Client, namespace: String) {
-    let pods: Api<Pod> = Api::namespaced(client, &namespace);
-    let mut followed: BTreeSet<(String, String)> = BTreeSet::new();
-    let mut first = true;
-    loop {
-        if let Ok(list) = pods.list(&ListParams::default()).await {
-            for pod in list.items {
-                let uid = pod.metadata.uid.clone().unwrap_or_default();
-                let name = pod.metadata.name.clone().unwrap_or_default();
-                let running: Vec<String> = pod
-                    .status
-                    .iter()
-                    .flat_map(|s| s.container_statuses.iter().flatten())
-                    .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
-                    .map(|c| c.name.clone())
-                    .collect();
-                for container in running {
-                    if !followed.insert((uid.clone(), container.clone())) {
-                        continue;
-                    }
-                    let params = LogParams {
-                        container: Some(container.clone()),
-                        follow: true,
-                        tail_lines: first.then_some(0),
-                        ..Default::default()
-                    };
-                    let (pods, name) = (pods.clone(), name.clone());
-                    let prefix = format!("[{name}/{container}]");
-                    tokio::spawn(async move {
-                        let Ok(stream) = pods.log_stream(&name, &params).await else {
-                            return;
-                        };
-                        let mut lines = stream.lines();
-                        while let Some(Ok(line)) = lines.next().await {
-                            println!("{prefix} {line}");
-                        }
-                    });
-                }
-            }
-        }
-        first = false;
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }

@@ -8,22 +8,55 @@ use kube::api::{Api, DynamicObject, ListParams, LogParams};
 use super::Context;
 use crate::error::Error;
 
-/// Options of `sandbox logs`.
+/// Options of `sandbox logs`: kubectl's flags.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     /// `POD`, or `KIND/NAME` for a workload (`deploy/web`, `job/setup`, `sts/db`, `ds/agent`).
     /// Default: every pod in the namespace.
+    #[arg(conflicts_with = "selector")]
     pub target: Option<String>,
+    /// Only the pods with these labels (`app=web,tier!=db`).
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
     /// Only this container.
     #[arg(short = 'c', long)]
     pub container: Option<String>,
-    /// Lines from the end of each log.
-    #[arg(long, default_value_t = 50)]
-    pub tail: i64,
-    /// Keep streaming new lines (`-f` is the global `--file`).
-    #[arg(long)]
+    /// Lines from the end of each log (-1: all). Default: 50, or all with `--since`.
+    #[arg(long, allow_negative_numbers = true)]
+    pub tail: Option<i64>,
+    /// Only lines newer than this (`30s`, `5m`, `1h30m`).
+    #[arg(long, value_parser = crate::logs::parse_since)]
+    pub since: Option<i64>,
+    /// Keep streaming new lines, following the pods a rollout makes (Ctrl-C stops).
+    #[arg(short = 'f', long, conflicts_with = "previous")]
     pub follow: bool,
+    /// The previous instance of each container (the one that crashed or was restarted).
+    #[arg(short = 'p', long)]
+    pub previous: bool,
+    /// Config file, as the global `--file` (here `-f` is `--follow`, as in kubectl).
+    #[arg(long = "file", id = "file", value_name = "FILE", env = "SANDBOX_FILE")]
+    pub file: Option<std::path::PathBuf>,
 }
+
+impl LogsArgs {
+    fn lines(&self) -> crate::logs::Lines {
+        let tail = match (self.tail, self.since) {
+            (Some(n), _) if n < 0 => None,
+            (Some(n), _) => Some(n),
+            (None, Some(_)) => None,
+            (None, None) => Some(DEFAULT_TAIL),
+        };
+        crate::logs::Lines {
+            container: self.container.clone(),
+            tail,
+            since_seconds: self.since,
+            previous: self.previous,
+        }
+    }
+}
+
+/// Lines from the end of each log when neither `--tail` nor `--since` is given.
+const DEFAULT_TAIL: i64 = 50;
 
 fn kind_of(short: &str) -> Option<(&'static str, &'static str, &'static str)> {
     Some(match short {
@@ -44,13 +77,17 @@ pub async fn run(ctx: &Context, args: LogsArgs) -> Result<(), Error> {
     let client = target.client()?;
     let namespace = config.namespace.clone();
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let pods: Vec<Pod> = match args.target.as_deref() {
+    let lines = args.lines();
+    // the pods, and the selector that finds the ones a rollout makes next (none for a pod
+    // named on its own)
+    let (pods, selector): (Vec<Pod>, Option<String>) = match args.target.as_deref() {
         None => {
-            pods_api
-                .list(&ListParams::default())
-                .await
-                .map_err(kube_error)?
-                .items
+            let list = match &args.selector {
+                Some(s) => ListParams::default().labels(s),
+                None => ListParams::default(),
+            };
+            let pods = pods_api.list(&list).await.map_err(kube_error)?.items;
+            (pods, Some(args.selector.clone().unwrap_or_default()))
         }
         Some(target) => match target.split_once('/') {
             Some((short, name)) => {
@@ -76,66 +113,81 @@ pub async fn run(ctx: &Context, args: LogsArgs) -> Result<(), Error> {
                 let selector = crate::wait::pod_selector(kind, &object, name).ok_or_else(|| {
                     Error::Usage(format!("{kind} {name} has no matchLabels selector"))
                 })?;
-                pods_api
+                let pods = pods_api
                     .list(&ListParams::default().labels(&selector))
                     .await
                     .map_err(kube_error)?
-                    .items
+                    .items;
+                (pods, Some(selector))
             }
-            None => vec![pods_api
-                .get_opt(target)
-                .await
-                .map_err(kube_error)?
-                .ok_or_else(|| Error::Usage(format!("pod {namespace}/{target} does not exist")))?],
+            None => {
+                let pod = pods_api
+                    .get_opt(target)
+                    .await
+                    .map_err(kube_error)?
+                    .ok_or_else(|| {
+                        Error::Usage(format!("pod {namespace}/{target} does not exist"))
+                    })?;
+                (vec![pod], None)
+            }
         },
     };
-    let mut streams = Vec::new();
-    for pod in &pods {
-        let pod_name = pod.metadata.name.clone().unwrap_or_default();
-        let containers: Vec<String> = pod
-            .spec
+    if args.previous
+        && pods
             .iter()
-            .flat_map(|s| {
-                s.init_containers
-                    .iter()
-                    .flatten()
-                    .chain(s.containers.iter())
-            })
-            .map(|c| c.name.clone())
-            .filter(|c| args.container.as_ref().is_none_or(|only| only == c))
-            .collect();
-        for container in containers {
-            let params = LogParams {
-                container: Some(container.clone()),
-                tail_lines: Some(args.tail),
-                follow: args.follow,
-                ..Default::default()
-            };
-            let prefix = format!("{pod_name}/{container}");
-            match pods_api.log_stream(&pod_name, &params).await {
-                Ok(stream) => streams.push(
-                    stream
-                        .lines()
-                        .map_ok(move |line| format!("[{prefix}] {line}"))
-                        .boxed(),
-                ),
-                // a container that has not started has no log yet
-                Err(e) => ctx
-                    .reporter
-                    .warn(format!("{prefix}: {}", crate::apply::api_message(&e))),
-            }
+            .all(|p| crate::logs::containers(p, &lines).is_empty())
+    {
+        ctx.reporter
+            .warn("no container of these pods has a previous instance (none has restarted)");
+    }
+    let warn = |message: String| ctx.reporter.warn(message);
+    match (args.follow, selector) {
+        (false, _) => crate::logs::print(&pods_api, &pods, &lines, &warn).await,
+        // a workload, a selector or the namespace: its pods as they come and go, until Ctrl-C
+        (true, Some(selector)) => {
+            let selector = (!selector.is_empty()).then_some(selector);
+            crate::logs::follow(pods_api, selector, lines).await
+        }
+        // one pod: until its containers stop
+        (true, None) => follow_pod(&pods_api, &pods[0], &lines, &warn).await,
+    }
+    Ok(())
+}
+
+/// Follows the chosen containers of one pod until each ends.
+async fn follow_pod(api: &Api<Pod>, pod: &Pod, lines: &crate::logs::Lines, warn: &dyn Fn(String)) {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let mut streams = Vec::new();
+    for container in crate::logs::containers(pod, lines) {
+        let params = LogParams {
+            container: Some(container.clone()),
+            tail_lines: lines.tail,
+            since_seconds: lines.since_seconds,
+            follow: true,
+            ..Default::default()
+        };
+        let prefix = format!("[{name}/{container}]");
+        match api.log_stream(&name, &params).await {
+            Ok(stream) => streams.push(
+                stream
+                    .lines()
+                    .map_ok(move |line| format!("{prefix} {line}"))
+                    .boxed(),
+            ),
+            // a container that has not started has no log yet
+            Err(e) => warn(format!(
+                "{name}/{container}: {}",
+                crate::apply::api_message(&e)
+            )),
         }
     }
     let mut all = futures_util::stream::select_all(streams);
     while let Some(line) = all.next().await {
         match line {
             Ok(line) => println!("{line}"),
-            Err(e) => {
-                ctx.reporter.warn(format!("log stream ended: {e}"));
-            }
+            Err(e) => warn(format!("log stream ended: {e}")),
         }
     }
-    Ok(())
 }
 
 fn kube_error(e: kube::Error) -> Error {

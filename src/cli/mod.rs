@@ -251,4 +251,54 @@ mod tests {
             other => panic!("parsed as {other:?}"),
         }
     }
+
+    #[test]
+    fn logs_takes_kubectl_flags_and_the_config_file_still_reaches_every_verb() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).unwrap();
+        let cli = parse(&["sandbox", "-f", "a.yaml", "logs", "-f", "-l", "app=web"]);
+        assert_eq!(
+            cli.global.file.as_deref(),
+            Some(std::path::Path::new("a.yaml"))
+        );
+        match cli.command {
+            Command::Logs(args) => {
+                assert!(args.follow);
+                assert_eq!(args.selector.as_deref(), Some("app=web"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        // after the verb, the config file is `--file`, and it reaches the global options
+        let cli = parse(&[
+            "sandbox",
+            "logs",
+            "--file",
+            "b.yaml",
+            "deploy/web",
+            "--since",
+            "5m",
+            "-p",
+        ]);
+        assert_eq!(
+            cli.global.file.as_deref(),
+            Some(std::path::Path::new("b.yaml"))
+        );
+        match cli.command {
+            Command::Logs(args) => {
+                assert_eq!(args.since, Some(300));
+                assert!(args.previous && !args.follow);
+                assert_eq!(args.target.as_deref(), Some("deploy/web"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        // other verbs keep `-f` as the config file
+        let cli = parse(&["sandbox", "up", "-f", "c.yaml"]);
+        assert_eq!(
+            cli.global.file.as_deref(),
+            Some(std::path::Path::new("c.yaml"))
+        );
+        // a target and a selector, or following a previous instance, make no sense
+        assert!(Cli::try_parse_from(["sandbox", "logs", "deploy/web", "-l", "a=b"]).is_err());
+        assert!(Cli::try_parse_from(["sandbox", "logs", "-f", "-p"]).is_err());
+        assert!(Cli::try_parse_from(["sandbox", "logs", "--since", "5"]).is_err());
+    }
 }

@@ -139,6 +139,7 @@ async fn up_outcome(config: SandboxConfig) -> super::up::Outcome {
         dns: (!default).then(|| "127.0.0.1:15353".parse().unwrap()),
         unchanged: false,
         seconds: 21.43,
+        timings: Default::default(),
     }
 }
 

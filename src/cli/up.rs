@@ -1,7 +1,7 @@
 //! `sandbox up`: node → images → kube context → manifests → wait → summary.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::json;
@@ -113,6 +113,38 @@ pub struct Outcome {
     pub unchanged: bool,
     /// Wall time.
     pub seconds: f64,
+    /// How long each part took.
+    pub timings: Timings,
+}
+
+/// How long each part of an `up` took. The parts overlap on a new node (the images build
+/// while it boots); on a running one they follow each other.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    /// Building the images (the engine's part).
+    pub build: Duration,
+    /// Loading them into the node (or pushing them to the registry).
+    pub load: Duration,
+    /// Applying the documents (rendering them included).
+    pub apply: Duration,
+    /// Waiting for the workloads: the rollout.
+    pub rollout: Duration,
+    /// Waiting for the URLs to answer.
+    pub urls: Duration,
+}
+
+impl Timings {
+    /// `build 0.4s, load 0.3s, apply 0.1s, rollout 2.3s, URLs 0.0s`
+    pub fn describe(&self) -> String {
+        format!(
+            "build {:.1}s, load {:.1}s, apply {:.1}s, rollout {:.1}s, URLs {:.1}s",
+            self.build.as_secs_f64(),
+            self.load.as_secs_f64(),
+            self.apply.as_secs_f64(),
+            self.rollout.as_secs_f64(),
+            self.urls.as_secs_f64()
+        )
+    }
 }
 
 /// The whole of `up`: node → images → context → manifests → wait; or, when the record of
@@ -135,15 +167,25 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
     };
     let waited: Vec<Applied> = up.addons.iter().chain(&up.applied).cloned().collect();
     let ready_since = Instant::now();
+    let mut timings = up.timings;
     // the user's DNS server is made sure of while the workloads start, not after them
-    let (ready, dns) = tokio::join!(wait_ready(ctx, config, &up.node, &waited), start_dns(ctx));
+    let (ready, dns) = tokio::join!(
+        async {
+            let ready = wait_ready(ctx, config, &up.node, &waited).await;
+            timings.rollout = ready_since.elapsed();
+            ready
+        },
+        start_dns(ctx)
+    );
     ready?;
+    let answering_since = Instant::now();
     let (urls, ()) = tokio::join!(wait_answering(ctx, config, &up.node, ready_since), async {
         if let Some(record) = up.record {
             save_record(ctx, config, &up.node, record).await;
         }
     });
     let urls = urls?;
+    timings.urls = answering_since.elapsed();
     Ok(Outcome {
         config: config.clone(),
         node: up.node,
@@ -156,6 +198,7 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
         dns,
         unchanged: up.unchanged,
         seconds: started.elapsed().as_secs_f64(),
+        timings,
     })
 }
 
@@ -174,6 +217,8 @@ struct Converged {
     record: Option<crate::warm::Record>,
     /// Whether the record showed nothing to do.
     unchanged: bool,
+    /// How long the build, the load and the apply took.
+    timings: Timings,
 }
 
 /// Node, images, context and apply: everything `up` does before it waits.
@@ -199,14 +244,17 @@ async fn converge(
         Ok::<_, Error>((node, deadline))
     };
     let image_side = async {
+        let building = Instant::now();
         let built =
             images::build_all(engine, &config.images, &config.base_dir, &ctx.reporter).await?;
+        let build_time = building.elapsed();
         // no node: the node side's error is the one try_join reports
         let Ok(booting) = boot_known.await else {
             return Err(Error::from(node::NodeError::NotRunning {
                 sandbox: config.name.clone(),
             }));
         };
+        let loading = Instant::now();
         // with a registry, the project's images are pushed there (the node pulls them);
         // else loaded into the node with the add-ons'
         let (built, pushed, mut requests, registry) = match config.registry {
@@ -240,9 +288,10 @@ async fn converge(
             loaded.extend(pushed);
             loaded
         });
-        Ok((built, loaded, registry))
+        Ok((built, loaded, registry, (build_time, loading.elapsed())))
     };
-    let ((node, deadline), (built, loaded, registry)) = tokio::try_join!(node_side, image_side)?;
+    let ((node, deadline), (built, loaded, registry, (build, load))) =
+        tokio::try_join!(node_side, image_side)?;
     let loaded = loaded?;
     let kubeconfig = install_context(&node)?;
     let ca = load_ca(ctx)?;
@@ -250,6 +299,7 @@ async fn converge(
     // still starts; those that make pods as soon as the node takes them (see hold_pods)
     let (takes_pods, node_takes_pods) = tokio::sync::watch::channel(false);
     let applying = async {
+        let applying = Instant::now();
         let (addon_docs, issued) =
             addon_documents_secured(config, &node, &ca, registry.as_ref()).await?;
         report_issued(ctx, &issued);
@@ -270,7 +320,7 @@ async fn converge(
         let (addons, project) = tokio::join!(addons, project);
         let (addons, (docs, applied, pruned)) = (addons?, project?);
         let documents = crate::warm::documents_digest(addon_docs.iter().chain(&docs));
-        Ok::<_, Error>((addons, applied, pruned, documents))
+        Ok::<_, Error>((addons, applied, pruned, documents, applying.elapsed()))
     };
     let schedulable = async {
         node.schedulable(engine, deadline, &ctx.reporter).await?;
@@ -283,7 +333,8 @@ async fn converge(
         let _ = takes_pods.send(true);
         Ok::<_, Error>(())
     };
-    let ((), (addons, applied, pruned, documents)) = tokio::try_join!(schedulable, applying)?;
+    let ((), (addons, applied, pruned, documents, apply)) =
+        tokio::try_join!(schedulable, applying)?;
     let record = new_record(config, &node, &built, documents, &addons, &applied);
     Ok(Converged {
         node,
@@ -295,6 +346,12 @@ async fn converge(
         pruned,
         record,
         unchanged: false,
+        timings: Timings {
+            build,
+            load,
+            apply,
+            ..Timings::default()
+        },
     })
 }
 
@@ -476,6 +533,7 @@ async fn unchanged(
         pruned: Vec::new(),
         record: None,
         unchanged: true,
+        timings: Timings::default(),
     })
 }
 

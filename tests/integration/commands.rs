@@ -6,7 +6,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::support::{assert_success, json_document, TestSandbox};
+use std::time::Duration;
+
+use crate::support::{assert_success, json_document, Running, TestSandbox};
 
 #[test]
 fn commands_on_a_sandbox_that_does_not_exist_exit_8() {
@@ -130,6 +132,64 @@ fn commands_on_a_running_sandbox() {
         text.lines().all(|l| l.starts_with("[hello-")) && text.contains("/web]"),
         "{text}"
     );
+    // kubectl's flags: a label selector and a duration; no previous instance is a warning
+    let logs = sb.run(&[
+        "-f",
+        file,
+        "logs",
+        "-l",
+        "app=hello",
+        "--since",
+        "1h",
+        "-c",
+        "web",
+    ]);
+    assert_success(&logs, "sandbox logs -l app=hello --since 1h");
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(text.lines().all(|l| l.starts_with("[hello-")), "{text}");
+    let logs = sb.run(&["-f", file, "logs", "deploy/hello", "-p"]);
+    assert_success(&logs, "sandbox logs -p");
+    assert!(
+        String::from_utf8_lossy(&logs.stderr).contains("has a previous instance"),
+        "{logs:?}"
+    );
+    // -f follows the workload through a rollout: the new pods' lines come too (the readiness
+    // probe makes busybox httpd log a request a second)
+    let pods_now = || {
+        let out = sb.kubectl(&["get", "pods", "-l", "app=hello", "-o", "name"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim_start_matches("pod/").to_string())
+            .collect::<Vec<_>>()
+    };
+    let before = pods_now();
+    let mut follow =
+        Running::spawn(sb.command(&["logs", "--file", file, "deploy/hello", "-f", "--tail", "0"]));
+    follow.printed("a line of a running pod", Duration::from_secs(60), |l| {
+        before.iter().any(|p| l.starts_with(&format!("[{p}/web] ")))
+    });
+    for args in [
+        &["rollout", "restart", "deploy/hello"][..],
+        &["rollout", "status", "deploy/hello", "--timeout", "120s"],
+    ] {
+        assert_success(&sb.kubectl(args), &format!("kubectl {args:?}"));
+    }
+    let line = follow.printed(
+        "a line of a pod of the rollout",
+        Duration::from_secs(60),
+        |l| l.starts_with("[hello-") && !before.iter().any(|p| l.starts_with(&format!("[{p}/"))),
+    );
+    assert!(
+        pods_now()
+            .iter()
+            .any(|p| line.starts_with(&format!("[{p}/web] "))),
+        "{line}"
+    );
+    assert!(
+        follow.child.try_wait().unwrap().is_none(),
+        "-f keeps following"
+    );
+    drop(follow);
 
     // status --all: this sandbox, ready, with its add-ons
     let status = sb.run_json(&["status", "--all"]);

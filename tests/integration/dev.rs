@@ -5,61 +5,9 @@
 //! and the next fix recovers, a `git checkout` of 50 files makes one update, and Ctrl-C
 //! (SIGINT) exits 130 leaving the sandbox up.
 
-use std::io::BufRead;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{eventually, http_get, serves, TestSandbox};
-
-/// The child and everything it has written so far.
-struct Running {
-    child: Child,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-fn collect(reader: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
-    let text = Arc::new(Mutex::new(String::new()));
-    let into = text.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(reader).lines() {
-            let Ok(line) = line else { break };
-            let mut text = into.lock().unwrap();
-            text.push_str(&line);
-            text.push('\n');
-        }
-    });
-    text
-}
-
-impl Running {
-    /// Waits until stderr has a line containing `text`; returns that line.
-    fn said(&mut self, text: &str, deadline: Duration) -> String {
-        let stderr = self.stderr.clone();
-        let child = &mut self.child;
-        eventually(&format!("dev says {text:?}"), deadline, || {
-            let all = stderr.lock().unwrap().clone();
-            if let Some(line) = all.lines().find(|l| l.contains(text)) {
-                return Ok(line.to_string());
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("dev ended ({status}) before saying {text:?}:\n{all}");
-            }
-            Err(all.lines().last().unwrap_or_default().to_string())
-        })
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- dev's stderr\n{}", self.stderr.lock().unwrap());
-        }
-    }
-}
+use crate::support::{eventually, http_get, serves, Running, TestSandbox};
 
 /// Waits (60 s at most) until `url` answers 200 with `text` in its body. Not a single
 /// request: right after an update a node port can still reach a pod of the rollout before
@@ -117,19 +65,7 @@ fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
     git(&["commit", "-qm", "50 files"]);
     git(&["checkout", "-q", "main"]);
     assert!(!project.join("app/www/burst-0.txt").exists());
-    let mut child = sb
-        .command(&["dev", "-f", &file])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sandbox dev starts");
-    let stdout = collect(child.stdout.take().unwrap());
-    let stderr = collect(child.stderr.take().unwrap());
-    let mut dev = Running {
-        child,
-        stdout,
-        stderr,
-    };
+    let mut dev = Running::spawn(sb.command(&["dev", "-f", &file]));
     dev.said("watching", Duration::from_secs(300));
     let urls = sb.run_json(&["urls", "-f", &file]);
     let url = urls["urls"][0]["url"].as_str().unwrap().to_string();

@@ -4,12 +4,13 @@
 
 #![allow(dead_code)]
 
+use std::io::BufRead;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// At most this many nodes boot at once (2 cores: more only slows every test down).
@@ -459,4 +460,98 @@ pub fn failed_with(out: &Output, code: i32) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("no Error message on stdout: {out:?}"))
         .to_string()
+}
+
+/// The child and everything it has written so far.
+pub struct Running {
+    /// The process.
+    pub child: std::process::Child,
+    /// Its stdout so far.
+    pub stdout: Arc<Mutex<String>>,
+    /// Its stderr so far.
+    pub stderr: Arc<Mutex<String>>,
+}
+
+fn collect(reader: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let into = text.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            let mut text = into.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    text
+}
+
+impl Running {
+    /// Starts `command` with its stdout and stderr collected.
+    pub fn spawn(mut command: std::process::Command) -> Running {
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("sandbox starts");
+        let stdout = collect(child.stdout.take().unwrap());
+        let stderr = collect(child.stderr.take().unwrap());
+        Running {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits until stderr has a line containing `text`; returns that line.
+    pub fn said(&mut self, text: &str, deadline: Duration) -> String {
+        let stderr = self.stderr.clone();
+        self.line_in(
+            &stderr,
+            |l| l.contains(text),
+            &format!("says {text:?}"),
+            deadline,
+        )
+    }
+
+    /// Waits until stdout has a line for which `wanted` holds; returns that line.
+    pub fn printed(
+        &mut self,
+        what: &str,
+        deadline: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
+        let stdout = self.stdout.clone();
+        self.line_in(&stdout, wanted, what, deadline)
+    }
+
+    fn line_in(
+        &mut self,
+        text: &Mutex<String>,
+        wanted: impl Fn(&str) -> bool,
+        what: &str,
+        deadline: Duration,
+    ) -> String {
+        let child = &mut self.child;
+        eventually(what, deadline, || {
+            let all = text.lock().unwrap().clone();
+            if let Some(line) = all.lines().find(|l| wanted(l)) {
+                return Ok(line.to_string());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the command ended ({status}) before {what}:\n{all}");
+            }
+            Err(all.lines().last().unwrap_or_default().to_string())
+        })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- the command's stderr\n{}", self.stderr.lock().unwrap());
+        }
+    }
 }
