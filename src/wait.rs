@@ -293,11 +293,20 @@ pub fn unsteady(
             .and_then(|s| s.running.as_ref())
             .and_then(|r| r.started_at.as_ref())
             .is_some_and(|t| now.duration_since(t.0).as_secs() < STEADY.as_secs() as i64);
+        // a run that began before the node container started ended with the node, whatever
+        // its end says: containerd, started again, marks the containers it finds without a
+        // task as exited 255 (Unknown) at that moment, after `since` (API times have whole
+        // seconds: compare the seconds)
         let ended_with_node = since.is_some_and(|since| {
             cs.last_state
                 .as_ref()
                 .and_then(|l| l.terminated.as_ref())
-                .is_none_or(|t| t.finished_at.as_ref().is_none_or(|f| f.0 < since))
+                .is_none_or(|t| {
+                    t.finished_at.as_ref().is_none_or(|f| f.0 < since)
+                        || t.started_at
+                            .as_ref()
+                            .is_some_and(|s| s.0.as_second() < since.as_second())
+                })
         });
         if cs.restart_count > 0 && fresh && !ended_with_node {
             return Some(format!(
@@ -1118,6 +1127,28 @@ mod tests {
         );
         assert!(unsteady(&ended("2026-11-25T11:59:55Z"), now, Some(node_started)).is_some());
         assert!(unsteady(&ended("2026-11-25T11:59:40Z"), now, None).is_some());
+        // what containerd, started again, says of a container of the boot before: exited
+        // 255 (Unknown) when it looked, after the node started; the run began before it
+        let recovered = |started: &str| {
+            pod(
+                json!({"containerStatuses": [{"name": "app", "ready": true, "restartCount": 4,
+                "image": "i", "imageID": "", "state": {"running": {"startedAt": "2026-11-25T11:59:57Z"}},
+                "lastState": {"terminated": {"exitCode": 255, "reason": "Unknown",
+                    "startedAt": started, "finishedAt": "2026-11-25T11:59:51Z"}}}]}),
+            )
+        };
+        assert_eq!(
+            unsteady(&recovered("2026-11-25T11:59:45Z"), now, Some(node_started)),
+            None
+        );
+        // a run of this boot that crashed: not yet steady (the node's first second counts
+        // as this boot's)
+        for started in ["2026-11-25T11:59:50Z", "2026-11-25T11:59:52Z"] {
+            assert!(
+                unsteady(&recovered(started), now, Some(node_started)).is_some(),
+                "{started}"
+            );
+        }
     }
 
     #[test]

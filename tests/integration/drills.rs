@@ -397,6 +397,12 @@ fn node_restarted_killed_or_removed_behind_sandboxs_back_is_repaired_and_keeps_c
     docker(&["kill", &node]);
     let (result, progress) = up("up after docker kill");
     assert!(progress.contains("starting stopped node"), "{progress}");
+    // the containers that died with the node are started again; that is no crash loop to
+    // watch for 10 s (wait::STEADY)
+    assert!(
+        !progress.contains("checking that it stays up"),
+        "{progress}"
+    );
     assert_eq!(result["node"]["created"], false);
     assert_eq!(token(&result), written, "after docker kill");
     at("up after docker kill");
