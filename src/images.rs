@@ -178,12 +178,21 @@ impl IgnoreRules {
 /// Packs a build context into a tar, honouring `.dockerignore`; the Dockerfile and
 /// `.dockerignore` are always sent (the engine needs the first, as the docker CLI does).
 pub fn context_tar(dir: &Path, dockerfile: &str) -> std::io::Result<Vec<u8>> {
+    write_context_tar(dir, dockerfile, Vec::new())
+}
+
+/// Writes the build context of [`context_tar`] as a tar into `out`, one file at a time.
+pub fn write_context_tar<W: std::io::Write>(
+    dir: &Path,
+    dockerfile: &str,
+    out: W,
+) -> std::io::Result<W> {
     let rules = match std::fs::read_to_string(dir.join(".dockerignore")) {
         Ok(text) => IgnoreRules::parse(&text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => IgnoreRules::default(),
         Err(e) => return Err(e),
     };
-    let mut builder = tar::Builder::new(Vec::new());
+    let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
     let mut stack = vec![dir.to_path_buf()];
     let mut files = Vec::new();
@@ -211,6 +220,41 @@ pub fn context_tar(dir: &Path, dockerfile: &str) -> std::io::Result<Vec<u8>> {
         builder.append_path_with_name(&path, &rel)?;
     }
     builder.into_inner()
+}
+
+/// A SHA-256 of what is written through it.
+struct Hashing(ring::digest::Context);
+
+impl std::io::Write for Hashing {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The digest of an image's build context as [`pack`] gives it, without holding the tar:
+/// streamed through the hash (a context of 10,000 files is megabytes of tar headers, which
+/// `sandbox dev` would otherwise keep as resident memory while it waits).
+pub async fn context_digest(image: &ImageConfig, base_dir: &Path) -> Result<String, ImageError> {
+    let context = base_dir.join(&image.context);
+    let context_dir = context.clone();
+    let dockerfile_rel = image.dockerfile.trim_start_matches("./").to_string();
+    tokio::task::spawn_blocking(move || {
+        let hashing = Hashing(ring::digest::Context::new(&ring::digest::SHA256));
+        let hashing = write_context_tar(&context_dir, &dockerfile_rel, hashing)?;
+        Ok(crate::warm::hex(hashing.0.finish().as_ref()))
+    })
+    .await
+    .expect("context hashing does not panic")
+    .map_err(|source| ImageError::Context {
+        image: image.name.clone(),
+        path: context,
+        source,
+    })
 }
 
 /// Checks that an image's Dockerfile exists (before anything is started).
@@ -658,5 +702,19 @@ docker.io/library/hello:v2 application/vnd.docker.distribution.manifest.v2+json 
             .collect();
         names.sort();
         assert_eq!(names, [".dockerignore", "Dockerfile", "src", "src/a.txt"]);
+    }
+
+    #[tokio::test]
+    async fn the_streamed_context_digest_is_the_packed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        for i in 0..50 {
+            std::fs::write(dir.path().join(format!("src/{i}.txt")), "x".repeat(i * 100)).unwrap();
+        }
+        let image: ImageConfig =
+            serde_yaml::from_str("{name: app, context: ., dockerfile: Dockerfile}").unwrap();
+        let (_, packed) = pack(&image, dir.path()).await.unwrap();
+        assert_eq!(context_digest(&image, dir.path()).await.unwrap(), packed);
     }
 }

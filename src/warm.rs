@@ -243,11 +243,12 @@ pub fn image_records(built: &[crate::images::BuiltImage]) -> Option<Vec<ImageRec
 
 /// Hex SHA-256 of `bytes`.
 pub fn digest(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Digest of documents as applied (their objects, in order).

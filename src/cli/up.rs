@@ -437,7 +437,7 @@ async fn unchanged(
     }
     let mut built = Vec::new();
     for (image, recorded) in config.images.iter().zip(&record.images) {
-        let (_, context) = images::pack(image, &config.base_dir)
+        let context = images::context_digest(image, &config.base_dir)
             .await
             .map_err(|e| e.to_string())?;
         let inputs = images::inputs(engine, image, &config.base_dir, &context).await;
