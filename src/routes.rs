@@ -27,8 +27,11 @@ pub const ROUTED_HEADER: &str = "x-sandbox-routed";
 const DEFAULT_CERT_CN: &str = "TRAEFIK DEFAULT CERT";
 /// Pause between two checks of a URL that does not answer yet.
 const RETRY: Duration = Duration::from_millis(50);
-/// Bound of one check (connect, handshake, response head).
+/// Bound of one check (connect, handshake, response head), once a URL has been tried a few
+/// times (see [`attempt_limit`]).
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound of a URL's first check: the next ones double it up to [`CHECK_TIMEOUT`].
+const FIRST_CHECK_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long a node port's server may take to answer a request before the check tries again.
 const SILENCE: Duration = Duration::from_secs(1);
 /// How long a node port may accept connections without ever answering before it counts as
@@ -127,14 +130,28 @@ pub fn parse_head(head: &str) -> Option<(u16, bool)> {
     Some((status, routed))
 }
 
-/// Checks once: `Ok` when the URL answers through its route, else what was seen.
-pub async fn check(check: &Check, tls: &Arc<rustls::ClientConfig>) -> Result<(), String> {
-    match tokio::time::timeout(CHECK_TIMEOUT, check_once(check, tls)).await {
+/// The bound of a URL's check number `attempt` (0 first): short at first, doubling up to
+/// [`CHECK_TIMEOUT`]. A route that leads nowhere yet (kube-proxy's rules, or a host port's,
+/// still sending to a pod address of before a node restart) makes a connection hang rather
+/// than fail: the next try, which goes where the rules lead by then, should not wait 2 s
+/// for it; while a slow but working route (a remote cluster) gets the full bound after a
+/// few tries.
+pub fn attempt_limit(attempt: u32) -> Duration {
+    FIRST_CHECK_TIMEOUT
+        .saturating_mul(1 << attempt.min(16))
+        .min(CHECK_TIMEOUT)
+}
+
+/// Checks once, within `limit`: `Ok` when the URL answers through its route, else what was
+/// seen.
+pub async fn check(
+    check: &Check,
+    tls: &Arc<rustls::ClientConfig>,
+    limit: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(limit, check_once(check, tls)).await {
         Ok(result) => result,
-        Err(_) => Err(format!(
-            "no answer within {} s",
-            CHECK_TIMEOUT.as_secs_f64()
-        )),
+        Err(_) => Err(format!("no answer within {} s", limit.as_secs_f64())),
     }
 }
 
@@ -348,8 +365,11 @@ pub async fn wait_all(
         async move {
             let mut reported = String::new();
             let mut silent_since: Option<Instant> = None;
+            let mut attempt = 0;
             loop {
-                let last = match self::check(check, &tls).await {
+                let limit = attempt_limit(attempt);
+                attempt += 1;
+                let last = match self::check(check, &tls, limit).await {
                     Ok(()) => return Ok(()),
                     Err(last) => last,
                 };
@@ -383,6 +403,15 @@ pub async fn wait_all(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn checks_start_short_and_grow_to_the_full_bound() {
+        let limits: Vec<u128> = (0..6)
+            .map(|n| super::attempt_limit(n).as_millis())
+            .collect();
+        assert_eq!(limits, [250, 500, 1000, 2000, 2000, 2000]);
+        assert_eq!(super::attempt_limit(u32::MAX).as_millis(), 2000);
+    }
+
     use super::*;
     use crate::urls::Probe;
 
