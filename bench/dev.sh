@@ -8,6 +8,7 @@
 #     docker save | ctr import; kubectl set image; kubectl rollout status` of the same kind of
 #     change; with the two floors under it measured alone: the `docker build` of such a
 #     change and a rollout of the Deployment (`kubectl rollout restart` + `rollout status`);
+#     and the same edits under `dev --fast-rollout` (every new pod at once);
 #   - the watcher idle with a 10,000-file build context: CPU and RSS of `sandbox dev
 #     --no-logs`, beside `inotifywait -m -r` of the same tree (inotify-tools, when installed);
 #   - restart: `sandbox up` of the stopped sandbox (`docker stop` of its node, as a reboot
@@ -98,6 +99,25 @@ for n in $(seq 2 2 "$update"); do
 done
 kill "$DEV_PID"; wait "$DEV_PID" 2>/dev/null || true; DEV_PID=
 
+# the rebuild path again with the opt-in strategy: `dev --fast-rollout`
+: > "$WORKDIR/dev.err"
+"$SANDBOX" --name "$NAME" dev --no-logs --fast-rollout > "$WORKDIR/dev.out" 2> "$WORKDIR/dev.err" &
+DEV_PID=$!
+until_said "watching"
+fast_times=()
+update=0
+for i in $(seq "$REPS"); do
+  update=$((update + 1))
+  s=$(now)
+  echo "fast $i $$" > "$PROJECT/app/www/index.html"
+  until_said "update $update done"
+  fast_times+=("$(since "$s")")
+  until_served / "fast $i $$"
+done
+kill "$DEV_PID"; wait "$DEV_PID" 2>/dev/null || true; DEV_PID=
+# the Deployment's own strategy again for what follows
+"$SANDBOX" --name "$NAME" -q up >/dev/null
+
 # the hand-made loop on the same node and Deployment; and its floors, each alone
 hand_times=()
 build_times=()
@@ -176,6 +196,7 @@ floor_s=$(echo "$build_s + $rollout_s + 0.3" | bc)
 table_start dev "The daily loop (issue 18)"
 row "edit -> served, sync path" "$sync_s" "rebuild path (sandbox dev)" "$rebuild_s" "< 0.5 s"
 row "edit -> rolled out, rebuild path" "$rebuild_s" "docker build; docker save \\| ctr import; kubectl set image; rollout status" "$hand_s" "<= build + rollout + 0.3 s = ${floor_s} s"
+row "edit -> rolled out, rebuild path, dev --fast-rollout" "$(median "${fast_times[@]}")" "rebuild path (the Deployment's own strategy)" "$rebuild_s" "-"
 row "floor: docker build of the change" "$build_s" "-" 0 "-"
 row "floor: rollout of the Deployment" "$rollout_s" "-" 0 "-"
 row_in "% of a core" "watcher idle, 10,000-file context: CPU" "$dev_cpu" "inotifywait -m -r" "$peer_cpu" "< 1%"

@@ -301,6 +301,9 @@ pub struct SandboxConfig {
     /// The existing cluster to deploy to (`cluster:`), if any; with `--context` the
     /// context comes from the command line.
     pub cluster: Option<ClusterConfig>,
+    /// `sandbox dev --fast-rollout`: the project's Deployments roll out every new pod at
+    /// once (see [`crate::manifests::fast_rollout`]). Never from the file.
+    pub fast_rollout: bool,
 }
 
 /// Default deadline for workloads to become ready.
@@ -330,6 +333,7 @@ impl SandboxConfig {
             },
             registry: None,
             cluster: None,
+            fast_rollout: false,
         }
     }
 
@@ -561,6 +565,7 @@ impl SandboxConfig {
             },
             registry,
             cluster,
+            fast_rollout: false,
         })
     }
 

@@ -701,6 +701,29 @@ pub fn rewrite_images(
     changed
 }
 
+/// `sandbox dev --fast-rollout`: every Deployment of `docs` that rolls (not `Recreate`) gets
+/// `maxSurge: 100%, maxUnavailable: 0`, so a rollout starts all its new pods at once and
+/// takes the time of one pod's start, not one per pod in turn; its old pods go as the new
+/// ones become available, so the app keeps serving. Returns how many were changed. The
+/// next plain `up` applies the user's strategy again (server-side apply drops the fields).
+pub fn fast_rollout(docs: &mut [Document]) -> usize {
+    let mut changed = 0;
+    for doc in docs.iter_mut() {
+        if doc.object["kind"] != "Deployment"
+            || doc.object["spec"]["strategy"]["type"] == "Recreate"
+            || !doc.object["spec"].is_object()
+        {
+            continue;
+        }
+        doc.object["spec"]["strategy"] = serde_json::json!({
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": "100%", "maxUnavailable": 0},
+        });
+        changed += 1;
+    }
+    changed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1009,5 +1032,20 @@ spec:
         assert_eq!(repository("hello:1"), "hello");
         assert_eq!(repository("reg:5000/a/b:2"), "reg:5000/a/b");
         assert_eq!(repository("a@sha256:abc"), "a");
+    }
+
+    #[test]
+    fn fast_rollout_surges_rolling_deployments_only() {
+        let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  strategy: {rollingUpdate: {maxSurge: 1}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: db}\nspec:\n  strategy: {type: Recreate}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {}\n";
+        let mut docs = parse(text, Path::new("all.yaml")).unwrap();
+        assert_eq!(fast_rollout(&mut docs), 1);
+        assert_eq!(
+            docs[0].object["spec"]["strategy"],
+            serde_json::json!({"type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": "100%", "maxUnavailable": 0}})
+        );
+        assert_eq!(docs[0].object["spec"]["replicas"], 2);
+        assert_eq!(docs[1].object["spec"]["strategy"]["type"], "Recreate");
+        assert!(docs[2].object["spec"].get("strategy").is_none());
     }
 }

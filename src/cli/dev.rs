@@ -23,11 +23,18 @@ pub struct DevArgs {
     /// Do not stream the project's pod logs.
     #[arg(long)]
     pub no_logs: bool,
+    /// Roll the project's Deployments out with every new pod at once (`maxSurge: 100%`,
+    /// `maxUnavailable: 0`) while `dev` runs, instead of their own strategy.
+    #[arg(long)]
+    pub fast_rollout: bool,
 }
 
 /// Runs `sandbox dev` until Ctrl-C (exit 130).
 pub async fn run(ctx: &Context, args: DevArgs) -> Result<(), Error> {
-    let config = ctx.config()?;
+    let config = SandboxConfig {
+        fast_rollout: args.fast_rollout,
+        ..ctx.config()?
+    };
     if config.cluster.is_some() {
         return Err(Error::Usage(
             "`sandbox dev` does not work in cluster mode yet; `sandbox up` does".into(),
@@ -125,7 +132,12 @@ async fn watch_loop(ctx: &Context, config: &SandboxConfig, args: &DevArgs) -> Re
         if burst.touched.contains(&Touched::Config) {
             // sandbox.yaml or a .dockerignore: what is read, and so watched, may differ
             match ctx.config() {
-                Ok(c) => config = c,
+                Ok(c) => {
+                    config = SandboxConfig {
+                        fast_rollout: args.fast_rollout,
+                        ..c
+                    }
+                }
                 Err(e) => {
                     ctx.reporter.warn(format!(
                         "update {update} failed: {e}; watching for the next change"

@@ -805,6 +805,9 @@ async fn project_documents_secured(
 ) -> Result<(Vec<Document>, Vec<IssuedCert>), Error> {
     let smtp = smtp_host(node).await;
     let mut docs = load_manifests(config, node, built, &smtp)?;
+    if config.fast_rollout {
+        crate::manifests::fast_rollout(&mut docs);
+    }
     if config.source.is_none() {
         return Ok((docs, Vec::new()));
     }

@@ -3,7 +3,8 @@
 //! `[pod/container]`, an edit under a `sync:` rule is copied into the running containers
 //! (no build, no restart) and survives the next rebuild, a broken Dockerfile is reported
 //! and the next fix recovers, a `git checkout` of 50 files makes one update, and Ctrl-C
-//! (SIGINT) exits 130 leaving the sandbox up.
+//! (SIGINT) exits 130 leaving the sandbox up. It runs with `--fast-rollout`, which a plain
+//! `up` undoes.
 
 use std::time::Duration;
 
@@ -65,8 +66,19 @@ fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
     git(&["commit", "-qm", "50 files"]);
     git(&["checkout", "-q", "main"]);
     assert!(!project.join("app/www/burst-0.txt").exists());
-    let mut dev = Running::spawn(sb.command(&["dev", "-f", &file]));
+    let mut dev = Running::spawn(sb.command(&["dev", "-f", &file, "--fast-rollout"]));
     dev.said("watching", Duration::from_secs(300));
+    // --fast-rollout: the Deployment rolls every new pod at once while dev runs
+    let strategy = || {
+        let out = sb.kubectl(&[
+            "get",
+            "deploy/hello",
+            "-o",
+            "jsonpath={.spec.strategy.rollingUpdate.maxSurge}/{.spec.strategy.rollingUpdate.maxUnavailable}",
+        ]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(strategy(), "100%/0");
     let urls = sb.run_json(&["urls", "-f", &file]);
     let url = urls["urls"][0]["url"].as_str().unwrap().to_string();
     assert!(url.starts_with("http://"), "{urls}");
@@ -170,4 +182,7 @@ fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
     let status = sb.run_json(&["status", "-f", &file]);
     assert_eq!(status["sandboxes"][0]["state"], "running", "{status}");
     serves_containing(&url, "fixed");
+    // a plain up applies the user's strategy again (the fixture names none: the defaults)
+    sb.run_json(&["up", "-f", &file]);
+    assert_eq!(strategy(), "25%/25%");
 }
