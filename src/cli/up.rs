@@ -157,7 +157,8 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
     report_kustomizations(ctx, config);
     let engine = Engine::connect().await?;
     let _lock = crate::lock::acquire(&config.name, &ctx.reporter).await?;
-    let up = match unchanged(ctx, config, &engine).await {
+    let restarted = start_stopped_node(ctx, config, &engine).await?;
+    let mut up = match unchanged(ctx, config, &engine).await {
         Ok(up) => up,
         Err(reason) => {
             ctx.reporter.detail(format!("a full up: {reason}"));
@@ -165,6 +166,11 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
             converge(ctx, config, &engine).await?
         }
     };
+    if let Some(restarted) = restarted {
+        // made again by this run (a host port taken while it was stopped): say so
+        up.node.created |= restarted.created;
+        up.node.fresh |= restarted.fresh;
+    }
     let waited: Vec<Applied> = up.addons.iter().chain(&up.applied).cloned().collect();
     let ready_since = Instant::now();
     let mut timings = up.timings;
@@ -200,6 +206,43 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
         seconds: started.elapsed().as_secs_f64(),
         timings,
     })
+}
+
+/// Starts the sandbox's node (and returns it) when it is stopped (the laptop rebooted) and
+/// the record of the last complete `up` names it: with nothing else to change, the no-change path then only
+/// waits for the workloads to come back (no build, no load, no apply, all of which would
+/// share the 2 cores with the API server's boot). Otherwise the full `up` starts it, the
+/// images building meanwhile.
+async fn start_stopped_node(
+    ctx: &Context,
+    config: &SandboxConfig,
+    engine: &Engine,
+) -> Result<Option<Node>, Error> {
+    let Ok(nodes) = engine.list_nodes(Some(&config.name)).await else {
+        return Ok(None);
+    };
+    let Some(info) = nodes.into_iter().next() else {
+        return Ok(None);
+    };
+    if info.running() || info.never_started() {
+        return Ok(None);
+    }
+    let recorded = crate::warm::read(&crate::warm::key(config)).is_some_and(|r| r.node == info.id);
+    if !recorded {
+        return Ok(None);
+    }
+    let booting = node::boot(
+        engine,
+        &config.name,
+        config.profile.as_deref(),
+        &ctx.reporter,
+    )
+    .await?;
+    // serving and Ready: the no-change path takes a node whose kubelet reports
+    let node = booting
+        .ready(engine, config.timeouts.boot, &ctx.reporter)
+        .await?;
+    Ok(Some(node))
 }
 
 /// A sandbox whose objects are applied, before the wait for them.
