@@ -60,18 +60,20 @@ pub fn parse_since(text: &str) -> Result<i64, String> {
     i64::try_from(millis.div_ceil(1000)).map_err(|_| bad())
 }
 
+/// The statuses of `pod`'s init containers and containers.
+fn statuses(pod: &Pod) -> impl Iterator<Item = &k8s_openapi::api::core::v1::ContainerStatus> {
+    pod.status.iter().flat_map(|s| {
+        s.init_container_statuses
+            .iter()
+            .flatten()
+            .chain(s.container_statuses.iter().flatten())
+    })
+}
+
 /// The containers of `pod` to read, init containers first, in the pod's order; with
 /// `previous`, only those that have a terminated instance to read.
 pub fn containers(pod: &Pod, lines: &Lines) -> Vec<String> {
-    let restarted: BTreeSet<&str> = pod
-        .status
-        .iter()
-        .flat_map(|s| {
-            s.init_container_statuses
-                .iter()
-                .flatten()
-                .chain(s.container_statuses.iter().flatten())
-        })
+    let restarted: BTreeSet<&str> = statuses(pod)
         .filter(|c| {
             c.last_state
                 .as_ref()
@@ -142,15 +144,7 @@ pub async fn follow(api: Api<Pod>, selector: Option<String>, lines: Lines) {
             for pod in pods.items {
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
                 let name = pod.metadata.name.clone().unwrap_or_default();
-                let running: BTreeSet<String> = pod
-                    .status
-                    .iter()
-                    .flat_map(|s| {
-                        s.init_container_statuses
-                            .iter()
-                            .flatten()
-                            .chain(s.container_statuses.iter().flatten())
-                    })
+                let running: BTreeSet<String> = statuses(&pod)
                     .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
                     .map(|c| c.name.clone())
                     .collect();

@@ -231,18 +231,27 @@ async fn start_stopped_node(
     if !recorded {
         return Ok(None);
     }
-    let booting = node::boot(
-        engine,
-        &config.name,
-        config.profile.as_deref(),
-        &ctx.reporter,
-    )
-    .await?;
+    let booting = boot(ctx, config, engine).await?;
     // serving and Ready: the no-change path takes a node whose kubelet reports
     let node = booting
         .ready(engine, config.timeouts.boot, &ctx.reporter)
         .await?;
     Ok(Some(node))
+}
+
+/// The sandbox's node, found and started or made (see [`node::boot`]).
+async fn boot(
+    ctx: &Context,
+    config: &SandboxConfig,
+    engine: &Engine,
+) -> Result<node::Booting, node::NodeError> {
+    node::boot(
+        engine,
+        &config.name,
+        config.profile.as_deref(),
+        &ctx.reporter,
+    )
+    .await
 }
 
 /// A sandbox whose objects are applied, before the wait for them.
@@ -274,13 +283,7 @@ async fn converge(
     // are there, while its API server is still starting
     let (booted, boot_known) = tokio::sync::oneshot::channel();
     let node_side = async {
-        let booting = node::boot(
-            engine,
-            &config.name,
-            config.profile.as_deref(),
-            &ctx.reporter,
-        )
-        .await?;
+        let booting = boot(ctx, config, engine).await?;
         let _ = booted.send(booting.clone());
         let deadline = booting.deadline(config.timeouts.boot);
         let node = booting.serving(engine, deadline, &ctx.reporter).await?;
