@@ -526,7 +526,7 @@ fn every_verb_works_on_an_environment_with_its_own_maildev_and_certificate() {
     // logs of the environment's maildev
     let logs = sb.run(&[
         "logs",
-        "-f",
+        "--file",
         maildev,
         "--namespace",
         "verbs-a",
