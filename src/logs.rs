@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use futures_util::{AsyncBufReadExt, StreamExt};
+use futures_util::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, LogParams};
 
@@ -124,6 +124,38 @@ pub async fn print(api: &Api<Pod>, pods: &[Pod], lines: &Lines, warn: &dyn Fn(St
                     crate::apply::api_message(&e)
                 )),
             }
+        }
+    }
+}
+
+/// Follows the chosen containers of one pod from the chosen lines until each ends.
+pub async fn follow_pod(api: &Api<Pod>, pod: &Pod, lines: &Lines, warn: &dyn Fn(String)) {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let mut streams = Vec::new();
+    for container in containers(pod, lines) {
+        let prefix = format!("[{name}/{container}]");
+        match api
+            .log_stream(&name, &params(&container, lines, true))
+            .await
+        {
+            Ok(stream) => streams.push(
+                stream
+                    .lines()
+                    .map_ok(move |line| format!("{prefix} {line}"))
+                    .boxed(),
+            ),
+            // a container that has not started has no log yet
+            Err(e) => warn(format!(
+                "{name}/{container}: {}",
+                crate::apply::api_message(&e)
+            )),
+        }
+    }
+    let mut all = futures_util::stream::select_all(streams);
+    while let Some(line) = all.next().await {
+        match line {
+            Ok(line) => println!("{line}"),
+            Err(e) => warn(format!("log stream ended: {e}")),
         }
     }
 }

@@ -1,9 +1,8 @@
 //! `sandbox logs`: the logs of a workload's pods (or of every pod in the namespace).
 
 use clap::Args;
-use futures_util::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DynamicObject, ListParams, LogParams};
+use kube::api::{Api, DynamicObject, ListParams};
 
 use super::Context;
 use crate::error::Error;
@@ -149,45 +148,9 @@ pub async fn run(ctx: &Context, args: LogsArgs) -> Result<(), Error> {
             crate::logs::follow(pods_api, selector, lines).await
         }
         // one pod: until its containers stop
-        (true, None) => follow_pod(&pods_api, &pods[0], &lines, &warn).await,
+        (true, None) => crate::logs::follow_pod(&pods_api, &pods[0], &lines, &warn).await,
     }
     Ok(())
-}
-
-/// Follows the chosen containers of one pod until each ends.
-async fn follow_pod(api: &Api<Pod>, pod: &Pod, lines: &crate::logs::Lines, warn: &dyn Fn(String)) {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let mut streams = Vec::new();
-    for container in crate::logs::containers(pod, lines) {
-        let params = LogParams {
-            container: Some(container.clone()),
-            tail_lines: lines.tail,
-            since_seconds: lines.since_seconds,
-            follow: true,
-            ..Default::default()
-        };
-        let prefix = format!("[{name}/{container}]");
-        match api.log_stream(&name, &params).await {
-            Ok(stream) => streams.push(
-                stream
-                    .lines()
-                    .map_ok(move |line| format!("{prefix} {line}"))
-                    .boxed(),
-            ),
-            // a container that has not started has no log yet
-            Err(e) => warn(format!(
-                "{name}/{container}: {}",
-                crate::apply::api_message(&e)
-            )),
-        }
-    }
-    let mut all = futures_util::stream::select_all(streams);
-    while let Some(line) = all.next().await {
-        match line {
-            Ok(line) => println!("{line}"),
-            Err(e) => warn(format!("log stream ended: {e}")),
-        }
-    }
 }
 
 fn kube_error(e: kube::Error) -> Error {
