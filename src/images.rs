@@ -500,11 +500,23 @@ pub async fn load(
     if images.is_empty() {
         return Ok(Vec::new());
     }
-    let listing = runtime_listing(engine, node, profile).await?;
+    let listed = listing(engine, node, profile).await?;
+    load_listed(engine, node, profile, &listed, images, reporter).await
+}
+
+/// [`load`] against the node's image listing taken before (see [`listing`]).
+pub async fn load_listed(
+    engine: &Engine,
+    node: &str,
+    profile: &Profile,
+    listing: &str,
+    images: &[LoadRequest],
+    reporter: &Reporter,
+) -> Result<Vec<String>, ImageError> {
     // a few at once: the engine's export and the node's import overlap (two add-on images
     // load in 6.4 s instead of 8.0 s on 2 cores)
     let loads = futures_util::stream::iter(images)
-        .map(|image| load_one(engine, node, profile, &listing, image, reporter))
+        .map(|image| load_one(engine, node, profile, listing, image, reporter))
         .buffered(LOADS_AT_ONCE);
     let loaded: Vec<Option<String>> = loads.try_collect().await?;
     Ok(loaded.into_iter().flatten().collect())
@@ -561,11 +573,7 @@ async fn load_one(
 
 /// The node's image listing, waiting for its container runtime to answer: a node that is
 /// still booting takes images as soon as its runtime is up, long before its API server.
-async fn runtime_listing(
-    engine: &Engine,
-    node: &str,
-    profile: &Profile,
-) -> Result<String, ImageError> {
+pub async fn listing(engine: &Engine, node: &str, profile: &Profile) -> Result<String, ImageError> {
     let deadline = profile.node.boot_timeout;
     let started = std::time::Instant::now();
     loop {

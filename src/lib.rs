@@ -27,6 +27,7 @@ pub mod normalize;
 pub mod paths;
 pub mod plan;
 pub mod profile;
+pub mod proxy_rules;
 pub mod registry;
 pub mod report;
 pub mod routes;

@@ -599,7 +599,8 @@ pub fn waits_on(object: &Value) -> bool {
     judge(object).is_some() || selects_pods(object)
 }
 
-fn selects_pods(object: &Value) -> bool {
+/// Whether `object` is a Service that selects pods (its Endpoints are waited on).
+pub fn selects_pods(object: &Value) -> bool {
     object["kind"] == "Service"
         && object["spec"]["type"] != "ExternalName"
         && object["spec"]["selector"]

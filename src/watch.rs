@@ -261,8 +261,11 @@ pub struct Burst {
     pub touched: BTreeSet<Touched>,
 }
 
-/// The quiet time that ends a burst.
-pub const QUIET: Duration = Duration::from_millis(150);
+/// The quiet time that ends a burst. An editor's save or a `git checkout` sends its events
+/// within a few milliseconds of each other; a change that comes later than this only makes
+/// one more update (the build reads the files after the quiet), so it is short: it is
+/// part of every update's time.
+pub const QUIET: Duration = Duration::from_millis(50);
 /// The longest a burst waits for quiet.
 pub const LONGEST: Duration = Duration::from_secs(2);
 

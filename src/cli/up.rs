@@ -166,6 +166,7 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
             converge(ctx, config, &engine).await?
         }
     };
+    let restarted_now = restarted.is_some();
     if let Some(restarted) = restarted {
         // made again by this run (a host port taken while it was stopped): say so
         up.node.created |= restarted.created;
@@ -185,11 +186,26 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
     );
     ready?;
     let answering_since = Instant::now();
-    let (urls, ()) = tokio::join!(wait_answering(ctx, config, &up.node, ready_since), async {
-        if let Some(record) = up.record {
-            save_record(ctx, config, &up.node, record).await;
-        }
-    });
+    // what changed (a rollout, the node's restart) reaches the node's rules up to a second
+    // after the API says it is done
+    let proxied: Vec<(String, String)> = if up.unchanged && !restarted_now {
+        Vec::new()
+    } else {
+        waited
+            .iter()
+            .filter(|a| crate::proxy_rules::proxied(&a.object))
+            .filter_map(|a| Some((a.namespace.clone()?, a.name.clone())))
+            .collect()
+    };
+    let (urls, (), ()) = tokio::join!(
+        wait_answering(ctx, config, &up.node, ready_since),
+        async {
+            if let Some(record) = up.record {
+                save_record(ctx, config, &up.node, record).await;
+            }
+        },
+        wait_proxy_rules(ctx, &engine, &up.node, &proxied)
+    );
     let urls = urls?;
     timings.urls = answering_since.elapsed();
     Ok(Outcome {
@@ -206,6 +222,47 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
         seconds: started.elapsed().as_secs_f64(),
         timings,
     })
+}
+
+/// Waits until the node's kube-proxy sends each of `services` to its ready pods only (see
+/// [`crate::proxy_rules`]); says so when it does not within 10 s.
+async fn wait_proxy_rules(
+    ctx: &Context,
+    engine: &Engine,
+    node: &Node,
+    services: &[(String, String)],
+) {
+    let last = std::sync::Mutex::new(String::new());
+    let said = |line: String| {
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if *last != line {
+            ctx.reporter.detail(line.clone());
+            *last = line;
+        }
+    };
+    let budget = Duration::from_secs(10);
+    match crate::proxy_rules::wait_converged(
+        engine,
+        &node.info.name,
+        &node.client,
+        services,
+        budget,
+        &said,
+    )
+    .await
+    {
+        None => ctx.reporter.detail(
+            "the node's Service rules cannot be read (no iptables-save): not waiting for \
+             kube-proxy",
+        ),
+        Some(lag) if !lag.is_empty() => ctx.reporter.warn(format!(
+            "kube-proxy has not written {} within {} s: a request may still reach a pod \
+             that is gone",
+            lag.join("; "),
+            budget.as_secs()
+        )),
+        Some(_) => {}
+    }
 }
 
 /// Starts the sandbox's node (and returns it) when it is stopped (the laptop rebooted) and
@@ -274,113 +331,152 @@ struct Converged {
 }
 
 /// Node, images, context and apply: everything `up` does before it waits.
+///
+/// Three sides run at once, each waiting only for what it needs of the others:
+/// - the node: boots (or is found), serves, takes pods;
+/// - the add-ons: their images load into the node's runtime as soon as it answers, their
+///   objects apply as soon as the API server takes them (on a running node, while the
+///   project's images still build);
+/// - the project: its images build (from the start, beside the boot), load, and its
+///   objects apply.
+///
+/// A build or boot that fails ends the `up` at once (a node this run made stays, as
+/// documented); what fails after the build lets the other sides run to their end (an
+/// apply is never stopped halfway), and the node's error is the one reported first (a
+/// boot past its deadline removes its sandbox before it says so).
 async fn converge(
     ctx: &Context,
     config: &SandboxConfig,
     engine: &Engine,
 ) -> Result<Converged, Error> {
-    // the node boots while the images build; they load into its containerd as soon as both
-    // are there, while its API server is still starting
-    let (booted, boot_known) = tokio::sync::oneshot::channel();
-    let node_side = async {
-        let booting = boot(ctx, config, engine).await?;
-        let _ = booted.send(booting.clone());
-        let deadline = booting.deadline(config.timeouts.boot);
-        let node = booting.serving(engine, deadline, &ctx.reporter).await?;
-        Ok::<_, Error>((node, deadline))
-    };
-    let image_side = async {
-        let building = Instant::now();
-        let built =
-            images::build_all(engine, &config.images, &config.base_dir, &ctx.reporter).await?;
-        let build_time = building.elapsed();
-        // no node: the node side's error is the one try_join reports
-        let Ok(booting) = boot_known.await else {
-            return Err(Error::from(node::NodeError::NotRunning {
-                sandbox: config.name.clone(),
-            }));
-        };
-        let loading = Instant::now();
-        // with a registry, the project's images are pushed there (the node pulls them);
-        // else loaded into the node with the add-ons'
-        let (built, pushed, mut requests, registry) = match config.registry {
-            Some(crate::config::Registry::Local) => {
-                let registry =
-                    crate::registry::ensure(engine, &config.name, &booting.profile, &ctx.reporter)
-                        .await?;
-                let (delivered, pushed) =
-                    crate::registry::push_all(engine, &registry, &built, &ctx.reporter).await?;
-                (delivered, pushed, Vec::new(), Some(registry))
-            }
-            None => {
-                let requests = images::load_requests(&built);
-                (built, Vec::new(), requests, None)
-            }
-        };
-        requests
-            .extend(addon_load_requests(engine, &booting.profile, config.addons.maildev).await?);
-        // a load that fails does not end the node side: when the node is what failed (a
-        // boot past its deadline, whose sandbox is being removed), its error is the one
-        // reported, once its clean-up is over
-        let loaded = images::load(
-            engine,
-            &booting.names.node,
-            &booting.profile,
-            &requests,
-            &ctx.reporter,
-        )
-        .await
-        .map(|mut loaded| {
-            loaded.extend(pushed);
-            loaded
-        });
-        Ok((built, loaded, registry, (build_time, loading.elapsed())))
-    };
-    let ((node, deadline), (built, loaded, registry, (build, load))) =
-        tokio::try_join!(node_side, image_side)?;
-    let loaded = loaded?;
-    let kubeconfig = install_context(&node)?;
     let ca = load_ca(ctx)?;
+    let (booted, boot_known) = tokio::sync::watch::channel(None::<node::Booting>);
+    let (served, serving) = tokio::sync::watch::channel(None::<Node>);
+    let (listed, listing) = tokio::sync::watch::channel(None::<String>);
+    let (made, registry) = tokio::sync::watch::channel(None::<crate::registry::LocalRegistry>);
     // objects go in as soon as the API server takes them, while the kubelet of a new node
     // still starts; those that make pods as soon as the node takes them (see hold_pods)
     let (takes_pods, node_takes_pods) = tokio::sync::watch::channel(false);
-    let applying = async {
-        let applying = Instant::now();
-        let (addon_docs, issued) =
-            addon_documents_secured(config, &node, &ca, registry.as_ref()).await?;
-        report_issued(ctx, &issued);
-        let held = Some(node_takes_pods);
-        // side by side, the pods of both held for the same moment; the project's documents
-        // once the add-ons' Services exist (without cluster DNS, they name maildev's by
-        // its address)
-        let (services, services_applied) = tokio::sync::oneshot::channel();
-        let addons = apply_addons(ctx, config, &node, &addon_docs, held.clone(), services);
-        let project = async {
-            // a failed add-on apply drops the sender: its error is the one reported
-            let _ = services_applied.await;
-            let docs = project_documents(ctx, config, &node, &built, &ca).await?;
-            let (applied, pruned) = apply(ctx, config, &node, &docs, held).await?;
-            Ok::<_, Error>((docs, applied, pruned))
-        };
-        // both run to their end, so that a failure of one never stops the other halfway
-        let (addons, project) = tokio::join!(addons, project);
-        let (addons, (docs, applied, pruned)) = (addons?, project?);
-        let documents = crate::warm::documents_digest(addon_docs.iter().chain(&docs));
-        Ok::<_, Error>((addons, applied, pruned, documents, applying.elapsed()))
+    let (services, services_applied) = tokio::sync::oneshot::channel();
+    let local_registry = matches!(config.registry, Some(crate::config::Registry::Local));
+    // each side owns what it sends (dropped when it fails: whoever waits on it then stops
+    // waiting) and borrows what it waits on
+    let (ca, boot_known, serving, listing, registry, node_takes_pods) = (
+        &ca,
+        &boot_known,
+        &serving,
+        &listing,
+        &registry,
+        &node_takes_pods,
+    );
+    // a side whose input never came: the side that failed to make it reports its error
+    let not_running = || {
+        Error::from(node::NodeError::NotRunning {
+            sandbox: config.name.clone(),
+        })
     };
-    let schedulable = async {
+    let node_side = async move {
+        let booting = boot(ctx, config, engine).await?;
+        let _ = booted.send(Some(booting.clone()));
+        let deadline = booting.deadline(config.timeouts.boot);
+        let node = booting.serving(engine, deadline, &ctx.reporter).await?;
+        let kubeconfig = install_context(&node)?;
+        let _ = served.send(Some(node.clone()));
         node.schedulable(engine, deadline, &ctx.reporter).await?;
         // the node pulls from the registry once it runs pods: its containerd gets the
         // mirror now (k3s writes its registry hosts anew while it starts)
-        if let Some(registry) = &registry {
-            crate::registry::configure_node(engine, &node.info.name, &node.profile, registry)
-                .await?;
+        if local_registry {
+            if let Some(registry) = known(registry).await {
+                crate::registry::configure_node(engine, &node.info.name, &node.profile, &registry)
+                    .await?;
+            }
         }
         let _ = takes_pods.send(true);
-        Ok::<_, Error>(())
+        Ok::<_, Error>((node, kubeconfig))
     };
-    let ((), (addons, applied, pruned, documents, apply)) =
-        tokio::try_join!(schedulable, applying)?;
+    let addon_side = async move {
+        let work = async move {
+            let booting = known(boot_known).await.ok_or_else(not_running)?;
+            let registry = if local_registry {
+                let registry =
+                    crate::registry::ensure(engine, &config.name, &booting.profile, &ctx.reporter)
+                        .await?;
+                let _ = made.send(Some(registry.clone()));
+                Some(registry)
+            } else {
+                None
+            };
+            let node_name = &booting.names.node;
+            let listed_now = images::listing(engine, node_name, &booting.profile).await?;
+            let _ = listed.send(Some(listed_now.clone()));
+            let requests =
+                addon_load_requests(engine, &booting.profile, config.addons.maildev).await?;
+            let loaded = images::load_listed(
+                engine,
+                node_name,
+                &booting.profile,
+                &listed_now,
+                &requests,
+                &ctx.reporter,
+            )
+            .await?;
+            let node = known(serving).await.ok_or_else(not_running)?;
+            let (docs, issued) =
+                addon_documents_secured(config, &node, ca, registry.as_ref()).await?;
+            report_issued(ctx, &issued);
+            let held = Some(node_takes_pods.clone());
+            let applied = apply_addons(ctx, config, &node, &docs, held, services).await?;
+            Ok::<_, Error>((applied, docs, loaded))
+        };
+        Ok::<_, Error>(work.await)
+    };
+    let project_side = async move {
+        let building = Instant::now();
+        let built =
+            images::build_all(engine, &config.images, &config.base_dir, &ctx.reporter).await?;
+        let build = building.elapsed();
+        let work = async move {
+            let booting = known(boot_known).await.ok_or_else(not_running)?;
+            // with a registry, the project's images are pushed there (the node pulls
+            // them); else loaded into the node
+            let (built, loaded) = if local_registry {
+                let registry = known(registry).await.ok_or_else(not_running)?;
+                crate::registry::push_all(engine, &registry, &built, &ctx.reporter).await?
+            } else {
+                let listed_now = known(listing).await.ok_or_else(not_running)?;
+                let requests = images::load_requests(&built);
+                let loaded = images::load_listed(
+                    engine,
+                    &booting.names.node,
+                    &booting.profile,
+                    &listed_now,
+                    &requests,
+                    &ctx.reporter,
+                )
+                .await?;
+                (built, loaded)
+            };
+            let loaded_at = Instant::now();
+            let node = known(serving).await.ok_or_else(not_running)?;
+            // without cluster DNS, the project's documents name maildev's Service by its
+            // address: they wait for the add-ons' Services when it is new (a failed add-on
+            // apply drops the sender: its error is the one reported)
+            if !smtp_service_known(config, &node).await {
+                let _ = services_applied.await;
+            }
+            let docs = project_documents(ctx, config, &node, &built, ca).await?;
+            let held = Some(node_takes_pods.clone());
+            let (applied, pruned) = apply(ctx, config, &node, &docs, held).await?;
+            Ok::<_, Error>((built, loaded, docs, applied, pruned, loaded_at))
+        };
+        Ok::<_, Error>((build, building, work.await))
+    };
+    let ((node, kubeconfig), addons, (build, building, project)) =
+        tokio::try_join!(node_side, addon_side, project_side)?;
+    let (addons, addon_docs, addons_loaded) = addons?;
+    let (built, mut loaded, docs, applied, pruned, loaded_at) = project?;
+    loaded.extend(addons_loaded);
+    let documents = crate::warm::documents_digest(addon_docs.iter().chain(&docs));
     let record = new_record(config, &node, &built, documents, &addons, &applied);
     Ok(Converged {
         node,
@@ -394,11 +490,30 @@ async fn converge(
         unchanged: false,
         timings: Timings {
             build,
-            load,
-            apply,
+            // from the build's end: on a new node, the load also waits for its runtime
+            load: loaded_at.saturating_duration_since(building + build),
+            // from the project's images loaded to both applies done
+            apply: loaded_at.elapsed(),
             ..Timings::default()
         },
     })
+}
+
+/// The value a side of [`converge`] sends once it has it; `None` when that side ended
+/// without sending it (it failed: its error is reported).
+async fn known<T: Clone>(value: &tokio::sync::watch::Receiver<Option<T>>) -> Option<T> {
+    let mut value = value.clone();
+    let sent = value.wait_for(Option::is_some).await.ok()?;
+    sent.clone()
+}
+
+/// Whether the project's documents can be rendered before the add-ons' apply: the node
+/// has cluster DNS (maildev is named by its DNS name), or maildev's Service exists already
+/// (its address is known).
+async fn smtp_service_known(config: &SandboxConfig, node: &Node) -> bool {
+    node.profile.provides.cluster_dns
+        || !config.addons.maildev
+        || maildev_address(node).await.is_some()
 }
 
 /// The record of this `up`, its objects' states still to be observed; `None` when an
@@ -608,15 +723,18 @@ fn builtins(config: &SandboxConfig, http_port: u16, https_port: u16, smtp_host: 
 /// node without cluster DNS, its Service's address.
 async fn smtp_host(node: &Node) -> String {
     if !node.profile.provides.cluster_dns {
-        let api: kube::Api<k8s_openapi::api::core::v1::Service> =
-            kube::Api::namespaced(node.client.clone(), crate::addons::NAMESPACE);
-        if let Ok(Some(service)) = api.get_opt("maildev").await {
-            if let Some(ip) = service.spec.and_then(|s| s.cluster_ip) {
-                return ip;
-            }
+        if let Some(ip) = maildev_address(node).await {
+            return ip;
         }
     }
     crate::addons::SMTP_DNS_NAME.to_string()
+}
+
+/// The cluster address of maildev's Service, once it has one.
+async fn maildev_address(node: &Node) -> Option<String> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(node.client.clone(), crate::addons::NAMESPACE);
+    api.get_opt("maildev").await.ok()??.spec?.cluster_ip
 }
 
 /// Says (with `-v`) which program renders each kustomization of the manifests.
