@@ -12,8 +12,9 @@
 #   - the watcher idle with a 10,000-file build context: CPU and RSS of `sandbox dev
 #     --no-logs`, beside `inotifywait -m -r` of the same tree (inotify-tools, when installed);
 #   - restart: `sandbox up` of the stopped sandbox (`docker stop` of its node, as a reboot
-#     leaves it) until ready, 5 times, beside the floor under it measured in the same boot:
-#     the node container's start to its API server taking writes (the entrypoint's log).
+#     leaves it) until ready, 5 times, beside the floors under it measured in the same boot:
+#     the node container's start to its API server taking writes (the entrypoint's log), and
+#     to every pod of the sandbox Ready again (a watch of the pods).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ensure_release_binary
@@ -170,15 +171,40 @@ if command -v inotifywait >/dev/null; then
   kill "$peer"; wait "$peer" 2>/dev/null || true
 fi
 
-# restart: the stopped sandbox's `up`, and the node's own part of each boot
+# restart: the stopped sandbox's `up`, and the node's own part of each boot: its API server
+# taking writes (the entrypoint's log), and every pod of the sandbox Ready again (a watch
+# of the pods from when the API server answers, each event stamped as it arrives)
 restart_times=()
 api_times=()
+pods_times=()
+watch_pods() {
+  until kubectl --context "$CTX" get --raw /readyz >/dev/null 2>&1; do sleep 0.05; done
+  kubectl --context "$CTX" get pods -A -w --request-timeout=0 \
+    -o jsonpath='{.metadata.namespace}/{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}' |
+    while read -r pod ready; do echo "$(now) $pod $ready"; done
+}
 for i in 1 2 3 4 5; do
   docker stop "$NODE" >/dev/null
+  watch_pods > "$WORKDIR/pods.log" 2>/dev/null &
+  watcher=$!
   s=$(now)
   "$SANDBOX" --name "$NAME" -q up >/dev/null
   restart_times+=("$(since "$s")")
+  pkill -P "$watcher" 2>/dev/null || true; kill "$watcher" 2>/dev/null || true; wait "$watcher" 2>/dev/null || true
   started=$(docker inspect -f '{{.State.StartedAt}}' "$NODE")
+  # each pod's last turn to Ready (its status from before the restart says True at first)
+  pods_times+=("$(python3 -c 'import sys, datetime as d
+started = d.datetime.fromisoformat(sys.argv[1][:26].rstrip("Z")).replace(tzinfo=d.timezone.utc).timestamp()
+last, ready_at = {}, {}
+for line in open(sys.argv[2]):
+    parts = line.split()
+    if len(parts) < 3:
+        continue
+    t, pod, ready = float(parts[0]), parts[1], parts[2]
+    if ready == "True" and last.get(pod) not in (None, "True"):
+        ready_at[pod] = t
+    last[pod] = ready
+print("%.2f" % (max(ready_at.values()) - started) if ready_at else "-")' "$started" "$WORKDIR/pods.log")")
   api_times+=("$(docker logs "$NODE" 2>&1 | grep 'kube-apiserver (taking writes) ready' | tail -1 |
     python3 -c 'import sys, datetime as d
 started = d.datetime.fromisoformat(sys.argv[1][:26].rstrip("Z"))
@@ -202,7 +228,8 @@ row "floor: rollout of the Deployment" "$rollout_s" "-" 0 "-"
 row_in "% of a core" "watcher idle, 10,000-file context: CPU" "$dev_cpu" "inotifywait -m -r" "$peer_cpu" "< 1%"
 row_in MB "watcher idle, 10,000-file context: RSS" "$dev_rss" "inotifywait -m -r" "$peer_rss" "< 30 MB"
 row "restart of the stopped sandbox to ready" "$(median "${restart_times[@]}")" "floor: node start to its API server taking writes" "$(median "${api_times[@]}")" "< 5 s"
+row "restart of the stopped sandbox to ready" "$(median "${restart_times[@]}")" "floor: node start to every pod Ready again" "$(median "${pods_times[@]}")" "< 5 s"
 cat "$TABLE"
 echo
 echo "sandbox dev's own part of each update (rebuild path: its time less build and rollout): ${own_times[*]}"
-echo "restarts: ${restart_times[*]}; the node's API server taking writes: ${api_times[*]}"
+echo "restarts: ${restart_times[*]}; the node's API server taking writes: ${api_times[*]}; every pod Ready: ${pods_times[*]}"

@@ -40,6 +40,10 @@ pub struct Record {
     pub images: Vec<ImageRecord>,
     /// Digest of every document applied (add-ons, then the project's).
     pub documents: String,
+    /// Digest of the add-ons' documents alone: an `up` whose project changed applies the
+    /// add-ons only when these or their objects changed (empty: not known).
+    #[serde(default)]
+    pub addon_documents: String,
     /// Every object applied, and the inventories, as they were left.
     pub objects: Vec<ObjectRecord>,
 }

@@ -659,6 +659,8 @@ async fn save_record(
         kubeconfig: String::new(),
         images,
         documents: crate::warm::documents_digest(docs),
+        // cluster mode has no add-ons
+        addon_documents: String::new(),
         objects: observed.into_iter().map(|(o, _)| o).collect(),
     };
     let _ = crate::warm::write(key, &record);

@@ -162,8 +162,10 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
         Ok(up) => up,
         Err(reason) => {
             ctx.reporter.detail(format!("a full up: {reason}"));
+            // what it says of the add-ons still holds if they did not change (see converge)
+            let last = crate::warm::read(&crate::warm::key(config));
             crate::warm::forget(&crate::warm::key(config));
-            converge(ctx, config, &engine).await?
+            converge(ctx, config, &engine, last.as_ref()).await?
         }
     };
     let restarted_now = restarted.is_some();
@@ -335,19 +337,22 @@ struct Converged {
 /// Three sides run at once, each waiting only for what it needs of the others:
 /// - the node: boots (or is found), serves, takes pods;
 /// - the add-ons: their images load into the node's runtime as soon as it answers, their
-///   objects apply as soon as the API server takes them (on a running node, while the
-///   project's images still build);
+///   objects apply as soon as the API server takes them; when the record of the last
+///   complete `up` (`last`) shows the same add-on documents on the same node and every
+///   add-on object as it left them, they are not applied again (a `dev` update of the
+///   project's image: the apply's requests would share the 2 cores with its build);
 /// - the project: its images build (from the start, beside the boot), load, and its
 ///   objects apply.
 ///
 /// A build or boot that fails ends the `up` at once (a node this run made stays, as
-/// documented); what fails after the build lets the other sides run to their end (an
+/// documented; an add-on apply under way ends first); what fails after the build lets the other sides run to their end (an
 /// apply is never stopped halfway), and the node's error is the one reported first (a
 /// boot past its deadline removes its sandbox before it says so).
 async fn converge(
     ctx: &Context,
     config: &SandboxConfig,
     engine: &Engine,
+    last: Option<&crate::warm::Record>,
 ) -> Result<Converged, Error> {
     let ca = load_ca(ctx)?;
     let (booted, boot_known) = tokio::sync::watch::channel(None::<node::Booting>);
@@ -358,6 +363,8 @@ async fn converge(
     // still starts; those that make pods as soon as the node takes them (see hold_pods)
     let (takes_pods, node_takes_pods) = tokio::sync::watch::channel(false);
     let (services, services_applied) = tokio::sync::oneshot::channel();
+    // whether the add-ons' apply is under way: a failed build waits for its end
+    let (addons_applying, addons_apply) = tokio::sync::watch::channel(false);
     let local_registry = matches!(config.registry, Some(crate::config::Registry::Local));
     // each side owns what it sends (dropped when it fails: whoever waits on it then stops
     // waiting) and borrows what it waits on
@@ -424,16 +431,41 @@ async fn converge(
             let (docs, issued) =
                 addon_documents_secured(config, &node, ca, registry.as_ref()).await?;
             report_issued(ctx, &issued);
-            let held = Some(node_takes_pods.clone());
-            let applied = apply_addons(ctx, config, &node, &docs, held, services).await?;
-            Ok::<_, Error>((applied, docs, loaded))
+            let digest = crate::warm::documents_digest(&docs);
+            let applied = match addons_as_left(config, &node, last, &digest).await {
+                Some(applied) => {
+                    ctx.reporter
+                        .detail("the add-ons are as the last up left them: not applied again");
+                    let _ = services.send(());
+                    applied
+                }
+                None => {
+                    let held = Some(node_takes_pods.clone());
+                    addons_applying.send_replace(true);
+                    let applied = apply_addons(ctx, config, &node, &docs, held, services).await;
+                    addons_applying.send_replace(false);
+                    applied?
+                }
+            };
+            Ok::<_, Error>((applied, docs, digest, loaded))
         };
         Ok::<_, Error>(work.await)
     };
     let project_side = async move {
         let building = Instant::now();
-        let built =
-            images::build_all(engine, &config.images, &config.base_dir, &ctx.reporter).await?;
+        let built = images::build_all(engine, &config.images, &config.base_dir, &ctx.reporter)
+            .await
+            .map_err(Error::from);
+        let built = match built {
+            Ok(built) => built,
+            Err(e) => {
+                // ends the up, but never an add-on apply halfway: one under way ends first
+                // (one not begun never begins)
+                let mut apply = addons_apply.clone();
+                let _ = apply.wait_for(|applying| !applying).await;
+                return Err(e);
+            }
+        };
         let build = building.elapsed();
         let work = async move {
             let booting = known(boot_known).await.ok_or_else(not_running)?;
@@ -473,11 +505,19 @@ async fn converge(
     };
     let ((node, kubeconfig), addons, (build, building, project)) =
         tokio::try_join!(node_side, addon_side, project_side)?;
-    let (addons, addon_docs, addons_loaded) = addons?;
+    let (addons, addon_docs, addon_documents, addons_loaded) = addons?;
     let (built, mut loaded, docs, applied, pruned, loaded_at) = project?;
     loaded.extend(addons_loaded);
     let documents = crate::warm::documents_digest(addon_docs.iter().chain(&docs));
-    let record = new_record(config, &node, &built, documents, &addons, &applied);
+    let record = new_record(
+        config,
+        &node,
+        &built,
+        documents,
+        addon_documents,
+        &addons,
+        &applied,
+    );
     Ok(Converged {
         node,
         kubeconfig,
@@ -497,6 +537,38 @@ async fn converge(
             ..Timings::default()
         },
     })
+}
+
+/// The add-ons' objects as observed now, when `last` (the record of the last complete
+/// `up`) was made on this node with the same add-on documents (`digest`) and each of their
+/// objects is as it left them; `None` otherwise (they are applied).
+async fn addons_as_left(
+    config: &SandboxConfig,
+    node: &Node,
+    last: Option<&crate::warm::Record>,
+    digest: &str,
+) -> Option<Vec<Applied>> {
+    let last = last.filter(|r| r.node == node.info.id && r.addon_documents == digest)?;
+    let left: Vec<crate::warm::ObjectRecord> = last
+        .objects
+        .iter()
+        .filter(|o| o.role == crate::warm::Role::Addon)
+        .cloned()
+        .collect();
+    if left.is_empty() {
+        return None;
+    }
+    let observed = crate::warm::observe(&node.client, &config.name, &left)
+        .await
+        .ok()?;
+    let mut applied = Vec::new();
+    for ((now, object), was) in observed.into_iter().zip(&left) {
+        if !was.state.unchanged(&now.state) {
+            return None;
+        }
+        applied.push(now.as_applied(object));
+    }
+    Some(applied)
 }
 
 /// The value a side of [`converge`] sends once it has it; `None` when that side ended
@@ -523,6 +595,7 @@ fn new_record(
     node: &Node,
     built: &[BuiltImage],
     documents: String,
+    addon_documents: String,
     addons: &[Applied],
     applied: &[Applied],
 ) -> Option<crate::warm::Record> {
@@ -547,6 +620,7 @@ fn new_record(
         kubeconfig: serde_yaml::to_string(&node.kubeconfig).ok()?,
         images,
         documents,
+        addon_documents,
         objects,
     })
 }

@@ -4,26 +4,25 @@
 //! (no build, no restart) and survives the next rebuild, a broken Dockerfile is reported
 //! and the next fix recovers, a `git checkout` of 50 files makes one update, and Ctrl-C
 //! (SIGINT) exits 130 leaving the sandbox up. It runs with `--fast-rollout`, which a plain
-//! `up` undoes.
+//! `up` undoes. An update applies the add-ons only when they changed (here: an object of
+//! theirs deleted behind sandbox's back), and once it is done every request reaches the
+//! new pods.
 
 use std::time::Duration;
 
-use crate::support::{eventually, http_get, serves, Running, TestSandbox};
+use crate::support::{eventually, http_get, Running, TestSandbox};
 
-/// Waits (60 s at most) until `url` answers 200 with `text` in its body. Not a single
-/// request: right after an update a node port can still reach a pod of the rollout before
-/// (terminating, not synced into), until kube-proxy drops it; the full suite showed it
-/// after a sync too. That is the limitation [`crate::support::serves`] waits out (noted on
-/// issue 18 as a defect of the URLs-on-return promise after rolling updates).
-fn serves_containing(url: &str, text: &str) {
-    eventually(
-        &format!("{url} serves {text:?}"),
-        Duration::from_secs(60),
-        || match http_get(url) {
-            Ok((200, body)) if body.contains(text) => Ok(()),
-            other => Err(format!("{other:.200?}")),
-        },
-    );
+/// Asserts that `url` answers 200 with `text` in its body, 10 requests in a row, right
+/// away: once an update is done, no request reaches a pod of before (`up` waits until
+/// kube-proxy's rules send the Service to the new pods only, src/proxy_rules.rs), nor a
+/// container not synced into.
+fn serves_at_once(url: &str, text: &str) {
+    for attempt in 1..=10 {
+        match http_get(url) {
+            Ok((200, body)) if body.contains(text) => {}
+            other => panic!("request {attempt} to {url} after the update: {other:.200?}"),
+        }
+    }
 }
 
 #[test]
@@ -66,7 +65,7 @@ fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
     git(&["commit", "-qm", "50 files"]);
     git(&["checkout", "-q", "main"]);
     assert!(!project.join("app/www/burst-0.txt").exists());
-    let mut dev = Running::spawn(sb.command(&["dev", "-f", &file, "--fast-rollout"]));
+    let mut dev = Running::spawn(sb.command(&["-v", "dev", "-f", &file, "--fast-rollout"]));
     dev.said("watching", Duration::from_secs(300));
     // --fast-rollout: the Deployment rolls every new pod at once while dev runs
     let strategy = || {
@@ -92,7 +91,30 @@ fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
     assert!(dev
         .said("update 1:", Duration::ZERO)
         .contains("app/www/index.html"));
-    serves(&url, format!("{original}edited once").trim());
+    serves_at_once(&url, &format!("{original}edited once"));
+    // the add-ons did not change: not applied again beside the build
+    let said = dev.stderr.lock().unwrap().clone();
+    let update_1 = &said[said.find("update 1:").unwrap()..];
+    assert!(
+        update_1.contains("the add-ons are as the last up left them"),
+        "{update_1}"
+    );
+    // one of them changed behind sandbox's back: the next update's up applies them again
+    let addon = [
+        "-n",
+        "sandbox-system",
+        "get",
+        "configmap",
+        "traefik-sandbox",
+    ];
+    let deleted = sb.kubectl(&[
+        "-n",
+        "sandbox-system",
+        "delete",
+        "configmap",
+        "traefik-sandbox",
+    ]);
+    assert!(deleted.status.success(), "{deleted:?}");
 
     // the pods' logs, prefixed with the pod and container (busybox httpd -v logs requests)
     let stdout = dev.stdout.clone();
@@ -130,8 +152,8 @@ fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
         "{synced}"
     );
     let base = url.trim_end_matches('/').to_string();
-    serves_containing(&format!("{base}/synced/page.txt"), "synced twice");
-    serves_containing(&format!("{base}/synced/ran.txt"), "");
+    serves_at_once(&format!("{base}/synced/page.txt"), "synced twice");
+    serves_at_once(&format!("{base}/synced/ran.txt"), "");
     assert_eq!(pods(), before, "the same pods, none restarted");
 
     // a broken Dockerfile: reported, and dev keeps watching
@@ -143,9 +165,13 @@ fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
     std::fs::write(&dockerfile, &good).unwrap();
     std::fs::write(&page, format!("{original}fixed\n")).unwrap();
     dev.said("update 4 done", Duration::from_secs(120));
-    serves(&url, format!("{original}fixed").trim());
+    serves_at_once(&url, &format!("{original}fixed"));
+    assert!(
+        sb.kubectl(&addon).status.success(),
+        "the add-ons applied again"
+    );
     // the synced file was not lost: the image is built from the same files
-    serves(&format!("{base}/synced/page.txt"), "synced twice");
+    serves_at_once(&format!("{base}/synced/page.txt"), "synced twice");
 
     // a `git checkout` of a branch with 50 more files: one update
     git(&["checkout", "-q", "burst"]);
@@ -155,7 +181,7 @@ fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
         "one update for the 50 files: {update}"
     );
     dev.said("update 5 done", Duration::from_secs(120));
-    serves(&format!("{base}/burst-49.txt"), "x");
+    serves_at_once(&format!("{base}/burst-49.txt"), "x");
 
     // Ctrl-C: exit 130, the sandbox stays up
     let pid = dev.child.id().to_string();
@@ -181,7 +207,7 @@ fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
     );
     let status = sb.run_json(&["status", "-f", &file]);
     assert_eq!(status["sandboxes"][0]["state"], "running", "{status}");
-    serves_containing(&url, "fixed");
+    serves_at_once(&url, "fixed");
     // a plain up applies the user's strategy again (the fixture names none: the defaults)
     sb.run_json(&["up", "-f", &file]);
     assert_eq!(strategy(), "25%/25%");

@@ -301,9 +301,9 @@ pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
-/// Waits (60 s at most) until `url` answers 200 with `want` (trimmed): after a change that
-/// rolls pods, a node port may reach an old pod for a moment, until kube-proxy has
-/// written the rules for the new endpoints.
+/// Waits (60 s at most) until `url` answers 200 with `want` (trimmed). (`up` returns once
+/// kube-proxy sends the Services to the new pods only; the dev test checks that with
+/// requests right away.)
 pub fn serves(url: &str, want: &str) {
     eventually(
         &format!("{url} serves {want:?}"),
