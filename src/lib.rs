@@ -17,6 +17,7 @@ pub mod docker;
 pub mod error;
 pub mod images;
 pub mod ingress;
+pub mod ingress_servers;
 pub mod kubeconfig;
 pub mod kustomize;
 pub mod lock;

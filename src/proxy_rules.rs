@@ -13,6 +13,9 @@
 //! `KUBE-SEP-*` chains its `KUBE-SVC-*` (or, for `externalTrafficPolicy: Local`,
 //! `KUBE-SVL-*`/`KUBE-XLB-*`) chains jump to. A chain nothing jumps to any more is not
 //! counted (kube-proxy may delete stale chains later than it rewires the Service's).
+//!
+//! [`wait_converged`] also waits for the ingress controller's own routes (see
+//! [`crate::ingress_servers`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -124,7 +127,8 @@ pub fn lagging(
         .collect()
 }
 
-fn list(addresses: &BTreeSet<String>) -> String {
+/// `10.244.0.5, 10.244.0.6`, or `no address`.
+pub(crate) fn list(addresses: &BTreeSet<String>) -> String {
     if addresses.is_empty() {
         "no address".into()
     } else {
@@ -132,50 +136,171 @@ fn list(addresses: &BTreeSet<String>) -> String {
     }
 }
 
+/// What [`wait_converged`] found when it stopped waiting.
+#[derive(Debug, Default)]
+pub struct Converged {
+    /// What still differed when the budget ran out (empty: every path converged).
+    pub lagging: Vec<String>,
+    /// The paths that could not be read, and so were not waited on.
+    pub unread: Vec<&'static str>,
+}
+
 /// Waits until the node's rules send each of `services` (`(namespace, name)`, Services
-/// with a cluster address that select pods) to the ready addresses of its Endpoints, up to
-/// `budget`. Returns what still lagged when the budget ran out (empty: converged), or
-/// `None` when the node's rules cannot be read (a node without `iptables-save`, a kube-proxy
-/// in another mode): there is then nothing to wait on.
+/// with a cluster address that select pods) to the ready addresses of its Endpoints, and
+/// the ingress controller sends each backend of `ingresses` to those of its Service, up
+/// to `budget`. A path that cannot be read (a node without `iptables-save`, a kube-proxy
+/// in another mode, an ingress controller whose API does not answer) is not waited on.
 pub async fn wait_converged(
     engine: &crate::docker::Engine,
     node: &str,
     client: &kube::Client,
     services: &[(String, String)],
+    ingresses: &[serde_json::Value],
     budget: Duration,
     on_wait: &(dyn Fn(String) + Sync),
-) -> Option<Vec<String>> {
-    if services.is_empty() {
-        return Some(Vec::new());
-    }
+) -> Converged {
+    let backends: BTreeSet<crate::ingress_servers::Backend> = ingresses
+        .iter()
+        .flat_map(crate::ingress_servers::backends)
+        .collect();
+    let mut converged = Converged::default();
+    let (mut rules_read, mut ingress_read) = (!services.is_empty(), !backends.is_empty());
+    let mut all: BTreeSet<(String, String)> = services.iter().cloned().collect();
+    all.extend(backends.iter().map(|b| b.service.clone()));
     let started = Instant::now();
     let command: Vec<String> = RULES.iter().map(|s| s.to_string()).collect();
-    loop {
-        let (rules, wanted) = tokio::join!(engine.exec_simple(node, &command), async {
-            let mut wanted = BTreeMap::new();
-            for (namespace, name) in services {
-                let api: Api<Endpoints> = Api::namespaced(client.clone(), namespace);
-                let addresses = match api.get_opt(name).await {
-                    Ok(Some(endpoints)) => ready_addresses(&endpoints),
-                    _ => BTreeSet::new(),
-                };
-                wanted.insert(format!("{namespace}/{name}"), addresses);
+    while rules_read || ingress_read {
+        let (rules, routed, ready) = tokio::join!(
+            async {
+                if !rules_read {
+                    return None;
+                }
+                match engine.exec_simple(node, &command).await {
+                    Ok(out) if out.code == 0 && out.stdout.contains("KUBE-SERVICES") => {
+                        Some(destinations(&out.stdout))
+                    }
+                    _ => None,
+                }
+            },
+            async {
+                if ingress_read {
+                    ingress_servers(client).await
+                } else {
+                    None
+                }
+            },
+            ready_of(client, &all)
+        );
+        let mut lag = Vec::new();
+        match rules {
+            Some(rules) => {
+                let wanted = services
+                    .iter()
+                    .map(|(ns, name)| {
+                        let key = format!("{ns}/{name}");
+                        let addresses = ready.addresses.get(&key).cloned().unwrap_or_default();
+                        (key, addresses)
+                    })
+                    .collect();
+                lag.extend(
+                    lagging(&rules, &wanted)
+                        .into_iter()
+                        .map(|l| format!("kube-proxy: {l}")),
+                );
             }
-            wanted
-        });
-        let rules = match rules {
-            Ok(out) if out.code == 0 && out.stdout.contains("KUBE-SERVICES") => {
-                destinations(&out.stdout)
+            None if rules_read => {
+                rules_read = false;
+                converged
+                    .unread
+                    .push("the node's Service rules (iptables-save)");
             }
-            _ => return None,
-        };
-        let lag = lagging(&rules, &wanted);
-        if lag.is_empty() || started.elapsed() >= budget {
-            return Some(lag);
+            None => {}
         }
-        on_wait(format!("kube-proxy has not yet written {}", lag.join("; ")));
+        match routed {
+            Some(routed) => lag.extend(crate::ingress_servers::lagging(
+                &routed,
+                &backends,
+                &ready.addresses,
+                &ready.cluster_ips,
+            )),
+            None if ingress_read => {
+                ingress_read = false;
+                converged
+                    .unread
+                    .push("the ingress controller's routes (its API)");
+            }
+            None => {}
+        }
+        if lag.is_empty() || started.elapsed() >= budget {
+            converged.lagging = lag;
+            break;
+        }
+        on_wait(format!("not yet sent to the new pods: {}", lag.join("; ")));
         tokio::time::sleep(RETRY).await;
     }
+    converged
+}
+
+/// The ready addresses and cluster address of each Service.
+#[derive(Default)]
+struct Ready {
+    /// `namespace/name` → ready addresses of its Endpoints.
+    addresses: BTreeMap<String, BTreeSet<String>>,
+    /// `namespace/name` → its cluster address.
+    cluster_ips: BTreeMap<String, String>,
+}
+
+async fn ready_of(client: &kube::Client, services: &BTreeSet<(String, String)>) -> Ready {
+    let reads = services.iter().map(|(namespace, name)| async move {
+        let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), namespace);
+        let service: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(client.clone(), namespace);
+        let (endpoints, service) = tokio::join!(endpoints.get_opt(name), service.get_opt(name));
+        let addresses = match endpoints {
+            Ok(Some(e)) => ready_addresses(&e),
+            _ => BTreeSet::new(),
+        };
+        let cluster_ip = service
+            .ok()
+            .flatten()
+            .and_then(|s| s.spec?.cluster_ip)
+            .filter(|ip| ip != "None");
+        (format!("{namespace}/{name}"), addresses, cluster_ip)
+    });
+    let mut ready = Ready::default();
+    for (key, addresses, cluster_ip) in futures_util::future::join_all(reads).await {
+        if let Some(ip) = cluster_ip {
+            ready.cluster_ips.insert(key.clone(), ip);
+        }
+        ready.addresses.insert(key, addresses);
+    }
+    ready
+}
+
+/// The servers of each service of sandbox's ingress controller, read from its API
+/// through the API server's pod proxy; `None` when no ready controller pod answers.
+async fn ingress_servers(client: &kube::Client) -> Option<BTreeMap<String, BTreeSet<String>>> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(client.clone(), crate::addons::NAMESPACE);
+    let params = kube::api::ListParams::default().labels("app.kubernetes.io/name=traefik");
+    let listed = pods.list(&params).await.ok()?;
+    let pod = listed.items.into_iter().find(|p| {
+        p.metadata.deletion_timestamp.is_none()
+            && p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    })?;
+    let path = format!(
+        "/api/v1/namespaces/{}/pods/{}:{}/proxy/api/http/services",
+        crate::addons::NAMESPACE,
+        pod.metadata.name?,
+        crate::ingress_servers::API_PORT
+    );
+    let request = http::Request::get(path).body(Vec::new()).ok()?;
+    let text = client.request_text(request).await.ok()?;
+    let services: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(crate::ingress_servers::servers(&services))
 }
 
 #[cfg(test)]

@@ -190,15 +190,17 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
     let answering_since = Instant::now();
     // what changed (a rollout, the node's restart) reaches the node's rules up to a second
     // after the API says it is done
-    let proxied: Vec<(String, String)> = if up.unchanged && !restarted_now {
-        Vec::new()
-    } else {
-        waited
-            .iter()
-            .filter(|a| crate::proxy_rules::proxied(&a.object))
-            .filter_map(|a| Some((a.namespace.clone()?, a.name.clone())))
-            .collect()
-    };
+    let changed = !up.unchanged || restarted_now;
+    let proxied: Vec<(String, String)> = waited
+        .iter()
+        .filter(|a| changed && crate::proxy_rules::proxied(&a.object))
+        .filter_map(|a| Some((a.namespace.clone()?, a.name.clone())))
+        .collect();
+    let ingresses: Vec<serde_json::Value> = waited
+        .iter()
+        .filter(|a| changed && a.resource.kind == "Ingress")
+        .map(|a| a.object.clone())
+        .collect();
     let (urls, (), ()) = tokio::join!(
         wait_answering(ctx, config, &up.node, ready_since),
         async {
@@ -206,7 +208,7 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
                 save_record(ctx, config, &up.node, record).await;
             }
         },
-        wait_proxy_rules(ctx, &engine, &up.node, &proxied)
+        wait_data_paths(ctx, &engine, &up.node, &proxied, &ingresses)
     );
     let urls = urls?;
     timings.urls = answering_since.elapsed();
@@ -226,13 +228,15 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
     })
 }
 
-/// Waits until the node's kube-proxy sends each of `services` to its ready pods only (see
-/// [`crate::proxy_rules`]); says so when it does not within 10 s.
-async fn wait_proxy_rules(
+/// Waits until the node's kube-proxy and the ingress controller send each of `services`
+/// and each backend of `ingresses` to its ready pods only (see [`crate::proxy_rules`]);
+/// says so when they do not within 10 s.
+async fn wait_data_paths(
     ctx: &Context,
     engine: &Engine,
     node: &Node,
     services: &[(String, String)],
+    ingresses: &[serde_json::Value],
 ) {
     let last = std::sync::Mutex::new(String::new());
     let said = |line: String| {
@@ -243,27 +247,27 @@ async fn wait_proxy_rules(
         }
     };
     let budget = Duration::from_secs(10);
-    match crate::proxy_rules::wait_converged(
+    let converged = crate::proxy_rules::wait_converged(
         engine,
         &node.info.name,
         &node.client,
         services,
+        ingresses,
         budget,
         &said,
     )
-    .await
-    {
-        None => ctx.reporter.detail(
-            "the node's Service rules cannot be read (no iptables-save): not waiting for \
-             kube-proxy",
-        ),
-        Some(lag) if !lag.is_empty() => ctx.reporter.warn(format!(
-            "kube-proxy has not written {} within {} s: a request may still reach a pod \
-             that is gone",
-            lag.join("; "),
-            budget.as_secs()
-        )),
-        Some(_) => {}
+    .await;
+    for unread in converged.unread {
+        ctx.reporter
+            .detail(format!("{unread} cannot be read: not waited on"));
+    }
+    if !converged.lagging.is_empty() {
+        ctx.reporter.warn(format!(
+            "not sent to the new pods within {} s: {}; a request may still reach a pod of \
+             before",
+            budget.as_secs(),
+            converged.lagging.join("; ")
+        ));
     }
 }
 
