@@ -7,8 +7,9 @@
 #     loaded, applied, rolled out, URL answering), against the hand-made loop `docker build;
 #     docker save | ctr import; kubectl set image; kubectl rollout status` of the same kind of
 #     change; with the two floors under it measured alone: the `docker build` of such a
-#     change, and its rollout (the image already in the node: `kubectl set image` until the
-#     URL serves the new page, which takes the rollout and kube-proxy's rules);
+#     change, and its rollout (the image already in the node: `kubectl set image`, `rollout
+#     status`, then until the URL serves the new page only, 5 requests in a row: what a
+#     client needs before it surely gets the new content);
 #     and the same edits under `dev --fast-rollout` (every new pod at once);
 #   - the watcher idle with a 10,000-file build context: CPU and RSS of `sandbox dev
 #     --no-logs`, beside `inotifywait -m -r` of the same tree (inotify-tools, when installed);
@@ -60,6 +61,19 @@ until_served() {
     sleep 0.02
   done
   echo "never served: $URL$1 $2" >&2
+  return 1
+}
+# until_served_only PATH TEXT: polls until 5 requests in a row serve TEXT (60 s at most)
+until_served_only() {
+  local row=0
+  for _ in $(seq 3000); do
+    if curl -s --max-time 2 "$URL$1" | grep -q "$2"; then
+      row=$((row + 1)); [ "$row" -ge 5 ] && return 0
+    else
+      row=0; sleep 0.02
+    fi
+  done
+  echo "never served only: $URL$1 $2" >&2
   return 1
 }
 # until_said TEXT: waits until dev's progress has a line with TEXT (120 s at most)
@@ -136,14 +150,15 @@ for i in $(seq "$REPS"); do
   s=$(now)
   docker build -q -t "hello:floor-$i-$$" "$PROJECT/app" >/dev/null
   build_times+=("$(since "$s")")
-  # the rollout of the change: its image already in the node, from `set image` until the
-  # URL serves the new page (the rollout, then kube-proxy's rules)
+  # the rollout of the change: its image already in the node, from `set image` until it is
+  # rolled out and the URL serves the new page only (5 requests in a row: kube-proxy's
+  # rules no longer send to the old pods)
   docker save "hello:floor-$i-$$" | docker exec -i "$NODE" ctr -n k8s.io images import - >/dev/null
   s=$(now)
   kubectl --context "$CTX" set image deploy/hello "web=hello:floor-$i-$$" >/dev/null
-  until_served / "build floor $i $$"
-  rollout_times+=("$(since "$s")")
   kubectl --context "$CTX" rollout status deploy/hello --timeout=120s >/dev/null
+  until_served_only / "build floor $i $$"
+  rollout_times+=("$(since "$s")")
 done
 
 # the watcher idle, with a 10,000-file build context: CPU over 10 s and RSS of `sandbox dev
@@ -229,7 +244,7 @@ row "edit -> served, sync path" "$sync_s" "rebuild path (sandbox dev)" "$rebuild
 row "edit -> rolled out, rebuild path" "$rebuild_s" "docker build; docker save \\| ctr import; kubectl set image; rollout status" "$hand_s" "<= build + rollout + 0.3 s = ${floor_s} s"
 row "edit -> rolled out, rebuild path, dev --fast-rollout" "$(median "${fast_times[@]}")" "rebuild path (the Deployment's own strategy)" "$rebuild_s" "-"
 row "floor: docker build of the change" "$build_s" "-" 0 "-"
-row "floor: rollout of the change (set image -> served)" "$rollout_s" "-" 0 "-"
+row "floor: rollout of the change (set image -> served only)" "$rollout_s" "-" 0 "-"
 row_in "% of a core" "watcher idle, 10,000-file context: CPU" "$dev_cpu" "inotifywait -m -r" "$peer_cpu" "< 1%"
 row_in MB "watcher idle, 10,000-file context: RSS" "$dev_rss" "inotifywait -m -r" "$peer_rss" "< 30 MB"
 row "restart of the stopped sandbox to ready" "$(median "${restart_times[@]}")" "floor: node start to its API server taking writes" "$(median "${api_times[@]}")" "< 5 s"
