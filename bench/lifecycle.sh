@@ -198,7 +198,8 @@ kpeer() { kubectl --context "sandbox-$RUN-warm" -n peer apply -f "$WORKDIR/rende
 kpeer
 warm_s=(); kube_s=()
 for rep in $(seq "$REPS"); do
-  s=$(now); "$SANDBOX" --name "$RUN-warm" -q up -f "$FIXTURE/sandbox.yaml" >/dev/null; warm_s+=("$(since "$s")")
+  s=$(now); "$SANDBOX" --name "$RUN-warm" -v up -f "$FIXTURE/sandbox.yaml" >/dev/null 2>"$WORKDIR/warm.err"; warm_s+=("$(since "$s")")
+  echo "warm up $rep: ${warm_s[-1]} s: $(grep -m1 'a full up\|nothing to build' "$WORKDIR/warm.err")" >&2
   s=$(now); kpeer; kube_s+=("$(since "$s")")
 done
 row "warm up, no change" "$(median "${warm_s[@]}")" "kubectl apply -f (same objects)" "$(median "${kube_s[@]}")" "< 1 s and <= 0.5x"
