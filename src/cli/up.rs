@@ -349,9 +349,10 @@ struct Converged {
 ///   objects apply.
 ///
 /// A build or boot that fails ends the `up` at once (a node this run made stays, as
-/// documented; an add-on apply under way ends first); what fails after the build lets the other sides run to their end (an
-/// apply is never stopped halfway), and the node's error is the one reported first (a
-/// boot past its deadline removes its sandbox before it says so).
+/// documented; an add-on apply under way ends first). What fails after the build lets the
+/// other sides run to their end (an apply is never stopped halfway), and the node's error
+/// is the one reported first (a boot past its deadline removes its sandbox before it says
+/// so).
 async fn converge(
     ctx: &Context,
     config: &SandboxConfig,
