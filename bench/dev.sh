@@ -54,26 +54,18 @@ grep -q 'watching' "$WORKDIR/dev.err" || { cat "$WORKDIR/dev.err" >&2; exit 1; }
 URL=$("$SANDBOX" --name "$NAME" urls -o json | python3 -c 'import json,sys; print([u["url"] for u in json.load(sys.stdin)["urls"] if u["kind"] == "NodePort"][0])')
 URL=${URL%/}
 
-# until_served PATH TEXT: polls the URL every 20 ms until its body holds TEXT (60 s at most)
+# until_served PATH TEXT [ROW]: polls the URL every 20 ms until its body holds TEXT, ROW
+# requests in a row (default 1; 60 s at most)
 until_served() {
-  for _ in $(seq 3000); do
-    curl -s --max-time 2 "$URL$1" | grep -q "$2" && return 0
-    sleep 0.02
-  done
-  echo "never served: $URL$1 $2" >&2
-  return 1
-}
-# until_served_only PATH TEXT: polls until 5 requests in a row serve TEXT (60 s at most)
-until_served_only() {
   local row=0
   for _ in $(seq 3000); do
     if curl -s --max-time 2 "$URL$1" | grep -q "$2"; then
-      row=$((row + 1)); [ "$row" -ge 5 ] && return 0
+      row=$((row + 1)); [ "$row" -ge "${3:-1}" ] && return 0
     else
       row=0; sleep 0.02
     fi
   done
-  echo "never served only: $URL$1 $2" >&2
+  echo "never served ${3:-1} in a row: $URL$1 $2" >&2
   return 1
 }
 # until_said TEXT: waits until dev's progress has a line with TEXT (120 s at most)
@@ -157,7 +149,7 @@ for i in $(seq "$REPS"); do
   s=$(now)
   kubectl --context "$CTX" set image deploy/hello "web=hello:floor-$i-$$" >/dev/null
   kubectl --context "$CTX" rollout status deploy/hello --timeout=120s >/dev/null
-  until_served_only / "build floor $i $$"
+  until_served / "build floor $i $$" 5
   rollout_times+=("$(since "$s")")
 done
 

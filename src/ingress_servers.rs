@@ -107,13 +107,8 @@ pub fn servers(services: &Value) -> BTreeMap<String, BTreeSet<String>> {
 
 /// `http://10.244.0.5:8080` → `10.244.0.5` (`http://[fd00::5]:80` → `fd00::5`).
 fn url_host(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split('/').next()?;
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next()?,
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
-    Some(host.to_string())
+    let authority = url.split_once("://")?.1.split('/').next()?;
+    Some(crate::proxy_rules::host(authority).to_string())
 }
 
 /// The backends whose servers in Traefik differ from the ready addresses of their

@@ -38,8 +38,9 @@ pub fn destinations(iptables_save: &str) -> BTreeMap<String, BTreeSet<String>> {
         let Some(rule) = line.strip_prefix("-A ") else {
             continue;
         };
-        let mut words = rule.split_whitespace();
-        let Some(chain) = words.next() else { continue };
+        let Some(chain) = rule.split_whitespace().next() else {
+            continue;
+        };
         let jump = word_after(rule, "-j");
         if chain.starts_with("KUBE-SEP-") {
             if jump == Some("DNAT") {
@@ -81,10 +82,11 @@ fn comment(rule: &str) -> Option<String> {
 }
 
 /// `10.244.0.5:8080` → `10.244.0.5` (`[fd00::5]:8080` → `fd00::5`).
-fn host(address: &str) -> &str {
-    match address.rsplit_once(':') {
-        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
-        None => address,
+/// An address without a port is its own host (`[fd00::5]` → `fd00::5`).
+pub(crate) fn host(address: &str) -> &str {
+    match address.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => address.rsplit_once(':').map_or(address, |(host, _)| host),
     }
 }
 
@@ -354,6 +356,14 @@ COMMIT
         let rules = destinations(text);
         assert_eq!(rules["web/api"], BTreeSet::from(["10.42.0.9".to_string()]));
         assert_eq!(rules["web/edge"], BTreeSet::from(["fd00::7".to_string()]));
+    }
+
+    #[test]
+    fn hosts_of_addresses_with_and_without_ports() {
+        assert_eq!(host("10.244.0.5:8080"), "10.244.0.5");
+        assert_eq!(host("10.244.0.5"), "10.244.0.5");
+        assert_eq!(host("[fd00::5]:8080"), "fd00::5");
+        assert_eq!(host("[fd00::5]"), "fd00::5");
     }
 
     #[test]

@@ -518,6 +518,24 @@ pub fn write(key: &str, record: &Record) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Each of `objects` as it is now, as applied (for the readiness wait) with its role, when
+/// every one is as it was left (see [`ObjectState::unchanged`]); otherwise what changed.
+pub async fn as_left(
+    client: &kube::Client,
+    sandbox: &str,
+    objects: &[ObjectRecord],
+) -> Result<Vec<(Role, Applied)>, String> {
+    let observed = observe(client, sandbox, objects).await?;
+    let mut left = Vec::new();
+    for ((now, object), was) in observed.into_iter().zip(objects) {
+        if !was.state.unchanged(&now.state) {
+            return Err(format!("{} changed since the last up", now.id()));
+        }
+        left.push((now.role, now.as_applied(object)));
+    }
+    Ok(left)
+}
+
 /// Reads every object of `objects` from the API server, a list per resource (by the
 /// sandbox's label), and returns each with its live state and the live object. `Err`
 /// says what is missing.

@@ -157,14 +157,15 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
     report_kustomizations(ctx, config);
     let engine = Engine::connect().await?;
     let _lock = crate::lock::acquire(&config.name, &ctx.reporter).await?;
-    let restarted = start_stopped_node(ctx, config, &engine).await?;
-    let mut up = match unchanged(ctx, config, &engine).await {
+    // the record of the last complete up (read once, under the lock)
+    let last = crate::warm::read(&crate::warm::key(config));
+    let restarted = start_stopped_node(ctx, config, &engine, last.as_ref()).await?;
+    let mut up = match unchanged(ctx, config, &engine, last.as_ref()).await {
         Ok(up) => up,
         Err(reason) => {
             ctx.reporter.detail(format!("a full up: {reason}"));
-            // what it says of the add-ons still holds if they did not change (see converge)
-            let last = crate::warm::read(&crate::warm::key(config));
             crate::warm::forget(&crate::warm::key(config));
+            // what it says of the add-ons still holds if they did not change (see converge)
             converge(ctx, config, &engine, last.as_ref()).await?
         }
     };
@@ -190,15 +191,19 @@ pub async fn bring_up(ctx: &Context, config: &SandboxConfig) -> Result<Outcome, 
     let answering_since = Instant::now();
     // what changed (a rollout, the node's restart) reaches the node's rules up to a second
     // after the API says it is done
-    let changed = !up.unchanged || restarted_now;
-    let proxied: Vec<(String, String)> = waited
+    let changed: &[Applied] = if up.unchanged && !restarted_now {
+        &[]
+    } else {
+        &waited
+    };
+    let proxied: Vec<(String, String)> = changed
         .iter()
-        .filter(|a| changed && crate::proxy_rules::proxied(&a.object))
+        .filter(|a| crate::proxy_rules::proxied(&a.object))
         .filter_map(|a| Some((a.namespace.clone()?, a.name.clone())))
         .collect();
-    let ingresses: Vec<serde_json::Value> = waited
+    let ingresses: Vec<serde_json::Value> = changed
         .iter()
-        .filter(|a| changed && a.resource.kind == "Ingress")
+        .filter(|a| a.resource.kind == "Ingress")
         .map(|a| a.object.clone())
         .collect();
     let (urls, (), ()) = tokio::join!(
@@ -280,6 +285,7 @@ async fn start_stopped_node(
     ctx: &Context,
     config: &SandboxConfig,
     engine: &Engine,
+    last: Option<&crate::warm::Record>,
 ) -> Result<Option<Node>, Error> {
     let Ok(nodes) = engine.list_nodes(Some(&config.name)).await else {
         return Ok(None);
@@ -290,8 +296,7 @@ async fn start_stopped_node(
     if info.running() || info.never_started() {
         return Ok(None);
     }
-    let recorded = crate::warm::read(&crate::warm::key(config)).is_some_and(|r| r.node == info.id);
-    if !recorded {
+    if last.is_none_or(|r| r.node != info.id) {
         return Ok(None);
     }
     let booting = boot(ctx, config, engine).await?;
@@ -554,26 +559,17 @@ async fn addons_as_left(
     digest: &str,
 ) -> Option<Vec<Applied>> {
     let last = last.filter(|r| r.node == node.info.id && r.addon_documents == digest)?;
-    let left: Vec<crate::warm::ObjectRecord> = last
+    let addons: Vec<crate::warm::ObjectRecord> = last
         .objects
         .iter()
         .filter(|o| o.role == crate::warm::Role::Addon)
         .cloned()
         .collect();
-    if left.is_empty() {
+    if addons.is_empty() {
         return None;
     }
-    let observed = crate::warm::observe(&node.client, &config.name, &left)
-        .await
-        .ok()?;
-    let mut applied = Vec::new();
-    for ((now, object), was) in observed.into_iter().zip(&left) {
-        if !was.state.unchanged(&now.state) {
-            return None;
-        }
-        applied.push(now.as_applied(object));
-    }
-    Some(applied)
+    let left = crate::warm::as_left(&node.client, &config.name, &addons).await;
+    Some(left.ok()?.into_iter().map(|(_, object)| object).collect())
 }
 
 /// The value a side of [`converge`] sends once it has it; `None` when that side ended
@@ -658,10 +654,10 @@ async fn unchanged(
     ctx: &Context,
     config: &SandboxConfig,
     engine: &Engine,
+    last: Option<&crate::warm::Record>,
 ) -> Result<Converged, String> {
     use crate::warm::Role;
-    let record =
-        crate::warm::read(&crate::warm::key(config)).ok_or("no record of a complete up")?;
+    let record = last.ok_or("no record of a complete up")?;
     let (info, profile) = node::running(engine, &config.name)
         .await
         .map_err(|e| e.to_string())?;
@@ -740,20 +736,17 @@ async fn unchanged(
     if crate::warm::documents_digest(&docs) != record.documents {
         return Err("the documents to apply changed".into());
     }
-    let (ready, observed) = tokio::join!(
+    let (ready, left) = tokio::join!(
         node::node_ready(&node.client, &node.info.name),
-        crate::warm::observe(&node.client, &config.name, &record.objects)
+        crate::warm::as_left(&node.client, &config.name, &record.objects)
     );
     ready?;
     let mut addons = Vec::new();
     let mut applied = Vec::new();
-    for ((now, object), left) in observed?.into_iter().zip(&record.objects) {
-        if !left.state.unchanged(&now.state) {
-            return Err(format!("{} changed since the last up", now.id()));
-        }
-        match now.role {
-            Role::Addon => addons.push(now.as_applied(object)),
-            Role::Project => applied.push(now.as_applied(object)),
+    for (role, object) in left? {
+        match role {
+            Role::Addon => addons.push(object),
+            Role::Project => applied.push(object),
             Role::Inventory => {}
         }
     }
