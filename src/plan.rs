@@ -227,15 +227,44 @@ pub fn node_spec(
 /// Picks host ports: `preferred` when it can be bound on 127.0.0.1, else a free one.
 /// `taken` lists ports already promised in this plan.
 pub fn pick_port(preferred: Option<u16>, taken: &[u16]) -> std::io::Result<u16> {
+    pick_port_from(&LoopbackPorts, preferred, taken)
+}
+
+/// Where ports are looked for: the host's loopback, or a fixed set in unit tests (the
+/// host's free ports change under tests that run side by side).
+trait PortSource {
+    /// Whether `port` can be bound now.
+    fn is_free(&self, port: u16) -> bool;
+    /// A port the system chooses.
+    fn any(&self) -> std::io::Result<u16>;
+}
+
+struct LoopbackPorts;
+
+impl PortSource for LoopbackPorts {
+    fn is_free(&self, port: u16) -> bool {
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+    }
+
+    fn any(&self) -> std::io::Result<u16> {
+        Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+            .local_addr()?
+            .port())
+    }
+}
+
+fn pick_port_from(
+    source: &impl PortSource,
+    preferred: Option<u16>,
+    taken: &[u16],
+) -> std::io::Result<u16> {
     if let Some(p) = preferred {
-        if !taken.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+        if !taken.contains(&p) && source.is_free(p) {
             return Ok(p);
         }
     }
     loop {
-        let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
-            .local_addr()?
-            .port();
+        let port = source.any()?;
         if !taken.contains(&port) {
             return Ok(port);
         }
@@ -246,10 +275,21 @@ pub fn pick_port(preferred: Option<u16>, taken: &[u16]) -> std::io::Result<u16> 
 /// node made again, each of its `previous` ports (0: none) that is still free, so that its
 /// URLs stay put.
 pub fn choose_host_ports(previous: Option<HostPorts>) -> std::io::Result<HostPorts> {
+    choose_host_ports_from(&LoopbackPorts, previous)
+}
+
+fn choose_host_ports_from(
+    source: &impl PortSource,
+    previous: Option<HostPorts>,
+) -> std::io::Result<HostPorts> {
     let kept = |port: fn(&HostPorts) -> u16| previous.as_ref().map(port).filter(|p| *p != 0);
-    let api = pick_port(kept(|p| p.api), &[])?;
-    let http = pick_port(kept(|p| p.http).or(Some(INGRESS_HTTP_PORT)), &[api])?;
-    let https = pick_port(kept(|p| p.https).or(Some(INGRESS_HTTPS_PORT)), &[api, http])?;
+    let api = pick_port_from(source, kept(|p| p.api), &[])?;
+    let http = pick_port_from(source, kept(|p| p.http).or(Some(INGRESS_HTTP_PORT)), &[api])?;
+    let https = pick_port_from(
+        source,
+        kept(|p| p.https).or(Some(INGRESS_HTTPS_PORT)),
+        &[api, http],
+    )?;
     Ok(HostPorts { api, http, https })
 }
 
@@ -346,16 +386,66 @@ mod tests {
         );
     }
 
+    /// Every port can be bound but the `busy` ones; the system hands out 50000, 50001, ...
+    struct FakePorts {
+        busy: Vec<u16>,
+        next: std::cell::Cell<u16>,
+    }
+
+    impl PortSource for FakePorts {
+        fn is_free(&self, port: u16) -> bool {
+            !self.busy.contains(&port)
+        }
+
+        fn any(&self) -> std::io::Result<u16> {
+            let port = self.next.get();
+            self.next.set(port + 1);
+            Ok(port)
+        }
+    }
+
+    fn fake(busy: &[u16]) -> FakePorts {
+        FakePorts {
+            busy: busy.to_vec(),
+            next: std::cell::Cell::new(50000),
+        }
+    }
+
     #[test]
     fn a_node_made_again_keeps_its_ports_that_are_still_free() {
-        let free = || pick_port(None, &[]).unwrap();
-        let (api, http, https) = (free(), free(), free());
-        let taken = std::net::TcpListener::bind(("127.0.0.1", http)).unwrap();
-        let previous = HostPorts { api, http, https };
-        let chosen = choose_host_ports(Some(previous)).unwrap();
-        assert_eq!((chosen.api, chosen.https), (api, https));
-        assert_ne!(chosen.http, http);
-        drop(taken);
+        let previous = HostPorts {
+            api: 40001,
+            http: 40002,
+            https: 40003,
+        };
+        let chosen = choose_host_ports_from(&fake(&[40002]), Some(previous)).unwrap();
+        assert_eq!(
+            (chosen.api, chosen.http, chosen.https),
+            (40001, 50000, 40003)
+        );
+        // a new node: any API port, 80 and 443 when free, else any
+        let chosen = choose_host_ports_from(&fake(&[443]), None).unwrap();
+        assert_eq!((chosen.api, chosen.http, chosen.https), (50000, 80, 50001));
+        // a previous port of 0 was never published: the default is tried
+        let none = HostPorts {
+            api: 40001,
+            http: 0,
+            https: 0,
+        };
+        let chosen = choose_host_ports_from(&fake(&[]), Some(none)).unwrap();
+        assert_eq!((chosen.http, chosen.https), (80, 443));
+    }
+
+    #[test]
+    fn a_port_already_chosen_is_not_chosen_again() {
+        // free, but the API already has it
+        let source = fake(&[]);
+        assert_eq!(
+            pick_port_from(&source, Some(40001), &[40001]).unwrap(),
+            50000
+        );
+        // the system hands out one the API has: the next is asked for
+        assert_eq!(pick_port_from(&source, None, &[50001]).unwrap(), 50002);
     }
 
     #[test]
