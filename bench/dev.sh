@@ -54,12 +54,13 @@ grep -q 'watching' "$WORKDIR/dev.err" || { cat "$WORKDIR/dev.err" >&2; exit 1; }
 URL=$("$SANDBOX" --name "$NAME" urls -o json | python3 -c 'import json,sys; print([u["url"] for u in json.load(sys.stdin)["urls"] if u["kind"] == "NodePort"][0])')
 URL=${URL%/}
 
-# until_served PATH TEXT [ROW]: polls the URL every 20 ms until its body holds TEXT, ROW
+# until_served PATH TEXT [ROW]: polls the URL (the Service by name through the ingress, sent
+# to 127.0.0.1 as its nip.io name resolves) every 20 ms until its body holds TEXT, ROW
 # requests in a row (default 1; 60 s at most)
 until_served() {
   local row=0
   for _ in $(seq 3000); do
-    if curl -s --max-time 2 "$URL$1" | grep -q "$2"; then
+    if curl -sk --connect-to ::127.0.0.1: --max-time 2 "$URL$1" | grep -q "$2"; then
       row=$((row + 1)); [ "$row" -ge "${3:-1}" ] && return 0
     else
       row=0; sleep 0.02

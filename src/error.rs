@@ -91,6 +91,9 @@ pub enum Error {
     /// The DNS server.
     #[error(transparent)]
     Dns(Box<crate::dns::DnsError>),
+    /// The relay of loopback ports.
+    #[error(transparent)]
+    Forward(#[from] crate::forward::ForwardError),
     /// The CA or a certificate.
     #[error(transparent)]
     Tls(Box<crate::tls::TlsError>),
@@ -146,6 +149,7 @@ impl Error {
             | Error::Io { .. }
             | Error::Kubeconfig(_)
             | Error::Lock(_)
+            | Error::Forward(_)
             | Error::Tls(_) => exit::FAILURE,
             Error::Docker(_) => exit::DOCKER,
             Error::Node(e) => match **e {

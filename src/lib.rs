@@ -15,6 +15,7 @@ pub mod dns;
 pub mod dns_daemon;
 pub mod docker;
 pub mod error;
+pub mod forward;
 pub mod images;
 pub mod ingress;
 pub mod ingress_servers;

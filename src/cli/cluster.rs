@@ -344,6 +344,7 @@ impl Target for ClusterTarget {
                 None,
                 self.cluster.https_port,
                 false,
+                &[],
             )
             .await
             .map_err(kube_error),
@@ -1041,9 +1042,16 @@ async fn answering(
     cluster: &ClusterConfig,
     ready_since: Instant,
 ) -> Result<Vec<Url>, Error> {
-    let urls = crate::urls::collect(client, Some(namespace), None, cluster.https_port, false)
-        .await
-        .map_err(kube_error)?;
+    let urls = crate::urls::collect(
+        client,
+        Some(namespace),
+        None,
+        cluster.https_port,
+        false,
+        &[],
+    )
+    .await
+    .map_err(kube_error)?;
     let mut addresses = std::collections::BTreeMap::new();
     for u in urls.iter().filter(|u| u.kind == "Ingress") {
         let host = u

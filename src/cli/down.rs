@@ -28,6 +28,12 @@ pub async fn run(ctx: &Context, args: DownArgs) -> Result<(), Error> {
     crate::warm::forget_all(&sandbox);
     let step = ctx.reporter.step(format!("removing sandbox {sandbox}"));
     let removed = node::remove(&engine, &sandbox, args.purge).await?;
+    if crate::forward::stop(&sandbox).await {
+        ctx.reporter.detail("stopped the port relay");
+    }
+    if args.purge {
+        crate::forward::forget(&sandbox);
+    }
     step.done(format!("removed sandbox {sandbox}"));
     // the DNS server is shared by a user's sandboxes: the last one's down stops it
     let dns_stopped = match engine.list_nodes(None).await {

@@ -8,6 +8,7 @@ pub mod dev;
 pub mod dns;
 pub mod down;
 pub mod exec;
+pub mod forward;
 pub mod kubeconfig;
 pub mod load;
 pub mod logs;
@@ -112,6 +113,9 @@ pub enum Command {
     Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Trust the sandbox CA: install (default), uninstall, or print exports for tools.
     Trust(trust::TrustArgs),
+    /// The relay of the sandbox's loopback ports (started by `up`).
+    #[command(hide = true)]
+    Forward(forward::ForwardArgs),
 }
 
 /// Everything a command needs from the global options.
@@ -226,6 +230,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Exec(args) => exec::run(&ctx, args).await,
         Command::Kubeconfig(args) => kubeconfig::run(&ctx, args).await,
         Command::Trust(args) => trust::run(&ctx, args).await,
+        Command::Forward(args) => forward::run(&ctx, args).await,
     }
 }
 

@@ -382,9 +382,10 @@ impl Target for NodeTarget {
             None => crate::urls::collect(
                 &node.client,
                 self.config.environment.as_deref(),
-                node.ip.as_deref(),
+                Some(&super::up::domain(&self.config)),
                 node.ports.https,
                 true,
+                &crate::forward::table(&self.config.name),
             )
             .await
             .map_err(|e| Error::Kube(crate::apply::api_message(&e))),

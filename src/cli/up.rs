@@ -27,18 +27,102 @@ pub(crate) async fn wait_answering(
     node: &Node,
     ready_since: Instant,
 ) -> Result<Vec<Url>, Error> {
+    let forwards = relay_ports(ctx, config, node).await?;
     let urls = urls::collect(
         &node.client,
         config.environment.as_deref(),
-        node.ip.as_deref(),
+        Some(&domain(config)),
         node.ports.https,
         true,
+        &forwards,
     )
     .await
     .map_err(|e| Error::Kube(crate::apply::api_message(&e)))?;
     let checks = crate::routes::plan(&urls, node.ports.https);
     check_routes(ctx, config, &checks, ready_since).await?;
     Ok(urls)
+}
+
+/// Gives every exposed Service port the ingress cannot carry a loopback port, kept across
+/// `up`s, and has the sandbox's relay listen on them (see [`crate::forward`]); gives each
+/// LoadBalancer Service its address. Returns the relayed ports.
+async fn relay_ports(
+    ctx: &Context,
+    config: &SandboxConfig,
+    node: &Node,
+) -> Result<Vec<crate::forward::Forward>, Error> {
+    let kube_error = |e: kube::Error| Error::Kube(crate::apply::api_message(&e));
+    let services = urls::project_services(&node.client, config.environment.as_deref())
+        .await
+        .map_err(kube_error)?;
+    // an environment's up relays its own namespace's ports, beside the sandbox's others
+    let mut previous = crate::forward::table(&config.name);
+    let wanted = crate::forward::wanted(&services);
+    let mut table: Vec<crate::forward::Forward> = match &config.environment {
+        Some(env) => previous
+            .iter()
+            .filter(|f| f.namespace != *env)
+            .cloned()
+            .collect(),
+        None => Vec::new(),
+    };
+    previous.retain(|f| !table.contains(f));
+    let reserved: Vec<u16> = [node.ports.api, node.ports.http, node.ports.https]
+        .into_iter()
+        .chain(table.iter().map(|f| f.host_port))
+        .collect();
+    let held = crate::forward::running(&config.name).is_some();
+    let kept = table.len();
+    let mut taken = Vec::new();
+    // a port another process takes between the choice and the relay's listen is chosen
+    // again (twice at most: then the relay's log says what holds them)
+    for attempt in 0..3 {
+        let mut reserved = reserved.clone();
+        reserved.extend(&taken);
+        let mut any = crate::forward::loopback_any;
+        table.truncate(kept);
+        table.extend(
+            crate::forward::allocate(
+                &previous,
+                &wanted,
+                held,
+                &reserved,
+                &crate::forward::loopback_free,
+                &mut any,
+            )
+            .map_err(|source| Error::Io {
+                action: "choose a loopback port for a Service",
+                source,
+            })?,
+        );
+        let (relay, failed) = crate::forward::ensure(&config.name, &table).await?;
+        match relay {
+            crate::forward::Relay::Started(pid) => ctx.reporter.info(format!(
+                "started the port relay (pid {pid}) for {}",
+                crate::report::count(table.len(), "port")
+            )),
+            crate::forward::Relay::Reloaded => {
+                ctx.reporter.detail("the port relay took the new ports")
+            }
+            crate::forward::Relay::None | crate::forward::Relay::Unchanged => {}
+        }
+        if failed.is_empty() {
+            break;
+        }
+        if attempt == 2 {
+            ctx.reporter.warn(format!(
+                "the port relay cannot listen on 127.0.0.1 port(s) {failed:?}; see {}",
+                crate::forward::log_path(&config.name).display()
+            ));
+            table.retain(|f| !failed.contains(&f.host_port));
+            break;
+        }
+        taken.extend(failed);
+    }
+    crate::forward::publish_addresses(&node.client, &services, &domain(config))
+        .await
+        .map_err(kube_error)?;
+    Ok(table)
 }
 
 /// Waits until every URL of `checks` answers through its route, within what is left of the
@@ -868,12 +952,11 @@ pub(crate) fn load_manifests(
     let addon_urls =
         crate::urls::planned(&addons, node.ports.https, None, crate::addons::NAMESPACE);
     let mut docs = secret_documents(config)?;
-    docs.extend(read_manifests(
-        config,
-        &builtins,
-        node.ip.as_deref(),
-        &addon_urls,
-    )?);
+    let project = read_manifests(config, &builtins, Some(&builtins.domain), &addon_urls)?;
+    // the exposed Services' HTTP ports, by name through the ingress
+    let named = crate::urls::service_ingresses(&project, &builtins.domain, &config.namespace);
+    docs.extend(project);
+    docs.extend(named);
     let rewrite = images::rewrite_map(built);
     let policy = match config.registry {
         Some(_) => "IfNotPresent",
@@ -886,16 +969,17 @@ pub(crate) fn load_manifests(
 }
 
 /// The project's manifests, read with `builtins`; `${SANDBOX_URL_<NAME>}` are the URLs of
-/// its own Ingresses (and fixed node ports at `node_ip`), then of the add-ons' (`addon_urls`).
+/// its own Ingresses (and its exposed Services' HTTP ports by name under `domain`), then of
+/// the add-ons' (`addon_urls`).
 pub(crate) fn read_manifests(
     config: &SandboxConfig,
     builtins: &Builtins,
-    node_ip: Option<&str>,
+    domain: Option<&str>,
     addon_urls: &[crate::urls::Url],
 ) -> Result<Vec<Document>, Error> {
     let vars = manifests::variables(builtins, &config.variables);
     let urls = |docs: &[Document]| {
-        let mut urls = crate::urls::planned(docs, builtins.https_port, node_ip, &config.namespace);
+        let mut urls = crate::urls::planned(docs, builtins.https_port, domain, &config.namespace);
         urls.extend_from_slice(addon_urls);
         crate::urls::variables(&urls)
     };

@@ -361,22 +361,10 @@ fn node_restarted_killed_or_removed_behind_sandboxs_back_is_repaired_and_keeps_c
     let at = |what: &str| eprintln!("drills: [{:5.1}s] {what}", started.elapsed().as_secs_f64());
     at("token written");
 
-    // `docker restart` of the node: the cluster comes back by itself, with the data (at
-    // the node's address now, should the engine have given it another one)
+    // `docker restart` of the node: the cluster comes back by itself, with the data, at the
+    // same URL (the Service's name through the node's published ingress port)
     docker(&["restart", &node]);
-    let node_port = url_named(&first, "default/token")
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_string();
-    let network = format!(
-        "{{{{(index .NetworkSettings.Networks \"sandbox-{}\").IPAddress}}}}",
-        sb.name
-    );
-    let ip = docker(&["inspect", "-f", &network, &node]);
-    let ip = String::from_utf8_lossy(&ip.stdout).trim().to_string();
-    let url = format!("http://{ip}:{node_port}/token");
+    let url = format!("{}token", url_named(&first, "default/token"));
     // no `up` in between: the cluster comes back by itself, so this one waits
     let served = eventually(
         "the token served after docker restart",

@@ -48,7 +48,9 @@ fn hello_fixture_answers_and_second_up_changes_nothing() {
         "--",
         "sh",
         "-c",
-        r#"curl --fail -s "$SANDBOX_URL_HELLO" && kubectl get deploy hello"#,
+        // the URL is the Service's name through the ingress, verified with the CA bundle
+        // `exec` exports; its nip.io name goes to 127.0.0.1 as nip.io itself would send it
+        r#"curl --fail -sS --connect-to ::127.0.0.1: "$SANDBOX_URL_HELLO" && kubectl get deploy hello"#,
     ]);
     crate::support::assert_success(&ok, "sandbox exec curl");
     assert!(String::from_utf8_lossy(&ok.stdout).contains("hello from sandbox"));

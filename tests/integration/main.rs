@@ -8,6 +8,7 @@ mod commands;
 mod dev;
 mod drills;
 mod environments;
+mod exposed;
 mod field;
 mod hello;
 mod images;

@@ -274,8 +274,16 @@ pub fn assert_success(out: &Output, what: &str) {
     );
 }
 
-/// A plain HTTP/1.0 GET; returns the status code and body.
+/// A plain HTTP/1.0 GET; returns the status code and body. An `https://` URL (a Service's
+/// name through the ingress) goes to 127.0.0.1, as its name resolves there, certificate not
+/// verified (tests/integration/exposed.rs verifies it).
 pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
+    if url.starts_with("https://") {
+        return match ingress_get(url) {
+            (0, _) => Err(std::io::Error::other(format!("{url}: no answer"))),
+            answer => Ok(answer),
+        };
+    }
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| std::io::Error::other(format!("not an http URL: {url}")))?;
