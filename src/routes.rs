@@ -97,8 +97,11 @@ pub fn plan_at(
         .filter_map(|u| {
             let rest = u.url.split_once("://")?.1;
             let authority = rest.split('/').next()?;
-            let check = if u.kind == "Ingress" {
-                let host = authority.split(':').next()?.to_string();
+            let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+            // a name goes through the ingress (an Ingress host, a Service's name through it);
+            // an address is a port of its own (a relayed loopback port)
+            let check = if u.kind == "Ingress" || host.parse::<std::net::IpAddr>().is_err() {
+                let host = host.to_string();
                 Check::Ingress {
                     addr: SocketAddr::new(ingress_at(&host)?, https_port),
                     host,
@@ -425,7 +428,7 @@ mod tests {
     }
 
     #[test]
-    fn ingress_urls_go_through_the_published_port_and_node_ports_to_themselves() {
+    fn names_go_through_the_published_port_and_loopback_ports_to_themselves() {
         let urls = [
             url(
                 "Ingress",
@@ -436,10 +439,27 @@ mod tests {
                     tls: true,
                 },
             ),
+            // a NodePort's HTTP port by name through the ingress
             url(
                 "NodePort",
                 "shop/web",
-                "http://172.18.0.2:30080/",
+                "https://web.shop.127.0.0.1.nip.io:8443/",
+                Probe {
+                    path: "/".into(),
+                    tls: true,
+                },
+            ),
+            // its other ports, relayed to loopback ports
+            url(
+                "NodePort",
+                "shop/db",
+                "tcp://127.0.0.1:5432",
+                Probe::default(),
+            ),
+            url(
+                "LoadBalancer",
+                "shop/admin",
+                "https://127.0.0.1:30443/",
                 Probe::default(),
             ),
             url("Ingress", "x/y", "not a url", Probe::default()),
@@ -456,9 +476,18 @@ mod tests {
                     path: "/api".into(),
                     tls: true
                 },
+                Check::Ingress {
+                    addr: "127.0.0.1:8443".parse().unwrap(),
+                    host: "web.shop.127.0.0.1.nip.io".into(),
+                    path: "/".into(),
+                    tls: true
+                },
                 Check::Port {
-                    addr: "172.18.0.2:30080".parse().unwrap()
-                }
+                    addr: "127.0.0.1:5432".parse().unwrap()
+                },
+                Check::Port {
+                    addr: "127.0.0.1:30443".parse().unwrap()
+                },
             ]
         );
     }

@@ -15,16 +15,21 @@ pub struct CompletionsArgs {
 /// Prints the completion script for a shell.
 pub fn completions(args: CompletionsArgs) -> Result<(), Error> {
     let mut command = Cli::command();
-    clap_complete::generate(args.shell, &mut command, "sandbox", &mut std::io::stdout());
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut command, "sandbox", &mut script);
+    super::stdout(&String::from_utf8_lossy(&script));
     Ok(())
 }
 
 /// Prints the man page (roff).
 pub fn man() -> Result<(), Error> {
+    let mut page = Vec::new();
     clap_mangen::Man::new(Cli::command())
-        .render(&mut std::io::stdout())
+        .render(&mut page)
         .map_err(|source| Error::Io {
-            action: "write the man page",
+            action: "render the man page",
             source,
-        })
+        })?;
+    super::stdout(&String::from_utf8_lossy(&page));
+    Ok(())
 }

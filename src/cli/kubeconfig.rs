@@ -39,10 +39,7 @@ pub async fn run(ctx: &Context, args: KubeconfigArgs) -> Result<(), Error> {
     };
     match args.write {
         Some(path) => crate::kubeconfig::write(&path, &kubeconfig)?,
-        None => print!(
-            "{}",
-            serde_yaml::to_string(&kubeconfig).expect("YAML trees serialise")
-        ),
+        None => super::stdout(&serde_yaml::to_string(&kubeconfig).expect("YAML trees serialise")),
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! that does not exist (exit 8 and an `Error` document), on a running one (`urls`, `logs`,
 //! `status --all`, `kubeconfig --write` and its exit 1, `trust` and `trust uninstall` seen
 //! by curl, `exec` passing 127 through and `exec --down`), and the ones that need no
-//! sandbox (`completions`, `man`, a bad command line).
+//! sandbox (`completions`, `man`, a bad command line, a closed stdout).
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -109,6 +109,23 @@ fn commands_on_a_sandbox_that_does_not_exist_exit_8() {
     let bad = sb.run(&["up", "--no-such-flag"]);
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--no-such-flag"));
+
+    // a reader that has gone (`sandbox man | head -1`): exit 0, no panic; an error document
+    // still exits with its own code
+    for (args, code) in [
+        (&["man"][..], 0),
+        (&["completions", "bash"], 0),
+        (&["status", "--all", "-o", "json"], 0),
+        (&["urls", "-o", "json"], 8),
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        // closed before the command writes: every write meets a closed pipe
+        drop(reader);
+        let out = sb.command(args).stdout(writer).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "sandbox {args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "sandbox {args:?}: {stderr}");
+    }
 }
 
 #[test]

@@ -80,7 +80,8 @@ fn dev_keeps_the_sandbox_up_to_date_as_files_change() {
     assert_eq!(strategy(), "100%/0");
     let urls = sb.run_json(&["urls", "-f", &file]);
     let url = urls["urls"][0]["url"].as_str().unwrap().to_string();
-    assert!(url.starts_with("http://"), "{urls}");
+    // the NodePort by name through the ingress (http_get sends it to 127.0.0.1)
+    assert!(url.starts_with("https://hello.default."), "{urls}");
 
     // an edit of a file of the image: rebuilt, loaded, rolled out
     let page = project.join("app/www/index.html");

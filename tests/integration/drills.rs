@@ -494,8 +494,8 @@ impl Neighbour {
             .env("XDG_STATE_HOME", self.dir.join("state"))
             .env("CI", "true")
             .env_remove("SANDBOX_NAME")
-            .env_remove("SANDBOX_FILE")
-            .env_remove("SANDBOX_PROFILE");
+            .env_remove("SANDBOX_FILE");
+        crate::support::with_test_profile(&mut cmd);
         cmd
     }
 

@@ -41,8 +41,12 @@ fn removed_objects_are_pruned_and_apply_builds_nothing() {
         })
         .collect();
     pruned.sort();
-    assert_eq!(pruned, ["Deployment/api", "Service/api"]);
-    assert!(!exists("deploy/api") && !exists("service/api"));
+    // with the Ingress that gave its NodePort a name through the ingress
+    assert_eq!(
+        pruned,
+        ["Deployment/api", "Ingress/api-sandbox-url", "Service/api"]
+    );
+    assert!(!exists("deploy/api") && !exists("service/api") && !exists("ingress/api-sandbox-url"));
     assert!(exists("deploy/web"), "web must stay");
 
     // an object someone else created is never pruned, even in the sandbox's namespace

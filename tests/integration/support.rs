@@ -101,8 +101,8 @@ impl TestSandbox {
             .env("CI", "true")
             .env_remove("SANDBOX_NAME")
             .env_remove("SANDBOX_FILE")
-            .env_remove("SANDBOX_PROFILE")
             .env_remove("SANDBOX_NAMESPACE");
+        with_test_profile(&mut cmd);
         cmd
     }
 
@@ -562,4 +562,14 @@ impl Drop for Running {
             eprintln!("--- the command's stderr\n{}", self.stderr.lock().unwrap());
         }
     }
+}
+
+/// The suite's node profile: `SANDBOX_TEST_PROFILE` (`k3s` in .github/workflows/k3s.yml,
+/// where Docker Hub is reachable), else sandbox's own choice (`offline` here). The same
+/// tests run on either.
+pub fn with_test_profile(cmd: &mut Command) {
+    match std::env::var("SANDBOX_TEST_PROFILE") {
+        Ok(profile) if !profile.is_empty() => cmd.env("SANDBOX_PROFILE", profile),
+        _ => cmd.env_remove("SANDBOX_PROFILE"),
+    };
 }
