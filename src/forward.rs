@@ -632,17 +632,30 @@ async fn backend(
         .get(&forward.service)
         .await
         .map_err(|e| format!("Endpoints: {}", crate::apply::api_message(&e)))?;
+    let ready = ready_pods(&endpoints, port_name.as_deref());
+    if ready.is_empty() {
+        return Err("no ready pod behind the Service".into());
+    }
+    let n = turn.fetch_add(1, Ordering::Relaxed);
+    Ok(ready[n % ready.len()].clone())
+}
+
+/// The ready pods of `endpoints` with their port behind the Service port named `port_name`
+/// (none for the unnamed port of a one-port Service: its Endpoints' port is unnamed too),
+/// sorted (pure).
+fn ready_pods(endpoints: &Endpoints, port_name: Option<&str>) -> Vec<(String, u16)> {
     let mut ready = Vec::new();
     for subset in endpoints.subsets.iter().flatten() {
         let Some(port) = subset
             .ports
             .iter()
             .flatten()
-            .find(|p| p.name == port_name || subset.ports.as_ref().is_some_and(|ps| ps.len() == 1))
+            .find(|p| p.name.as_deref() == port_name)
             .and_then(|p| u16::try_from(p.port).ok())
         else {
             continue;
         };
+        // `addresses` holds the ready ones only (`notReadyAddresses` the others)
         for address in subset.addresses.iter().flatten() {
             if let Some(pod) = address
                 .target_ref
@@ -654,12 +667,8 @@ async fn backend(
             }
         }
     }
-    if ready.is_empty() {
-        return Err("no ready pod behind the Service".into());
-    }
     ready.sort();
-    let n = turn.fetch_add(1, Ordering::Relaxed);
-    Ok(ready[n % ready.len()].clone())
+    ready
 }
 
 #[cfg(test)]
@@ -741,6 +750,37 @@ mod tests {
         .unwrap();
         assert_eq!(table[0].host_port, 7000);
         assert_eq!(table[1].host_port, 50000);
+    }
+
+    #[test]
+    fn connections_go_to_ready_pods_on_the_port_behind_the_services() {
+        let endpoints: Endpoints = serde_json::from_value(serde_json::json!({
+            "subsets": [{
+                "addresses": [
+                    {"ip": "10.0.0.2", "targetRef": {"kind": "Pod", "name": "web-b"}},
+                    {"ip": "10.0.0.1", "targetRef": {"kind": "Pod", "name": "web-a"}},
+                    {"ip": "10.0.0.9"}
+                ],
+                "notReadyAddresses": [{"ip": "10.0.0.3", "targetRef": {"kind": "Pod", "name": "web-c"}}],
+                "ports": [{"name": "http", "port": 8080}, {"name": "db", "port": 5432}]
+            }]
+        }))
+        .unwrap();
+        assert_eq!(
+            ready_pods(&endpoints, Some("db")),
+            [("web-a".to_string(), 5432), ("web-b".to_string(), 5432)]
+        );
+        assert!(ready_pods(&endpoints, Some("other")).is_empty());
+        // a Service of one port may leave it unnamed, and so do its Endpoints
+        let one: Endpoints = serde_json::from_value(serde_json::json!({
+            "subsets": [{
+                "addresses": [{"ip": "10.0.0.1", "targetRef": {"kind": "Pod", "name": "p"}}],
+                "ports": [{"port": 6379}]
+            }]
+        }))
+        .unwrap();
+        assert_eq!(ready_pods(&one, None), [("p".to_string(), 6379)]);
+        assert!(ready_pods(&one, Some("redis")).is_empty());
     }
 
     #[test]

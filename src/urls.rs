@@ -376,12 +376,9 @@ pub async fn collect(
     shared_addons: bool,
     forwards: &[crate::forward::Forward],
 ) -> Result<Vec<Url>, kube::Error> {
-    let (services, ingresses): (Api<Service>, Api<Ingress>) = match namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+    let ingresses: Api<Ingress> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     };
     let project =
         |ns: &Option<String>| !SYSTEM_NAMESPACES.contains(&ns.as_deref().unwrap_or_default());
@@ -415,10 +412,7 @@ pub async fn collect(
         }
     }
     if domain.is_some() || !forwards.is_empty() {
-        for service in services.list(&ListParams::default()).await?.items {
-            if !project(&service.metadata.namespace) {
-                continue;
-            }
+        for service in project_services(client, namespace).await? {
             let key = (
                 service.metadata.namespace.clone().unwrap_or_default(),
                 service.metadata.name.clone().unwrap_or_default(),
