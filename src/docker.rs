@@ -1,7 +1,8 @@
 //! The Docker engine: the only module that speaks bollard.
 //!
 //! Translation from the plan's types to the engine's ([`container_body`]) is pure and
-//! unit-tested; everything else is thin I/O with one error variant per operation.
+//! unit-tested, and so is finding the engine as the docker CLI does ([`engine_endpoints`]);
+//! everything else is thin I/O with one error variant per operation.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -2374,6 +2375,208 @@ mod tests {
             )
         );
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    /// Answers one request of `stream` as an engine does the handshake's two: `/_ping` with
+    /// `OK`, anything else with the version document.
+    async fn answer<S>(mut stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncReadExt;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let head = String::from_utf8_lossy(&head);
+        let (kind, body) = if head.contains("/_ping") {
+            ("text/plain", "OK")
+        } else {
+            (
+                "application/json",
+                r#"{"Version":"27.0.0","ApiVersion":"1.45","MinAPIVersion":"1.24"}"#,
+            )
+        };
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_address_where_nothing_listens_passes_to_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("engine.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(answer(stream));
+            }
+        });
+        let absent = dir.path().join("absent.sock");
+        let endpoints = [
+            endpoint(
+                &format!("unix://{}", absent.display()),
+                None,
+                Origin::Default { chosen_by: None },
+            )
+            .unwrap(),
+            endpoint(
+                &format!("unix://{}", path.display()),
+                None,
+                Origin::WellKnown("Colima's socket"),
+            )
+            .unwrap(),
+        ];
+        let engine = Engine::connect_first(&endpoints, Duration::from_secs(10)).await;
+        assert!(engine.is_ok(), "{:?}", engine.err());
+    }
+
+    /// A CA, and a certificate it signs for `name` (`ServerAuth` or `ClientAuth`): PEMs of
+    /// the CA, the certificate and its key.
+    fn pki(name: &str, usage: rcgen::ExtendedKeyUsagePurpose) -> (String, String, String) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec![name.to_string()]).unwrap();
+        leaf.extended_key_usages = vec![usage];
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        (ca_pem, cert.pem(), key.serialize_pem())
+    }
+
+    /// An engine over TLS on 127.0.0.1 that requires a client certificate signed by
+    /// `client_ca`: its address.
+    async fn tls_engine(cert_pem: &str, key_pem: &str, client_ca: &str) -> String {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(client_ca.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        answer(tls).await;
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_tls_endpoint_trusts_its_ca_and_presents_its_client_certificate() {
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        let (server_ca, server_cert, server_key) = pki("127.0.0.1", ServerAuth);
+        let (client_ca, client_cert, client_key) = pki("client", ClientAuth);
+        let (other_ca, _, _) = pki("127.0.0.1", ServerAuth);
+        let address = tls_engine(&server_cert, &server_key, &client_ca).await;
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, pem: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            Some(path)
+        };
+        let files = TlsFiles {
+            ca: file("ca.pem", &server_ca),
+            cert: file("cert.pem", &client_cert),
+            key: file("key.pem", &client_key),
+            verify: true,
+        };
+        let connect = |tls: TlsFiles| {
+            let context = Origin::Context {
+                name: "remote".into(),
+                chosen_by: "DOCKER_CONTEXT".into(),
+                meta: "/cfg/contexts/meta/x/meta.json".into(),
+            };
+            let endpoint = endpoint(&format!("tcp://{address}"), Some(tls), context).unwrap();
+            async move { Engine::connect_first(&[endpoint], Duration::from_secs(10)).await }
+        };
+        let verified = connect(files.clone()).await;
+        assert!(verified.is_ok(), "{:?}", verified.err());
+        // SkipTLSVerify: no CA needed, the client certificate still presented
+        let skipped = connect(TlsFiles {
+            ca: None,
+            verify: false,
+            ..files.clone()
+        })
+        .await;
+        assert!(skipped.is_ok(), "{:?}", skipped.err());
+        // another CA: the server is not trusted
+        let untrusted = connect(TlsFiles {
+            ca: file("other-ca.pem", &other_ca),
+            ..files.clone()
+        })
+        .await;
+        match untrusted {
+            Err(e @ DockerError::Connect { .. }) => {
+                assert!(chain_text(&e).contains("invalid peer certificate"), "{e:?}")
+            }
+            other => panic!("an untrusted server answered: {:?}", other.err()),
+        }
+        // no client certificate: the server refuses
+        let anonymous = connect(TlsFiles {
+            cert: None,
+            key: None,
+            ..files.clone()
+        })
+        .await;
+        assert!(
+            matches!(anonymous, Err(DockerError::Connect { .. })),
+            "{:?}",
+            anonymous.err()
+        );
+        // a CA file that is not PEM is named
+        let garbage = file("garbage.pem", "not a certificate");
+        match connect(TlsFiles {
+            ca: garbage.clone(),
+            ..files
+        })
+        .await
+        {
+            Err(e @ DockerError::TlsMaterial { .. }) => assert!(
+                e.to_string().starts_with(&format!(
+                    "cannot use {} for TLS to the Docker engine (Docker context \"remote\"",
+                    garbage.unwrap().display()
+                )),
+                "{e}"
+            ),
+            other => panic!("a garbage CA was used: {:?}", other.err()),
+        }
     }
 
     #[tokio::test]
