@@ -71,13 +71,9 @@ struct HelperAnswer {
 }
 
 /// The Docker CLI's config file: `$DOCKER_CONFIG/config.json`, else
-/// `~/.docker/config.json`.
-pub fn config_path() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(dir).join("config.json"));
-    }
-    let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
-    Some(PathBuf::from(home).join(".docker/config.json"))
+/// `~/.docker/config.json`; an error when neither `DOCKER_CONFIG` nor `HOME` is set.
+pub fn config_path() -> Result<PathBuf, crate::paths::PathError> {
+    Ok(crate::paths::docker_config()?.join("config.json"))
 }
 
 /// The key a registry host is looked up under (Docker Hub's is its v1 URL).

@@ -1,10 +1,12 @@
 //! The Docker engine: the only module that speaks bollard.
 //!
 //! Translation from the plan's types to the engine's ([`container_body`]) is pure and
-//! unit-tested; everything else is thin I/O with one error variant per operation.
+//! unit-tested, and so is finding the engine as the docker CLI does ([`engine_endpoints`]);
+//! everything else is thin I/O with one error variant per operation.
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
@@ -31,24 +33,69 @@ use crate::plan::{
 /// Errors talking to the Docker engine, one variant per operation.
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    /// No engine answers at the configured address.
-    #[error(
-        "cannot reach the Docker engine at {host} (is dockerd running? is DOCKER_HOST right?)"
-    )]
+    /// No engine answers at the address found (see [`engine_endpoints`]), or at any of the
+    /// default ones: each attempt names its address, where it came from and what failed.
+    #[error("{}", unreachable(tried))]
     Connect {
-        /// The engine's address (`DOCKER_HOST`, else the default socket).
-        host: String,
-        /// Cause.
+        /// The addresses tried, in order.
+        tried: Vec<Attempt>,
+        /// Cause, when one address was tried (with several, each attempt says its own).
         #[source]
-        source: BollardError,
+        source: Option<BollardError>,
     },
     /// Something accepts connections at the engine's address but does not answer.
-    #[error("the Docker engine at {host} did not answer within {seconds} s")]
+    #[error("the Docker engine at {host} ({origin}) did not answer within {seconds} s")]
     NotAnswering {
         /// The engine's address.
         host: String,
+        /// Where the address came from.
+        origin: Box<Origin>,
         /// The deadline.
         seconds: u64,
+    },
+    /// The Docker CLI's configuration directory has no place (no DOCKER_CONFIG, no HOME).
+    #[error(transparent)]
+    ConfigDir(#[from] crate::paths::PathError),
+    /// The Docker CLI's config file (which names the current context) cannot be used.
+    #[error("{path}: {problem}")]
+    DockerConfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A Docker context cannot be used: its meta.json is missing, malformed or has no
+    /// Docker endpoint.
+    #[error("Docker context \"{name}\" ({chosen_by}): {path}: {problem}")]
+    Context {
+        /// The context's name.
+        name: String,
+        /// What selected it: `DOCKER_CONTEXT`, or the config file's `currentContext`.
+        chosen_by: String,
+        /// Its meta.json.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The engine's address is of a kind sandbox cannot connect to (`ssh://`, `npipe://`).
+    #[error("the Docker engine at {host} ({origin}) {problem}")]
+    Unsupported {
+        /// The address.
+        host: String,
+        /// Where it came from.
+        origin: Box<Origin>,
+        /// Why, and what to do instead.
+        problem: String,
+    },
+    /// A TLS file of the engine's endpoint (CA, client certificate or key) cannot be used.
+    #[error("cannot use {path} for TLS to the Docker engine ({origin}): {problem}")]
+    TlsMaterial {
+        /// The file.
+        path: PathBuf,
+        /// Where the endpoint came from.
+        origin: Box<Origin>,
+        /// What is wrong.
+        problem: String,
     },
     /// Listing containers, networks or volumes failed.
     #[error("cannot list {what}")]
@@ -326,20 +373,517 @@ pub struct ExecOutput {
     pub stderr: String,
 }
 
-/// The engine used when `DOCKER_HOST` is unset or empty.
-pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+/// The engine's default socket, tried first when neither `DOCKER_HOST` nor a Docker
+/// context names one.
+pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 /// How long the engine has to answer the handshake (version, ping): a hung engine fails in
 /// seconds, not after bollard's two-minute request timeout.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+/// bollard's timeout of one request, in seconds (its own default).
+const REQUEST_TIMEOUT: u64 = 120;
 
-/// The engine's address: `DOCKER_HOST` when set and not empty (any scheme: `unix://`,
-/// `tcp://`, ...), else the default socket, as the docker CLI reads it.
-pub fn engine_host(docker_host: Option<&str>) -> String {
-    docker_host
+/// Where an engine address came from, as messages name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The `DOCKER_HOST` variable.
+    DockerHost,
+    /// The Docker endpoint of a context.
+    Context {
+        /// The context's name.
+        name: String,
+        /// What selected it: `DOCKER_CONTEXT`, or the config file's `currentContext`.
+        chosen_by: String,
+        /// Its meta.json.
+        meta: PathBuf,
+    },
+    /// The default socket: no context is selected, or the one named `default` is.
+    Default {
+        /// What selected the context `default`, when something did.
+        chosen_by: Option<String>,
+    },
+    /// A per-user socket that exists where a well-known engine puts it.
+    WellKnown(&'static str),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::DockerHost => write!(f, "DOCKER_HOST"),
+            Origin::Context {
+                name,
+                chosen_by,
+                meta,
+            } => write!(
+                f,
+                "Docker context \"{name}\", selected by {chosen_by}, endpoint in {}",
+                meta.display()
+            ),
+            Origin::Default { chosen_by: None } => write!(f, "the default socket"),
+            Origin::Default {
+                chosen_by: Some(by),
+            } => write!(
+                f,
+                "the default socket, as Docker context \"default\" selected by {by}"
+            ),
+            Origin::WellKnown(what) => write!(f, "{what}"),
+        }
+    }
+}
+
+/// Where an engine listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    /// A unix socket.
+    Unix(PathBuf),
+    /// A TCP address (`HOST:PORT`).
+    Tcp(String),
+}
+
+/// The TLS settings of a TCP endpoint, as the docker CLI applies them: the CA when there is
+/// one (else the system's roots), the client certificate when there are both files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `ca.pem`, when present.
+    pub ca: Option<PathBuf>,
+    /// `cert.pem`, when present.
+    pub cert: Option<PathBuf>,
+    /// `key.pem`, when present.
+    pub key: Option<PathBuf>,
+    /// False with `SkipTLSVerify` (or `DOCKER_TLS` without `DOCKER_TLS_VERIFY`): any
+    /// server certificate is accepted.
+    pub verify: bool,
+}
+
+/// One address the engine may be at, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// As written where it came from (`unix:///var/run/docker.sock`, `tcp://HOST:2376`).
+    pub host: String,
+    /// Where it listens.
+    pub address: Address,
+    /// TLS, for a TCP address that uses it.
+    pub tls: Option<TlsFiles>,
+    /// Where it came from.
+    pub origin: Origin,
+}
+
+/// One failed attempt to reach the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// The address.
+    pub host: String,
+    /// Where it came from.
+    pub origin: Origin,
+    /// What failed (the whole cause chain).
+    pub error: String,
+}
+
+fn unreachable(tried: &[Attempt]) -> String {
+    match tried {
+        [one] => format!(
+            "cannot reach the Docker engine at {} ({})",
+            one.host, one.origin
+        ),
+        _ => {
+            let mut text = String::from("cannot reach the Docker engine; tried, in order:");
+            for a in tried {
+                text.push_str(&format!("\n  {} ({}): {}", a.host, a.origin, a.error));
+            }
+            text
+        }
+    }
+}
+
+/// What finding the engine reads: environment variables (through [`crate::paths::Vars`]),
+/// the Docker CLI's files, and which sockets exist. The process's own is
+/// [`ProcessSources`]; tests give their own.
+pub trait EngineSources: crate::paths::Vars {
+    /// The text of the file at `path`.
+    fn read(&self, path: &Path) -> std::io::Result<String>;
+    /// Whether something (a socket, a file) is at `path`.
+    fn exists(&self, path: &Path) -> bool;
+}
+
+/// The process's environment and file system.
+pub struct ProcessSources;
+
+impl crate::paths::Vars for ProcessSources {
+    fn var(&self, name: &str) -> Option<std::ffi::OsString> {
+        std::env::var_os(name)
+    }
+}
+
+impl EngineSources for ProcessSources {
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+}
+
+/// A variable's value, when set, UTF-8 and not blank.
+fn text_var(src: &dyn EngineSources, name: &str) -> Option<String> {
+    src.var(name)
+        .and_then(|v| v.into_string().ok())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// The docker CLI's config file, as far as finding the engine goes.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CliConfig {
+    #[serde(default)]
+    current_context: Option<String>,
+}
+
+/// A context's `meta.json`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ContextMeta {
+    #[serde(default)]
+    endpoints: HashMap<String, EndpointMeta>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct EndpointMeta {
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default, rename = "SkipTLSVerify")]
+    skip_tls_verify: bool,
+}
+
+/// Where the engine may be, in the order to try, found as the docker CLI finds it:
+/// `DOCKER_HOST` (with `DOCKER_TLS_VERIFY`, `DOCKER_TLS` and `DOCKER_CERT_PATH`); else the
+/// context `DOCKER_CONTEXT` names; else the `currentContext` of the CLI's `config.json` (in
+/// `DOCKER_CONFIG`, else `~/.docker`); a context's endpoint is the `Endpoints.docker` of
+/// `contexts/meta/<sha256 of its name>/meta.json`, its TLS files those of
+/// `contexts/tls/<sha256>/docker/`. With none of these (or the context `default`): the
+/// default socket, then each well-known per-user socket that exists (Docker Desktop,
+/// Colima, rootless Docker, Podman).
+pub fn engine_endpoints(src: &dyn EngineSources) -> Result<Vec<Endpoint>, DockerError> {
+    if let Some(host) = text_var(src, "DOCKER_HOST") {
+        let tls = env_tls(src)?;
+        return Ok(vec![endpoint(&host, tls, Origin::DockerHost)?]);
+    }
+    let chosen = match text_var(src, "DOCKER_CONTEXT") {
+        Some(name) => Some((name, "DOCKER_CONTEXT".to_string())),
+        None => current_context(src)?,
+    };
+    match chosen {
+        Some((name, chosen_by)) if name != "default" => {
+            Ok(vec![context_endpoint(src, &name, chosen_by)?])
+        }
+        chosen => Ok(default_endpoints(src, chosen.map(|(_, by)| by))),
+    }
+}
+
+/// `DOCKER_HOST`'s TLS: `DOCKER_TLS_VERIFY` (verified) or `DOCKER_TLS` (not verified) set
+/// to anything, with the files of `DOCKER_CERT_PATH` (else the CLI's config directory).
+fn env_tls(src: &dyn EngineSources) -> Result<Option<TlsFiles>, DockerError> {
+    let verify = text_var(src, "DOCKER_TLS_VERIFY").is_some();
+    if !verify && text_var(src, "DOCKER_TLS").is_none() {
+        return Ok(None);
+    }
+    let dir = match text_var(src, "DOCKER_CERT_PATH") {
+        Some(dir) => PathBuf::from(dir),
+        None => crate::paths::docker_config_in(src)?,
+    };
+    Ok(Some(tls_files(src, &dir, verify)))
+}
+
+/// The TLS files in `dir` that exist.
+fn tls_files(src: &dyn EngineSources, dir: &Path, verify: bool) -> TlsFiles {
+    let file = |name: &str| Some(dir.join(name)).filter(|p| src.exists(p));
+    TlsFiles {
+        ca: file("ca.pem"),
+        cert: file("cert.pem"),
+        key: file("key.pem"),
+        verify,
+    }
+}
+
+/// The context the CLI's config file makes current, and what selected it.
+fn current_context(src: &dyn EngineSources) -> Result<Option<(String, String)>, DockerError> {
+    let path = crate::paths::docker_config_in(src)?.join("config.json");
+    let text = match src.read(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(DockerError::DockerConfig {
+                problem: format!("cannot read the Docker CLI's config: {e}"),
+                path,
+            })
+        }
+    };
+    let config: CliConfig = serde_json::from_str(&text).map_err(|e| DockerError::DockerConfig {
+        problem: format!("not a Docker CLI config (JSON): {e}"),
+        path: path.clone(),
+    })?;
+    Ok(config
+        .current_context
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .map(|name| (name, format!("currentContext in {}", path.display()))))
+}
+
+/// The Docker endpoint of context `name`, from its meta.json and TLS files.
+fn context_endpoint(
+    src: &dyn EngineSources,
+    name: &str,
+    chosen_by: String,
+) -> Result<Endpoint, DockerError> {
+    let contexts = crate::paths::docker_config_in(src)?.join("contexts");
+    let id = crate::warm::digest(name.as_bytes());
+    let meta = contexts.join("meta").join(&id).join("meta.json");
+    let error = |problem: String| DockerError::Context {
+        name: name.to_string(),
+        chosen_by: chosen_by.clone(),
+        path: meta.clone(),
+        problem,
+    };
+    let text = src.read(&meta).map_err(|e| {
+        error(if e.kind() == std::io::ErrorKind::NotFound {
+            "no such context: its meta.json does not exist (`docker context ls` lists the \
+             contexts there are)"
+                .to_string()
+        } else {
+            format!("cannot read it: {e}")
+        })
+    })?;
+    let parsed: ContextMeta = serde_json::from_str(&text)
+        .map_err(|e| error(format!("not a context's meta.json: {e}")))?;
+    let docker = parsed.endpoints.get("docker");
+    let Some(host) = docker
+        .and_then(|d| d.host.as_deref())
         .map(str::trim)
         .filter(|h| !h.is_empty())
-        .unwrap_or(DEFAULT_HOST)
-        .to_string()
+    else {
+        return Err(error(
+            "no Docker endpoint (Endpoints.docker.Host)".to_string(),
+        ));
+    };
+    let skip_verify = docker.is_some_and(|d| d.skip_tls_verify);
+    let files = tls_files(
+        src,
+        &contexts.join("tls").join(&id).join("docker"),
+        !skip_verify,
+    );
+    let has_files = files.ca.is_some() || files.cert.is_some() || files.key.is_some();
+    let tls = (has_files || skip_verify).then_some(files);
+    let origin = Origin::Context {
+        name: name.to_string(),
+        chosen_by,
+        meta,
+    };
+    endpoint(host, tls, origin)
+}
+
+/// The default socket, then the well-known per-user sockets that exist.
+fn default_endpoints(src: &dyn EngineSources, chosen_by: Option<String>) -> Vec<Endpoint> {
+    let socket = |path: PathBuf, origin: Origin| Endpoint {
+        host: format!("unix://{}", path.display()),
+        address: Address::Unix(path),
+        tls: None,
+        origin,
+    };
+    let mut out = vec![socket(
+        PathBuf::from(DEFAULT_SOCKET),
+        Origin::Default { chosen_by },
+    )];
+    let home = crate::paths::home_in(src, crate::paths::HOME).ok();
+    let runtime = src
+        .var("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute());
+    let well_known = [
+        (&home, ".docker/run/docker.sock", "Docker Desktop's socket"),
+        (&home, ".colima/default/docker.sock", "Colima's socket"),
+        (&runtime, "docker.sock", "rootless Docker's socket"),
+        (&runtime, "podman/podman.sock", "Podman's socket"),
+    ];
+    for (dir, under, what) in well_known {
+        if let Some(path) = dir.as_ref().map(|d| d.join(under)) {
+            if src.exists(&path) && path != Path::new(DEFAULT_SOCKET) {
+                out.push(socket(path, Origin::WellKnown(what)));
+            }
+        }
+    }
+    out
+}
+
+/// The endpoint at `host` (`unix://PATH`, `tcp://HOST[:PORT]`; `http://` as `tcp://`).
+fn endpoint(host: &str, tls: Option<TlsFiles>, origin: Origin) -> Result<Endpoint, DockerError> {
+    let unsupported = |problem: &str| DockerError::Unsupported {
+        host: host.to_string(),
+        origin: Box::new(origin.clone()),
+        problem: problem.to_string(),
+    };
+    let (scheme, rest) = host.split_once("://").unwrap_or(("", host));
+    let address = match scheme {
+        "unix" if !rest.is_empty() => Address::Unix(PathBuf::from(rest)),
+        "tcp" | "http" => {
+            let authority = rest.split('/').next().unwrap_or_default();
+            let parsed: http::uri::Authority = authority
+                .parse()
+                .map_err(|_| unsupported("is not a TCP address (tcp://HOST:PORT)"))?;
+            // the docker CLI's default ports: 2376 with TLS, else 2375
+            let port = parsed
+                .port_u16()
+                .unwrap_or(if tls.is_some() { 2376 } else { 2375 });
+            Address::Tcp(format!("{}:{port}", parsed.host()))
+        }
+        "ssh" => {
+            return Err(unsupported(
+                "is reached over SSH, which sandbox does not support: forward the remote \
+                 socket (`ssh -nNT -L $HOME/.docker-remote.sock:/var/run/docker.sock USER@HOST`) \
+                 and set DOCKER_HOST=unix://$HOME/.docker-remote.sock, or run sandbox on that \
+                 host",
+            ))
+        }
+        _ => {
+            return Err(unsupported(
+                "is not an address sandbox connects to: it takes unix://PATH and \
+                 tcp://HOST:PORT",
+            ))
+        }
+    };
+    let tls = tls.filter(|_| matches!(address, Address::Tcp(_)));
+    Ok(Endpoint {
+        host: host.to_string(),
+        address,
+        tls,
+        origin,
+    })
+}
+
+/// The whole cause chain of `e`, on one line.
+fn chain_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// A client of the engine at `endpoint` (no request made yet). Each transport is chosen
+/// here, not by bollard's `connect_with_local_defaults` (which ignores a `tcp://` address
+/// and silently talks to the local socket) nor `connect_with_ssl` (which has no
+/// `SkipTLSVerify` and needs a `ca.pem`).
+fn client(endpoint: &Endpoint) -> Result<Docker, Refusal> {
+    match (&endpoint.address, &endpoint.tls) {
+        (Address::Unix(_), _) => Docker::connect_with_unix(
+            &endpoint.host,
+            REQUEST_TIMEOUT,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(Refusal::Engine),
+        (Address::Tcp(addr), None) => Docker::connect_with_http(
+            &format!("tcp://{addr}"),
+            REQUEST_TIMEOUT,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(Refusal::Engine),
+        (Address::Tcp(addr), Some(files)) => {
+            let config = tls_config(files, &endpoint.origin).map_err(Refusal::Fatal)?;
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(config)
+                .https_only()
+                .enable_http1()
+                .build();
+            let mut builder =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+            builder.pool_max_idle_per_host(0);
+            let client = std::sync::Arc::new(builder.build(https));
+            Docker::connect_with_custom_transport(
+                move |request: bollard::BollardRequest| {
+                    let client = client.clone();
+                    async move { client.request(request).await.map_err(BollardError::from) }
+                },
+                Some(format!("https://{addr}")),
+                REQUEST_TIMEOUT,
+                bollard::API_DEFAULT_VERSION,
+            )
+            .map_err(Refusal::Engine)
+        }
+    }
+}
+
+/// Why one endpoint gave no engine: refused (the next one is tried), or fatal.
+enum Refusal {
+    Engine(BollardError),
+    Fatal(DockerError),
+}
+
+/// The rustls client of a TLS endpoint, as the docker CLI sets up its Go one.
+fn tls_config(files: &TlsFiles, origin: &Origin) -> Result<rustls::ClientConfig, DockerError> {
+    use hyper_rustls::ConfigBuilderExt;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let error = |path: &Path, problem: String| DockerError::TlsMaterial {
+        path: path.to_path_buf(),
+        origin: Box::new(origin.clone()),
+        problem,
+    };
+    let read = |path: &Path| std::fs::read(path).map_err(|e| error(path, e.to_string()));
+    let certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, DockerError> {
+        let certs = CertificateDer::pem_slice_iter(&read(path)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| error(path, format!("not PEM certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(error(path, "holds no certificate".into()));
+        }
+        Ok(certs)
+    };
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions");
+    let builder = match &files.ca {
+        _ if !files.verify => {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(std::sync::Arc::new(
+                    crate::routes::AnyCertificate(provider),
+                ))
+        }
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certs(ca)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| error(ca, format!("not a CA certificate: {e}")))?;
+            }
+            builder.with_root_certificates(roots)
+        }
+        None => builder
+            .with_native_roots()
+            .map_err(|e| DockerError::TlsMaterial {
+                path: PathBuf::from("(the system's CA certificates)"),
+                origin: Box::new(origin.clone()),
+                problem: e.to_string(),
+            })?,
+    };
+    match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => {
+            let chain = certs(cert)?;
+            let key_der = PrivateKeyDer::from_pem_slice(&read(key)?)
+                .map_err(|e| error(key, format!("not a PEM private key: {e}")))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| error(key, format!("does not fit {}: {e}", cert.display())))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
 }
 
 /// A connected Docker engine.
@@ -484,23 +1028,44 @@ pub fn bound_ports(
 }
 
 impl Engine {
-    /// Connects to the engine at [`engine_host`] and agrees on an API version, within
-    /// [`HANDSHAKE_DEADLINE`].
+    /// Connects to the engine found by [`engine_endpoints`] and agrees on an API version,
+    /// within [`HANDSHAKE_DEADLINE`].
     pub async fn connect() -> Result<Engine, DockerError> {
-        let host = engine_host(std::env::var("DOCKER_HOST").ok().as_deref());
-        Engine::connect_to(&host, HANDSHAKE_DEADLINE).await
+        let endpoints = engine_endpoints(&ProcessSources)?;
+        Engine::connect_first(&endpoints, HANDSHAKE_DEADLINE).await
     }
 
-    /// Connects to the engine at `host` (`unix://PATH`, `tcp://HOST:PORT`), failing when it
-    /// has not answered the handshake within `deadline`.
-    pub async fn connect_to(host: &str, deadline: Duration) -> Result<Engine, DockerError> {
-        let connect_error = |source| DockerError::Connect {
-            host: host.to_string(),
-            source,
-        };
-        // not `connect_with_local_defaults`: it ignores a `tcp://` DOCKER_HOST and silently
-        // talks to the local socket instead
-        let docker = Docker::connect_with_host(host).map_err(connect_error)?;
+    /// Connects to the first of `endpoints` whose engine answers. An address where nothing
+    /// listens (no socket, connection refused, permission denied) passes to the next; one
+    /// that accepts but has not answered the handshake within `deadline` ends the search
+    /// (an engine is there, hung: another one would be a surprise).
+    pub async fn connect_first(
+        endpoints: &[Endpoint],
+        deadline: Duration,
+    ) -> Result<Engine, DockerError> {
+        let mut tried = Vec::new();
+        let mut last = None;
+        for endpoint in endpoints {
+            let refused = match Engine::handshake(endpoint, deadline).await {
+                Ok(engine) => return Ok(engine),
+                Err(Refusal::Fatal(e)) => return Err(e),
+                Err(Refusal::Engine(e)) => e,
+            };
+            tried.push(Attempt {
+                host: endpoint.host.clone(),
+                origin: endpoint.origin.clone(),
+                error: chain_text(&refused),
+            });
+            last = Some(refused);
+        }
+        Err(DockerError::Connect {
+            source: last.filter(|_| tried.len() == 1),
+            tried,
+        })
+    }
+
+    async fn handshake(endpoint: &Endpoint, deadline: Duration) -> Result<Engine, Refusal> {
+        let docker = client(endpoint)?;
         let handshake = async {
             let docker = docker.negotiate_version().await?;
             docker.ping().await?;
@@ -508,11 +1073,12 @@ impl Engine {
         };
         match tokio::time::timeout(deadline, handshake).await {
             Ok(Ok(docker)) => Ok(Engine { docker }),
-            Ok(Err(source)) => Err(connect_error(source)),
-            Err(_) => Err(DockerError::NotAnswering {
-                host: host.to_string(),
+            Ok(Err(source)) => Err(Refusal::Engine(source)),
+            Err(_) => Err(Refusal::Fatal(DockerError::NotAnswering {
+                host: endpoint.host.clone(),
+                origin: Box::new(endpoint.origin.clone()),
                 seconds: deadline.as_secs(),
-            }),
+            })),
         }
     }
 
@@ -1370,33 +1936,646 @@ mod tests {
         }
     }
 
+    /// Environment, files and sockets for [`engine_endpoints`], all in memory.
+    #[derive(Default)]
+    struct Fake {
+        vars: HashMap<String, String>,
+        files: HashMap<PathBuf, String>,
+        sockets: Vec<PathBuf>,
+    }
+
+    impl Fake {
+        fn var(mut self, name: &str, value: &str) -> Fake {
+            self.vars.insert(name.into(), value.into());
+            self
+        }
+
+        fn file(mut self, path: impl Into<PathBuf>, text: &str) -> Fake {
+            self.files.insert(path.into(), text.into());
+            self
+        }
+
+        fn socket(mut self, path: &str) -> Fake {
+            self.sockets.push(path.into());
+            self
+        }
+
+        /// Context `name` in `/cfg` with `meta` as its meta.json.
+        fn context(self, name: &str, meta: &str) -> Fake {
+            let path = meta_path(name);
+            self.file(path, meta)
+        }
+    }
+
+    impl crate::paths::Vars for Fake {
+        fn var(&self, name: &str) -> Option<std::ffi::OsString> {
+            self.vars.get(name).map(Into::into)
+        }
+    }
+
+    impl EngineSources for Fake {
+        fn read(&self, path: &Path) -> std::io::Result<String> {
+            self.files
+                .get(path)
+                .cloned()
+                .ok_or_else(|| std::io::ErrorKind::NotFound.into())
+        }
+
+        fn exists(&self, path: &Path) -> bool {
+            self.files.contains_key(path) || self.sockets.iter().any(|s| s == path)
+        }
+    }
+
+    fn meta_path(name: &str) -> PathBuf {
+        PathBuf::from(format!(
+            "/cfg/contexts/meta/{}/meta.json",
+            crate::warm::digest(name.as_bytes())
+        ))
+    }
+
+    fn tls_path(name: &str, file: &str) -> PathBuf {
+        PathBuf::from(format!(
+            "/cfg/contexts/tls/{}/docker/{file}",
+            crate::warm::digest(name.as_bytes())
+        ))
+    }
+
+    fn meta(name: &str, host: &str) -> String {
+        format!(
+            r#"{{"Name":"{name}","Metadata":{{}},"Endpoints":{{"docker":{{"Host":"{host}","SkipTLSVerify":false}}}}}}"#
+        )
+    }
+
+    fn hosts(endpoints: &[Endpoint]) -> Vec<&str> {
+        endpoints.iter().map(|e| e.host.as_str()).collect()
+    }
+
     #[test]
-    fn the_engine_is_docker_host_of_any_scheme_else_the_default_socket() {
-        assert_eq!(engine_host(None), DEFAULT_HOST);
-        assert_eq!(engine_host(Some("")), DEFAULT_HOST);
-        assert_eq!(engine_host(Some("  ")), DEFAULT_HOST);
+    fn docker_host_comes_before_any_context() {
+        let src = Fake::default()
+            .var("HOME", "/home/me")
+            .var("DOCKER_CONFIG", "/cfg")
+            .var("DOCKER_HOST", " tcp://10.0.0.5 ")
+            .var("DOCKER_CONTEXT", "remote")
+            .file("/cfg/config.json", r#"{"currentContext":"remote"}"#)
+            .context("remote", &meta("remote", "unix:///remote.sock"));
+        let endpoints = engine_endpoints(&src).unwrap();
         assert_eq!(
-            engine_host(Some("tcp://10.0.0.5:2375")),
-            "tcp://10.0.0.5:2375"
+            endpoints,
+            [Endpoint {
+                host: "tcp://10.0.0.5".into(),
+                address: Address::Tcp("10.0.0.5:2375".into()),
+                tls: None,
+                origin: Origin::DockerHost,
+            }]
         );
+        // any scheme bollard speaks; a blank DOCKER_HOST counts as unset
+        let unix = Fake::default().var("DOCKER_HOST", "unix:///run/user/1000/docker.sock");
         assert_eq!(
-            engine_host(Some("unix:///run/user/1000/docker.sock")),
-            "unix:///run/user/1000/docker.sock"
+            engine_endpoints(&unix).unwrap()[0].address,
+            Address::Unix("/run/user/1000/docker.sock".into())
+        );
+        let blank = Fake::default()
+            .var("DOCKER_CONFIG", "/cfg")
+            .var("DOCKER_HOST", "  ");
+        assert_eq!(
+            hosts(&engine_endpoints(&blank).unwrap()),
+            ["unix:///var/run/docker.sock"]
         );
     }
 
+    #[test]
+    fn docker_host_takes_tls_from_docker_tls_verify_and_docker_cert_path() {
+        let src = Fake::default()
+            .var("DOCKER_HOST", "tcp://engine.example:2376")
+            .var("DOCKER_TLS_VERIFY", "1")
+            .var("DOCKER_CERT_PATH", "/certs")
+            .file("/certs/ca.pem", "")
+            .file("/certs/cert.pem", "")
+            .file("/certs/key.pem", "");
+        let endpoint = engine_endpoints(&src).unwrap().remove(0);
+        assert_eq!(
+            endpoint.tls,
+            Some(TlsFiles {
+                ca: Some("/certs/ca.pem".into()),
+                cert: Some("/certs/cert.pem".into()),
+                key: Some("/certs/key.pem".into()),
+                verify: true,
+            })
+        );
+        // DOCKER_TLS alone: TLS without verification, files from the config directory
+        let src = Fake::default()
+            .var("DOCKER_HOST", "tcp://engine.example")
+            .var("DOCKER_TLS", "1")
+            .var("DOCKER_CONFIG", "/cfg")
+            .file("/cfg/ca.pem", "");
+        let endpoint = engine_endpoints(&src).unwrap().remove(0);
+        assert_eq!(endpoint.address, Address::Tcp("engine.example:2376".into()));
+        let tls = endpoint.tls.unwrap();
+        assert!(!tls.verify);
+        assert_eq!(tls.ca, Some("/cfg/ca.pem".into()));
+        assert_eq!(tls.cert, None);
+    }
+
+    #[test]
+    fn docker_context_comes_before_the_current_context() {
+        let src = Fake::default()
+            .var("DOCKER_CONFIG", "/cfg")
+            .var("DOCKER_CONTEXT", "colima")
+            .file("/cfg/config.json", r#"{"currentContext":"desktop-linux"}"#)
+            .context(
+                "colima",
+                &meta("colima", "unix:///home/me/.colima/docker.sock"),
+            )
+            .context(
+                "desktop-linux",
+                &meta("desktop-linux", "unix:///desktop.sock"),
+            );
+        assert_eq!(
+            engine_endpoints(&src).unwrap(),
+            [Endpoint {
+                host: "unix:///home/me/.colima/docker.sock".into(),
+                address: Address::Unix("/home/me/.colima/docker.sock".into()),
+                tls: None,
+                origin: Origin::Context {
+                    name: "colima".into(),
+                    chosen_by: "DOCKER_CONTEXT".into(),
+                    meta: meta_path("colima"),
+                },
+            }]
+        );
+    }
+
+    #[test]
+    fn the_current_context_is_read_from_the_config_directory() {
+        let src = Fake::default()
+            .var("HOME", "/home/me")
+            .file(
+                "/home/me/.docker/config.json",
+                r#"{"auths":{},"currentContext":"desktop-linux"}"#,
+            )
+            .file(
+                format!(
+                    "/home/me/.docker/contexts/meta/{}/meta.json",
+                    crate::warm::digest(b"desktop-linux")
+                ),
+                &meta(
+                    "desktop-linux",
+                    "unix:///home/me/.docker/desktop/docker.sock",
+                ),
+            );
+        let endpoint = engine_endpoints(&src).unwrap().remove(0);
+        assert_eq!(endpoint.host, "unix:///home/me/.docker/desktop/docker.sock");
+        let origin = endpoint.origin.to_string();
+        assert_eq!(
+            origin,
+            format!(
+                "Docker context \"desktop-linux\", selected by currentContext in \
+                 /home/me/.docker/config.json, endpoint in /home/me/.docker/contexts/meta/{}/meta.json",
+                crate::warm::digest(b"desktop-linux")
+            )
+        );
+    }
+
+    #[test]
+    fn a_tcp_context_uses_its_tls_files() {
+        let src = Fake::default()
+            .var("DOCKER_CONFIG", "/cfg")
+            .var("DOCKER_CONTEXT", "remote")
+            .context("remote", &meta("remote", "tcp://build.example:2376"))
+            .file(tls_path("remote", "ca.pem"), "")
+            .file(tls_path("remote", "cert.pem"), "")
+            .file(tls_path("remote", "key.pem"), "");
+        let endpoint = engine_endpoints(&src).unwrap().remove(0);
+        assert_eq!(endpoint.address, Address::Tcp("build.example:2376".into()));
+        assert_eq!(
+            endpoint.tls,
+            Some(TlsFiles {
+                ca: Some(tls_path("remote", "ca.pem")),
+                cert: Some(tls_path("remote", "cert.pem")),
+                key: Some(tls_path("remote", "key.pem")),
+                verify: true,
+            })
+        );
+        // SkipTLSVerify without files: TLS, any certificate
+        let skip = Fake::default()
+            .var("DOCKER_CONFIG", "/cfg")
+            .var("DOCKER_CONTEXT", "skip")
+            .context(
+                "skip",
+                r#"{"Name":"skip","Endpoints":{"docker":{"Host":"tcp://h:1","SkipTLSVerify":true}}}"#,
+            );
+        let tls = engine_endpoints(&skip).unwrap().remove(0).tls.unwrap();
+        assert!(!tls.verify && tls.ca.is_none() && tls.cert.is_none());
+        // no files, no SkipTLSVerify: plain TCP; and a socket never uses TLS
+        let plain = Fake::default()
+            .var("DOCKER_CONFIG", "/cfg")
+            .var("DOCKER_CONTEXT", "plain")
+            .context("plain", &meta("plain", "tcp://h:2375"));
+        assert_eq!(engine_endpoints(&plain).unwrap()[0].tls, None);
+        let socket = Fake::default()
+            .var("DOCKER_CONFIG", "/cfg")
+            .var("DOCKER_CONTEXT", "sock")
+            .context("sock", &meta("sock", "unix:///s.sock"))
+            .file(tls_path("sock", "ca.pem"), "");
+        assert_eq!(engine_endpoints(&socket).unwrap()[0].tls, None);
+    }
+
+    #[test]
+    fn a_broken_context_is_an_error_naming_its_file() {
+        let base = || {
+            Fake::default()
+                .var("DOCKER_CONFIG", "/cfg")
+                .file("/cfg/config.json", r#"{"currentContext":"gone"}"#)
+        };
+        let missing = engine_endpoints(&base()).unwrap_err().to_string();
+        assert_eq!(
+            missing,
+            format!(
+                "Docker context \"gone\" (currentContext in /cfg/config.json): {}: no such \
+                 context: its meta.json does not exist (`docker context ls` lists the contexts \
+                 there are)",
+                meta_path("gone").display()
+            )
+        );
+        let malformed = engine_endpoints(&base().context("gone", "{not json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            malformed.contains(&format!(
+                "{}: not a context's meta.json",
+                meta_path("gone").display()
+            )),
+            "{malformed}"
+        );
+        let no_host = engine_endpoints(&base().context("gone", r#"{"Endpoints":{}}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            no_host.ends_with("no Docker endpoint (Endpoints.docker.Host)"),
+            "{no_host}"
+        );
+        let config = engine_endpoints(
+            &Fake::default()
+                .var("DOCKER_CONFIG", "/cfg")
+                .file("/cfg/config.json", "{"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            config.starts_with("/cfg/config.json: not a Docker CLI config (JSON)"),
+            "{config}"
+        );
+    }
+
+    #[test]
+    fn the_default_context_is_the_default_socket() {
+        for src in [
+            Fake::default()
+                .var("DOCKER_CONFIG", "/cfg")
+                .var("DOCKER_CONTEXT", "default"),
+            Fake::default()
+                .var("DOCKER_CONFIG", "/cfg")
+                .file("/cfg/config.json", r#"{"currentContext":"default"}"#),
+        ] {
+            let endpoints = engine_endpoints(&src).unwrap();
+            assert_eq!(hosts(&endpoints), ["unix:///var/run/docker.sock"]);
+            assert!(matches!(
+                endpoints[0].origin,
+                Origin::Default { chosen_by: Some(_) }
+            ));
+        }
+    }
+
+    #[test]
+    fn without_a_context_the_default_socket_comes_first_then_those_that_exist() {
+        let src = Fake::default()
+            .var("HOME", "/home/me")
+            .var("XDG_RUNTIME_DIR", "/run/user/1000")
+            .file("/home/me/.docker/config.json", r#"{"auths":{}}"#)
+            .socket("/home/me/.colima/default/docker.sock")
+            .socket("/run/user/1000/docker.sock")
+            .socket("/run/user/1000/podman/podman.sock");
+        let endpoints = engine_endpoints(&src).unwrap();
+        assert_eq!(
+            hosts(&endpoints),
+            [
+                "unix:///var/run/docker.sock",
+                "unix:///home/me/.colima/default/docker.sock",
+                "unix:///run/user/1000/docker.sock",
+                "unix:///run/user/1000/podman/podman.sock",
+            ]
+        );
+        let origins: Vec<String> = endpoints.iter().map(|e| e.origin.to_string()).collect();
+        assert_eq!(
+            origins,
+            [
+                "the default socket",
+                "Colima's socket",
+                "rootless Docker's socket",
+                "Podman's socket"
+            ]
+        );
+        let desktop = Fake::default()
+            .var("HOME", "/home/me")
+            .socket("/home/me/.docker/run/docker.sock");
+        assert_eq!(
+            engine_endpoints(&desktop).unwrap()[1].origin,
+            Origin::WellKnown("Docker Desktop's socket")
+        );
+    }
+
+    #[test]
+    fn without_home_the_config_directory_must_be_named() {
+        let e = engine_endpoints(&Fake::default()).unwrap_err();
+        assert!(matches!(e, DockerError::ConfigDir(_)), "{e}");
+        assert!(e.to_string().contains("DOCKER_HOST"), "{e}");
+        // DOCKER_CONFIG is enough; the sockets under HOME are then not looked for
+        let src = Fake::default()
+            .var("DOCKER_CONFIG", "/cfg")
+            .socket("/home/me/.docker/run/docker.sock");
+        assert_eq!(
+            hosts(&engine_endpoints(&src).unwrap()),
+            ["unix:///var/run/docker.sock"]
+        );
+    }
+
+    #[test]
+    fn ssh_and_other_schemes_are_refused_with_what_to_do() {
+        let ssh = engine_endpoints(&Fake::default().var("DOCKER_HOST", "ssh://me@build"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            ssh.starts_with("the Docker engine at ssh://me@build (DOCKER_HOST) is reached over SSH, which sandbox does not support"),
+            "{ssh}"
+        );
+        assert!(ssh.contains("DOCKER_HOST=unix://"), "{ssh}");
+        let src = Fake::default()
+            .var("DOCKER_CONFIG", "/cfg")
+            .var("DOCKER_CONTEXT", "remote")
+            .context("remote", &meta("remote", "ssh://me@build"));
+        let e = engine_endpoints(&src).unwrap_err().to_string();
+        assert!(e.contains("Docker context \"remote\""), "{e}");
+        assert!(e.contains("over SSH"), "{e}");
+        let pipe = engine_endpoints(&Fake::default().var("DOCKER_HOST", "npipe:////./pipe/x"))
+            .unwrap_err()
+            .to_string();
+        assert!(pipe.contains("unix://PATH and tcp://HOST:PORT"), "{pipe}");
+    }
+
     #[tokio::test]
-    async fn an_engine_that_is_not_there_is_named() {
+    async fn every_address_tried_is_named_with_its_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let absent = dir.path().join("absent.sock");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let host = format!("tcp://127.0.0.1:{port}");
-        match Engine::connect_to(&host, Duration::from_secs(10)).await {
-            Err(DockerError::Connect { host: named, .. }) => assert_eq!(named, host),
-            Err(e) => panic!("unexpected error {e}"),
-            Ok(_) => panic!("connected to nothing at {host}"),
+        let socket = endpoint(
+            &format!("unix://{}", absent.display()),
+            None,
+            Origin::Default { chosen_by: None },
+        )
+        .unwrap();
+        let tcp = endpoint(
+            &format!("tcp://127.0.0.1:{port}"),
+            None,
+            Origin::WellKnown("Podman's socket"),
+        )
+        .unwrap();
+        let e = Engine::connect_first(&[socket.clone(), tcp.clone()], Duration::from_secs(10))
+            .await
+            .err()
+            .expect("nothing listens");
+        let text = e.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "cannot reach the Docker engine; tried, in order:");
+        assert!(
+            lines[1].starts_with(&format!(
+                "  {} (the default socket): Socket not found",
+                socket.host
+            )),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with(&format!("  {} (Podman's socket): ", tcp.host)),
+            "{text}"
+        );
+        // one address: the message names it, the cause follows
+        let e = Engine::connect_first(std::slice::from_ref(&tcp), Duration::from_secs(10))
+            .await
+            .err()
+            .expect("nothing listens");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot reach the Docker engine at {} (Podman's socket)",
+                tcp.host
+            )
+        );
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    /// Answers one request of `stream` as an engine does the handshake's two: `/_ping` with
+    /// `OK`, anything else with the version document.
+    async fn answer<S>(mut stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncReadExt;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let head = String::from_utf8_lossy(&head);
+        let (kind, body) = if head.contains("/_ping") {
+            ("text/plain", "OK")
+        } else {
+            (
+                "application/json",
+                r#"{"Version":"27.0.0","ApiVersion":"1.45","MinAPIVersion":"1.24"}"#,
+            )
+        };
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_address_where_nothing_listens_passes_to_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("engine.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(answer(stream));
+            }
+        });
+        let absent = dir.path().join("absent.sock");
+        let endpoints = [
+            endpoint(
+                &format!("unix://{}", absent.display()),
+                None,
+                Origin::Default { chosen_by: None },
+            )
+            .unwrap(),
+            endpoint(
+                &format!("unix://{}", path.display()),
+                None,
+                Origin::WellKnown("Colima's socket"),
+            )
+            .unwrap(),
+        ];
+        let engine = Engine::connect_first(&endpoints, Duration::from_secs(10)).await;
+        assert!(engine.is_ok(), "{:?}", engine.err());
+    }
+
+    /// A CA, and a certificate it signs for `name` (`ServerAuth` or `ClientAuth`): PEMs of
+    /// the CA, the certificate and its key.
+    fn pki(name: &str, usage: rcgen::ExtendedKeyUsagePurpose) -> (String, String, String) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec![name.to_string()]).unwrap();
+        leaf.extended_key_usages = vec![usage];
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        (ca_pem, cert.pem(), key.serialize_pem())
+    }
+
+    /// An engine over TLS on 127.0.0.1 that requires a client certificate signed by
+    /// `client_ca`: its address.
+    async fn tls_engine(cert_pem: &str, key_pem: &str, client_ca: &str) -> String {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(client_ca.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        answer(tls).await;
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_tls_endpoint_trusts_its_ca_and_presents_its_client_certificate() {
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        let (server_ca, server_cert, server_key) = pki("127.0.0.1", ServerAuth);
+        let (client_ca, client_cert, client_key) = pki("client", ClientAuth);
+        let (other_ca, _, _) = pki("127.0.0.1", ServerAuth);
+        let address = tls_engine(&server_cert, &server_key, &client_ca).await;
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, pem: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            Some(path)
+        };
+        let files = TlsFiles {
+            ca: file("ca.pem", &server_ca),
+            cert: file("cert.pem", &client_cert),
+            key: file("key.pem", &client_key),
+            verify: true,
+        };
+        let connect = |tls: TlsFiles| {
+            let context = Origin::Context {
+                name: "remote".into(),
+                chosen_by: "DOCKER_CONTEXT".into(),
+                meta: "/cfg/contexts/meta/x/meta.json".into(),
+            };
+            let endpoint = endpoint(&format!("tcp://{address}"), Some(tls), context).unwrap();
+            async move { Engine::connect_first(&[endpoint], Duration::from_secs(10)).await }
+        };
+        let verified = connect(files.clone()).await;
+        assert!(verified.is_ok(), "{:?}", verified.err());
+        // SkipTLSVerify: no CA needed, the client certificate still presented
+        let skipped = connect(TlsFiles {
+            ca: None,
+            verify: false,
+            ..files.clone()
+        })
+        .await;
+        assert!(skipped.is_ok(), "{:?}", skipped.err());
+        // another CA: the server is not trusted
+        let untrusted = connect(TlsFiles {
+            ca: file("other-ca.pem", &other_ca),
+            ..files.clone()
+        })
+        .await;
+        match untrusted {
+            Err(e @ DockerError::Connect { .. }) => {
+                assert!(chain_text(&e).contains("invalid peer certificate"), "{e:?}")
+            }
+            other => panic!("an untrusted server answered: {:?}", other.err()),
+        }
+        // no client certificate: the server refuses
+        let anonymous = connect(TlsFiles {
+            cert: None,
+            key: None,
+            ..files.clone()
+        })
+        .await;
+        assert!(
+            matches!(anonymous, Err(DockerError::Connect { .. })),
+            "{:?}",
+            anonymous.err()
+        );
+        // a CA file that is not PEM is named
+        let garbage = file("garbage.pem", "not a certificate");
+        match connect(TlsFiles {
+            ca: garbage.clone(),
+            ..files
+        })
+        .await
+        {
+            Err(e @ DockerError::TlsMaterial { .. }) => assert!(
+                e.to_string().starts_with(&format!(
+                    "cannot use {} for TLS to the Docker engine (Docker context \"remote\"",
+                    garbage.unwrap().display()
+                )),
+                "{e}"
+            ),
+            other => panic!("a garbage CA was used: {:?}", other.err()),
         }
     }
 
@@ -1407,9 +2586,13 @@ mod tests {
         // accepts connections, never answers
         let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let host = format!("unix://{}", path.display());
+        let silent = endpoint(&host, None, Origin::DockerHost).unwrap();
         let started = std::time::Instant::now();
-        match Engine::connect_to(&host, Duration::from_millis(300)).await {
-            Err(DockerError::NotAnswering { host: named, .. }) => assert_eq!(named, host),
+        match Engine::connect_first(&[silent], Duration::from_millis(300)).await {
+            Err(e @ DockerError::NotAnswering { .. }) => assert_eq!(
+                e.to_string(),
+                format!("the Docker engine at {host} (DOCKER_HOST) did not answer within 0 s")
+            ),
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("a silent socket answered"),
         }

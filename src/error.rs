@@ -16,7 +16,7 @@ pub mod exit {
     pub const OK: i32 = 0;
     /// An unexpected failure.
     pub const FAILURE: i32 = 1;
-    /// Bad input: command line, sandbox.yaml, manifests, unknown profile.
+    /// Bad input: command line, environment (HOME), sandbox.yaml, manifests, unknown profile.
     pub const USAGE: i32 = 2;
     /// The Docker engine is unreachable or refused an operation.
     pub const DOCKER: i32 = 3;
@@ -40,6 +40,10 @@ pub enum Error {
     /// Bad command-line usage.
     #[error("{0}")]
     Usage(String),
+    /// A path under the home directory has no place (HOME unset, and the path's own
+    /// variable too).
+    #[error(transparent)]
+    Paths(#[from] crate::paths::PathError),
     /// The working directory is unreadable.
     #[error("cannot determine the current directory")]
     Cwd(#[source] std::io::Error),
@@ -144,7 +148,8 @@ impl Error {
             | Error::Config(_)
             | Error::Profile(_)
             | Error::Manifest(_)
-            | Error::Secret(_) => exit::USAGE,
+            | Error::Secret(_)
+            | Error::Paths(_) => exit::USAGE,
             Error::Cwd(_)
             | Error::Io { .. }
             | Error::Kubeconfig(_)
@@ -196,7 +201,8 @@ impl Error {
             Some(DockerError::Connect { .. }) => {
                 return Some(
                     "start Docker (`sudo systemctl start docker`, or `sudo dockerd &`), or run ./install.sh; \
-                     or point DOCKER_HOST at a running engine"
+                     or point DOCKER_HOST at a running engine, or select a Docker context that \
+                     reaches one (`docker context use NAME`)"
                         .into(),
                 )
             }

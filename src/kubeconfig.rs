@@ -44,20 +44,15 @@ pub enum KubeconfigError {
     },
 }
 
-/// The file sandbox merges into: the first entry of `KUBECONFIG`, else `~/.kube/config`.
+/// The file sandbox merges into: the first entry of `KUBECONFIG`, else `~/.kube/config`
+/// (see [`crate::paths::kubeconfig`]).
+///
+/// # Panics
+/// When neither `KUBECONFIG` nor `HOME` names it: [`crate::paths::check`], which every
+/// command passes first, has then failed already.
 pub fn user_kubeconfig_path() -> PathBuf {
-    if let Some(list) = std::env::var_os("KUBECONFIG") {
-        if let Some(first) = std::env::split_paths(&list).find(|p| !p.as_os_str().is_empty()) {
-            return first;
-        }
-    }
-    home_dir().join(".kube").join("config")
-}
-
-fn home_dir() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"))
+    crate::paths::kubeconfig()
+        .unwrap_or_else(|e| panic!("paths::check passes before the kubeconfig is used: {e}"))
 }
 
 fn get<'a>(map: &'a Value, key: &str) -> Option<&'a Value> {

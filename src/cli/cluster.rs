@@ -751,12 +751,8 @@ async fn deliver(
     }
     let engine = Engine::connect().await?;
     let host = registry.split('/').next().unwrap_or(registry);
-    let credentials = match crate::credentials::config_path() {
-        Some(path) => {
-            crate::credentials::for_host(&path, host).map_err(|e| Error::Usage(e.to_string()))?
-        }
-        None => None,
-    };
+    let credentials = crate::credentials::for_host(&crate::credentials::config_path()?, host)
+        .map_err(|e| Error::Usage(e.to_string()))?;
     Ok(crate::registry::push_all_to(&engine, registry, credentials, &built, &ctx.reporter).await?)
 }
 

@@ -227,6 +227,10 @@ pub async fn connect(
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<(), Error> {
+    if !matches!(cli.command, Command::Completions(_) | Command::Man) {
+        // before anything changes: no command stops halfway for want of a directory
+        crate::paths::check()?;
+    }
     let ctx = Context::new(cli.global);
     match cli.command {
         Command::Up(args) => up::run(&ctx, args).await,

@@ -235,8 +235,14 @@ async fn documents() -> Vec<Value> {
         details: "Deployment default/hello: 0 of 1 replicas available".to_string(),
     };
     let no_engine = crate::docker::DockerError::Connect {
-        host: "unix:///var/run/docker.sock".to_string(),
-        source: bollard::errors::Error::SocketNotFoundError("/var/run/docker.sock".to_string()),
+        tried: vec![crate::docker::Attempt {
+            host: "unix:///var/run/docker.sock".to_string(),
+            origin: crate::docker::Origin::Default { chosen_by: None },
+            error: "Socket not found: /var/run/docker.sock".to_string(),
+        }],
+        source: Some(bollard::errors::Error::SocketNotFoundError(
+            "/var/run/docker.sock".to_string(),
+        )),
     };
     vec![
         up_outcome(project).await.json(),

@@ -747,7 +747,7 @@ fn a_dead_or_silent_docker_engine_fails_fast_with_a_hint() {
     assert_eq!(code, Some(3), "{stderr}");
     assert_eq!(
         error["message"],
-        format!("the Docker engine at {host} did not answer within 10 s")
+        format!("the Docker engine at {host} (DOCKER_HOST) did not answer within 10 s")
     );
     assert!(
         error["hint"].as_str().unwrap().contains("restart"),

@@ -5,6 +5,7 @@
 mod broken;
 mod cluster;
 mod commands;
+mod contexts;
 mod dev;
 mod drills;
 mod environments;
