@@ -27,21 +27,25 @@
 //! Both zones accept every form.
 //!
 //! [`DnsServer`] serves that policy over UDP and TCP on one address with
-//! hickory-server's request types and handler: TCP through its [`Server`], UDP through a
-//! receive loop of our own that answers each datagram in place (hickory's UDP listener
-//! spawns a task and crosses a channel per packet, which cost 1.45x dnsmasq's CPU per
-//! query in `bench/dns.sh`). A and AAAA answers are authoritative (AA set, TTL [`TTL`]); other
-//! record types of an in-zone name get an empty NOERROR answer (no data); every name
-//! outside the zones gets REFUSED, so the server is never an open resolver and never
-//! forwards a query. Only the first question of a query is answered. Malformed packets
-//! are answered with FORMERR when their header can be read and dropped otherwise; they
-//! never stop the server.
+//! hickory-server's request types and handler, through loops of our own. The UDP loop
+//! answers each datagram in place (hickory's UDP listener spawns a task and crosses a
+//! channel per packet, which cost 1.45x dnsmasq's CPU per query in `bench/dns.sh`). The
+//! TCP loop holds at most [`TCP_MAX_CONNECTIONS`] connections, closing the one idle the
+//! longest to make room, and an accept error (out of file descriptors) frees a
+//! connection or pauses accepting instead of retrying at once (hickory's listener retries
+//! at once, spinning a core while the error lasts). A and AAAA answers are authoritative
+//! (AA set, TTL [`TTL`]); other record types of an in-zone name get an empty NOERROR
+//! answer (no data); every name outside the zones gets REFUSED, so the server is never an
+//! open resolver and never forwards a query. Only the first question of a query is
+//! answered. Responses (QR set) are dropped unanswered, so that two servers never answer
+//! each other in a loop. Malformed queries are answered with FORMERR when their header
+//! can be read and dropped otherwise; they never stop the server.
 
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
@@ -52,8 +56,8 @@ use hickory_server::net::xfer::Protocol;
 use hickory_server::net::NetError;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
-use hickory_server::Server;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
 /// Time to live, in seconds, of every answer. Short, because a custom domain points at
@@ -63,10 +67,16 @@ pub const TTL: u32 = 60;
 /// The public wildcard zones whose names embed an address, answered without internet.
 pub const WILDCARD_ZONES: &[&str] = &["nip.io", "sslip.io"];
 
-/// How long an idle TCP connection is kept open.
+/// How long an idle TCP connection is kept open, and how long a response may take to
+/// write.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Responses queued per TCP connection before the connection applies back-pressure.
-const TCP_RESPONSE_BUFFER: usize = 32;
+/// The most TCP connections served at once: past it, the one idle the longest is closed.
+/// Far above what resolvers open to a local server, and far below the usual limit of
+/// 1024 file descriptors.
+pub const TCP_MAX_CONNECTIONS: usize = 128;
+/// How long the TCP listener pauses after an accept error that closing a connection
+/// cannot cure (or when it has none to close), so that a lasting error costs no CPU.
+const TCP_ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// The largest UDP query read, as hickory's UDP listener reads them: a longer datagram
 /// is cut to this length.
 const UDP_RECEIVE_BUFFER: usize = 4096;
@@ -313,23 +323,14 @@ pub enum DnsError {
         #[source]
         source: io::Error,
     },
-    /// A listener stopped while serving.
-    #[error("the dns server on {addr} stopped unexpectedly")]
-    Serve {
+    /// The TCP accept loop stopped while serving (it only ends by panicking).
+    #[error("the dns server on {addr} stopped accepting tcp connections")]
+    ServeTcp {
         /// The address served.
         addr: SocketAddr,
         /// The underlying error.
         #[source]
-        source: NetError,
-    },
-    /// A listener failed while shutting down.
-    #[error("the dns server on {addr} failed to shut down cleanly")]
-    Shutdown {
-        /// The address served.
-        addr: SocketAddr,
-        /// The underlying error.
-        #[source]
-        source: NetError,
+        source: io::Error,
     },
     /// The thread or the runtime of the foreground server could not be started, or the
     /// thread panicked.
@@ -359,15 +360,16 @@ pub enum DnsError {
 /// dropped.
 pub struct DnsServer {
     addr: SocketAddr,
-    /// The TCP side.
-    server: Server<Handler>,
     /// The UDP receive loop ([`serve_udp`]), aborted on shutdown and on drop.
     udp: JoinHandle<io::Result<()>>,
+    /// The TCP accept loop ([`serve_tcp`]) with its connections, aborted likewise.
+    tcp: JoinHandle<()>,
 }
 
 impl Drop for DnsServer {
     fn drop(&mut self) {
         self.udp.abort();
+        self.tcp.abort();
     }
 }
 
@@ -390,9 +392,8 @@ impl DnsServer {
             zones: Arc::new(zones),
         };
         let udp = tokio::spawn(serve_udp(udp, handler.clone()));
-        let mut server = Server::new(handler);
-        server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
-        Ok(Self { addr, server, udp })
+        let tcp = tokio::spawn(serve_tcp(tcp, handler, TCP_MAX_CONNECTIONS));
+        Ok(Self { addr, udp, tcp })
     }
 
     /// The address served, UDP and TCP alike (with the actual port when bound on 0).
@@ -400,16 +401,11 @@ impl DnsServer {
         self.addr
     }
 
-    /// Serves until `shutdown` completes, then stops gracefully. Fails early if a
-    /// listener stops on its own.
+    /// Serves until `shutdown` completes, then stops: the UDP socket and the TCP listener
+    /// are closed when this returns. Fails early if a loop stops on its own.
     pub async fn run_until<F: Future>(mut self, shutdown: F) -> Result<(), DnsError> {
         let addr = self.addr;
         tokio::select! {
-            done = self.server.block_until_done() => {
-                done.map_err(|source| DnsError::Serve { addr, source })?;
-                // Every listener ended without an error: that only happens on shutdown.
-                Ok(())
-            }
             udp = &mut self.udp => {
                 // The loop only returns on an unrecoverable socket error (or a panic).
                 let source = match udp {
@@ -419,12 +415,20 @@ impl DnsServer {
                 };
                 Err(DnsError::ServeUdp { addr, source })
             }
+            tcp = &mut self.tcp => {
+                let source = match tcp {
+                    Ok(()) => io::Error::other("the tcp loop ended"),
+                    Err(e) => io::Error::other(e),
+                };
+                Err(DnsError::ServeTcp { addr, source })
+            }
             _ = shutdown => {
                 self.udp.abort();
-                self.server
-                    .shutdown_gracefully()
-                    .await
-                    .map_err(|source| DnsError::Shutdown { addr, source })
+                self.tcp.abort();
+                // An aborted task drops its sockets before its handle completes.
+                let _ = (&mut self.udp).await;
+                let _ = (&mut self.tcp).await;
+                Ok(())
             }
         }
     }
@@ -466,8 +470,7 @@ pub async fn serve<F: Future>(bind: SocketAddr, zones: Zones, shutdown: F) -> Re
 
 /// Receives UDP queries on `socket` and answers each one before reading the next: no
 /// task, channel or copy of the socket per packet, unlike hickory's UDP listener (which
-/// this otherwise follows: datagrams under 12 bytes and responses are dropped, a query
-/// that does not parse after its header gets FORMERR). Returns only on an unrecoverable
+/// this otherwise follows: see [`answer_message`]). Returns only on an unrecoverable
 /// socket error.
 async fn serve_udp(socket: UdpSocket, handler: Handler) -> io::Result<()> {
     let socket = Arc::new(socket);
@@ -493,7 +496,7 @@ async fn serve_udp(socket: UdpSocket, handler: Handler) -> io::Result<()> {
             socket: Arc::clone(&socket),
             dst: src,
         };
-        answer_datagram(&handler, &buffer[..len], src, responder).await;
+        answer_message(&handler, &buffer[..len], src, Protocol::Udp, responder).await;
     }
 }
 
@@ -507,18 +510,170 @@ fn answerable(src: SocketAddr) -> bool {
     src.port() != 0 && ip_ok
 }
 
-/// Answers one UDP datagram through `responder`, or drops it.
-async fn answer_datagram(
+/// Accepts TCP connections on `listener` and serves each on a task of its own, holding
+/// at most `max_connections` (at least 1): past that, the connection idle the longest is
+/// closed to make room.
+///
+/// An accept error a client caused (it gave up before the accept) is skipped. Any other
+/// (out of file descriptors, most often) leaves the connection waiting in the backlog, so
+/// retrying at once would fail at once, in a loop: instead the idlest connection is
+/// closed, freeing its descriptor, or, with none open, accepting pauses for
+/// [`TCP_ACCEPT_BACKOFF`]. Never returns.
+async fn serve_tcp(listener: TcpListener, handler: Handler, max_connections: usize) {
+    let mut connections = Connections::default();
+    loop {
+        let (stream, src) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(_) => {
+                if !connections.close_idlest().await {
+                    tokio::time::sleep(TCP_ACCEPT_BACKOFF).await;
+                }
+                continue;
+            }
+        };
+        connections.forget_ended();
+        if connections.open.len() >= max_connections {
+            connections.close_idlest().await;
+        }
+        connections.serve(stream, src, handler.clone());
+    }
+}
+
+/// The TCP connections being served; each one's task is aborted when this is dropped.
+#[derive(Default)]
+struct Connections {
+    open: Vec<Connection>,
+}
+
+/// One TCP connection's task and when it last received or answered a query.
+struct Connection {
+    task: JoinHandle<()>,
+    last_active: LastActive,
+}
+
+impl Connections {
+    /// Serves `stream` on a task of its own.
+    fn serve(&mut self, stream: TcpStream, src: SocketAddr, handler: Handler) {
+        let last_active = LastActive::now();
+        let task = tokio::spawn(serve_connection(stream, src, handler, last_active.clone()));
+        self.open.push(Connection { task, last_active });
+    }
+
+    /// Forgets the connections whose task ended (closed by the client, or idle too long).
+    fn forget_ended(&mut self) {
+        self.open.retain(|c| !c.task.is_finished());
+    }
+
+    /// Closes the connection idle the longest and returns once its socket is closed;
+    /// false when none is open.
+    async fn close_idlest(&mut self) -> bool {
+        self.forget_ended();
+        let Some(idlest) = (0..self.open.len()).min_by_key(|&i| self.open[i].last_active.get())
+        else {
+            return false;
+        };
+        let connection = self.open.swap_remove(idlest);
+        connection.task.abort();
+        // An aborted task drops its future, and so its socket, before its handle completes.
+        let _ = connection.task.await;
+        true
+    }
+}
+
+impl Drop for Connections {
+    fn drop(&mut self) {
+        for connection in &self.open {
+            connection.task.abort();
+        }
+    }
+}
+
+/// When a TCP connection last received or answered a query, shared between its task and
+/// the accept loop.
+#[derive(Clone)]
+struct LastActive(Arc<Mutex<Instant>>);
+
+impl LastActive {
+    fn now() -> Self {
+        Self(Arc::new(Mutex::new(Instant::now())))
+    }
+
+    fn touch(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+
+    fn get(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Answers the queries of one TCP connection in order, one at a time (as hickory does, so
+/// that one client never gets more than one query's worth of work), until the client
+/// closes it, leaves it idle (or a query half sent) for [`TCP_IDLE_TIMEOUT`], or does not
+/// take an answer within that time.
+async fn serve_connection(
+    mut stream: TcpStream,
+    src: SocketAddr,
+    handler: Handler,
+    last_active: LastActive,
+) {
+    let mut message = Vec::new();
+    loop {
+        let read = tokio::time::timeout(TCP_IDLE_TIMEOUT, read_frame(&mut stream, &mut message));
+        if !matches!(read.await, Ok(Ok(()))) {
+            return;
+        }
+        last_active.touch();
+        let responder = TcpResponder::default();
+        answer_message(&handler, &message, src, Protocol::Tcp, responder.clone()).await;
+        if let Some(frame) = responder.take() {
+            let write = tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.write_all(&frame));
+            if !matches!(write.await, Ok(Ok(()))) {
+                return;
+            }
+            last_active.touch();
+        }
+    }
+}
+
+/// Reads one DNS message with its two-byte length prefix (RFC 1035 section 4.2.2) into
+/// `message`.
+async fn read_frame(stream: &mut TcpStream, message: &mut Vec<u8>) -> io::Result<()> {
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).await?;
+    message.resize(usize::from(u16::from_be_bytes(len)), 0);
+    stream.read_exact(message).await?;
+    Ok(())
+}
+
+/// Answers one DNS message through `responder`, as hickory's listeners do, or drops it:
+/// a message under 12 bytes is not DNS, and a response (QR set) is never answered, since
+/// answering could start a loop between two servers or reflect traffic onto the address
+/// a forged packet names. A query that does not parse after its header gets FORMERR.
+async fn answer_message<R: ResponseHandler>(
     handler: &Handler,
     bytes: &[u8],
     src: SocketAddr,
-    responder: UdpResponder,
+    protocol: Protocol,
+    mut responder: R,
 ) {
     let Ok(header) = Header::read(&mut BinDecoder::new(bytes)) else {
-        // Under 12 bytes: not a DNS message, no answer.
         return;
     };
-    let request = match Request::from_bytes(bytes.to_vec(), src, Protocol::Udp) {
+    if header.metadata.message_type == MessageType::Response {
+        return;
+    }
+    let request = match Request::from_bytes(bytes.to_vec(), src, protocol) {
         Ok(request) => request,
         Err(_) => {
             // No questions: reading none of them cannot fail.
@@ -526,18 +681,46 @@ async fn answer_datagram(
                 Queries::read(&mut BinDecoder::new(&[]), 0).unwrap_or_else(|_| unreachable!());
             let response = MessageResponseBuilder::new(&queries, None)
                 .error_msg(&header.metadata, ResponseCode::FormErr);
-            // A failed send is the client's loss only (as for every UDP answer).
-            let _ = responder.clone().send_response(response).await;
+            // A failed send is the client's loss only.
+            let _ = responder.send_response(response).await;
             return;
         }
     };
-    // Never answer a response: that would make the server a reflector.
-    if request.metadata.message_type == MessageType::Response {
-        return;
-    }
     handler
         .handle_request::<_, TokioTime>(&request, responder)
         .await;
+}
+
+/// `response` encoded in at most `max_size` bytes, or, as hickory does when it does not
+/// fit or cannot be encoded, a bare SERVFAIL.
+fn encode_response<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    max_size: u16,
+) -> Result<(ResponseInfo, Vec<u8>), NetError> {
+    let id = response.metadata().id;
+    let mut bytes = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_max_size(max_size);
+    if let Ok(info) = response.destructive_emit(&mut encoder) {
+        return Ok((info, bytes));
+    }
+    bytes.clear();
+    let mut encoder = BinEncoder::new(&mut bytes);
+    let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+    metadata.response_code = ResponseCode::ServFail;
+    let header = Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    };
+    header.emit(&mut encoder)?;
+    Ok((ResponseInfo::from(header), bytes))
 }
 
 /// Sends a response straight to the client's address on the shared UDP socket.
@@ -560,33 +743,54 @@ impl ResponseHandler for UdpResponder {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let id = response.metadata().id;
         // Without EDNS, RFC 1035 section 4.2.1 limits a UDP message to 512 bytes.
         let max_size = response.edns().map_or(512, |edns| edns.max_payload());
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(max_size);
-        let info = match response.destructive_emit(&mut encoder) {
-            Ok(info) => info,
-            Err(_) => {
-                // As hickory does: a bare SERVFAIL when the response cannot be encoded.
-                bytes.clear();
-                let mut encoder = BinEncoder::new(&mut bytes);
-                let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
-                metadata.response_code = ResponseCode::ServFail;
-                let header = Header {
-                    metadata,
-                    counts: HeaderCounts::default(),
-                };
-                header.emit(&mut encoder)?;
-                ResponseInfo::from(header)
-            }
-        };
+        let (info, bytes) = encode_response(response, max_size)?;
         self.socket.send_to(&bytes, self.dst).await?;
         Ok(info)
     }
 }
 
+/// Keeps the length-prefixed response for the connection's loop to write: the loop owns
+/// the stream, and hickory's handler wants a responder it can own.
+#[derive(Clone, Default)]
+struct TcpResponder {
+    frame: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+impl TcpResponder {
+    /// The response frame, if one was sent.
+    fn take(&self) -> Option<Vec<u8>> {
+        self.frame
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for TcpResponder {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let (info, bytes) = encode_response(response, u16::MAX)?;
+        let len = u16::try_from(bytes.len())
+            .map_err(|_| NetError::from("the response does not fit a tcp frame"))?;
+        let mut frame = Vec::with_capacity(bytes.len() + 2);
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(&bytes);
+        *self.frame.lock().unwrap_or_else(PoisonError::into_inner) = Some(frame);
+        Ok(info)
+    }
+}
 /// The hickory request handler: answers the first question from [`resolve`].
 #[derive(Clone)]
 struct Handler {
@@ -1269,6 +1473,80 @@ mod tests {
         let reply = udp_exchange(&socket, &valid).await;
         assert_eq!(only_address(&reply), "10.0.0.9".parse::<IpAddr>().unwrap());
         stop(stop_tx, task).await;
+    }
+
+    /// How long a test waits to see that no answer comes: a check of silence, not a wait
+    /// for something to happen.
+    const SILENCE: Duration = Duration::from_millis(300);
+
+    #[tokio::test]
+    async fn drops_responses_without_answering() {
+        let (addr, stop_tx, task) = start().await;
+        // A well-formed response, and one whose question is cut off (as a query, FORMERR).
+        let mut response = query(41, "app.10.0.0.1.nip.io.", RecordType::A);
+        response.metadata.message_type = MessageType::Response;
+        let response = response.to_vec().unwrap();
+        let mut cut = truncated_question();
+        cut[2] |= 0x80; // QR
+        let next = query(42, "a.10.0.0.9.nip.io.", RecordType::A);
+
+        let socket = udp_socket(addr).await;
+        socket.send(&response).await.unwrap();
+        socket.send(&cut).await.unwrap();
+        let mut buf = vec![0u8; 65_535];
+        let heard = tokio::time::timeout(SILENCE, socket.recv(&mut buf)).await;
+        assert!(heard.is_err(), "a response was answered: {heard:?}");
+        // Datagrams are answered in order: the next one to arrive answers the next query.
+        socket.send(&next.to_vec().unwrap()).await.unwrap();
+        let n = tokio::time::timeout(REPLY_DEADLINE, socket.recv(&mut buf))
+            .await
+            .expect("no udp reply")
+            .unwrap();
+        let reply = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(reply.metadata.id, 42);
+        assert_eq!(only_address(&reply), "10.0.0.9".parse::<IpAddr>().unwrap());
+
+        // Over TCP too: the first frame back answers the query after the responses.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        tcp_send_frame(&mut stream, &response).await;
+        tcp_send_frame(&mut stream, &cut).await;
+        let reply = tcp_exchange(&mut stream, &next).await;
+        assert_eq!(reply.metadata.id, 42);
+        stop(stop_tx, task).await;
+    }
+
+    #[tokio::test]
+    async fn tcp_past_the_cap_closes_the_connection_idle_longest() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handler = Handler {
+            zones: Arc::new(Zones::new()),
+        };
+        let server = tokio::spawn(serve_tcp(listener, handler, 3));
+        let asked = query(51, "a.10.0.0.9.nip.io.", RecordType::A);
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            tcp_exchange(&mut stream, &asked).await; // accepted and served
+            open.push(stream);
+        }
+        let [mut first, mut second, mut third]: [TcpStream; 3] = open.try_into().unwrap();
+        // The first one becomes the most recently active: the second is now the idlest.
+        tcp_exchange(&mut first, &asked).await;
+
+        // A fourth is served once the idlest is closed.
+        let mut fourth = TcpStream::connect(addr).await.unwrap();
+        let reply = tcp_exchange(&mut fourth, &asked).await;
+        assert_eq!(only_address(&reply), "10.0.0.9".parse::<IpAddr>().unwrap());
+        assert!(
+            tcp_read_frame(&mut second).await.is_none(),
+            "the idlest connection is still open"
+        );
+        for stream in [&mut first, &mut third, &mut fourth] {
+            let reply = tcp_exchange(stream, &asked).await;
+            assert_eq!(only_address(&reply), "10.0.0.9".parse::<IpAddr>().unwrap());
+        }
+        server.abort();
     }
 
     #[tokio::test]

@@ -1,10 +1,12 @@
 //! The DNS server in the background: one per user, shared by every sandbox, started by
 //! `up` and stopped by the `down` of the last sandbox. It records its pid and address in
 //! the user's state directory once it listens; "running" means the recorded address
-//! answers a query, so a stale record (a crash, a reboot) is never trusted.
+//! answers a query, so a stale record (a crash, a reboot) is never trusted. Stopping
+//! signals the recorded pid only once that process proves to be this user's `sandbox dns
+//! serve --record`, never a process that reused the pid of a dead server.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query};
@@ -12,10 +14,14 @@ use hickory_proto::rr::{Name, RecordType};
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 
+use crate::report::Reporter;
+
 /// The port the daemon prefers on loopback; another free one when it is taken.
 pub const PREFERRED_PORT: u16 = 15353;
 /// How long `up` waits for a started daemon to answer.
 const START_DEADLINE: Duration = Duration::from_secs(10);
+/// How long `stop` waits for the signalled daemon to exit.
+const STOP_DEADLINE: Duration = Duration::from_secs(5);
 /// How long one probe query waits for its answer.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// The name probed: its answer is known without any configuration.
@@ -89,7 +95,11 @@ fn io_error(action: &'static str, path: PathBuf) -> impl FnOnce(std::io::Error) 
 
 /// Reads the record, if any (unreadable or malformed counts as none).
 pub fn read_record() -> Option<DaemonRecord> {
-    let text = std::fs::read_to_string(record_path()).ok()?;
+    read_record_at(&record_path())
+}
+
+fn read_record_at(path: &Path) -> Option<DaemonRecord> {
+    let text = std::fs::read_to_string(path).ok()?;
     serde_json::from_str(&text).ok()
 }
 
@@ -111,8 +121,13 @@ pub fn write_record(address: SocketAddr) -> Result<(), DaemonError> {
 
 /// Removes the record if it is this process's own.
 pub fn remove_own_record() {
-    if read_record().is_some_and(|r| r.pid == std::process::id()) {
-        let _ = std::fs::remove_file(record_path());
+    remove_record_of(&record_path(), std::process::id());
+}
+
+/// Removes the record at `path` if it names `pid` (a daemon started since keeps its own).
+fn remove_record_of(path: &Path, pid: u32) {
+    if read_record_at(path).is_some_and(|r| r.pid == pid) {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -259,22 +274,179 @@ fn spawn_server(port: u16, log: &std::path::Path) -> Result<std::process::Child,
         .map_err(io_error("start", log.to_path_buf()))
 }
 
-/// Stops the running daemon; returns its record, or `None` when none answered.
-pub async fn stop() -> Option<DaemonRecord> {
-    let record = running().await?;
+/// Stops the recorded daemon; returns its record, or `None` when none was stopped.
+///
+/// The recorded pid is signalled only once [`inspect`] finds this user's `sandbox dns
+/// serve --record` there. A record whose process is gone or is another one (its pid
+/// reused after a crash or a reboot) is removed and nothing is signalled; where the
+/// process cannot be checked, nothing is signalled and `reporter` says so.
+pub async fn stop(reporter: &Reporter) -> Option<DaemonRecord> {
+    stop_recorded(&record_path(), reporter).await
+}
+
+async fn stop_recorded(path: &Path, reporter: &Reporter) -> Option<DaemonRecord> {
+    let record = read_record_at(path)?;
+    let pid = record.pid;
+    match inspect(pid) {
+        RecordedProcess::Server => {}
+        RecordedProcess::Other(what) => {
+            reporter.detail(format!(
+                "removed the stale DNS server record: pid {pid} {what}"
+            ));
+            remove_record_of(path, pid);
+            return None;
+        }
+        RecordedProcess::Unknown(why) => {
+            reporter.warn(format!(
+                "not stopping the DNS server: cannot check that pid {pid} is it ({why}); \
+                 if `ps -p {pid}` shows `sandbox dns serve`, stop it with `kill {pid}`"
+            ));
+            return None;
+        }
+    }
     // SIGTERM through kill(1): the crate forbids unsafe code, and this is rare
     let _ = std::process::Command::new("kill")
-        .arg(record.pid.to_string())
+        .arg(pid.to_string())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status();
-    // gone when its address no longer answers
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && answers(record.address).await {
+    let deadline = Instant::now() + STOP_DEADLINE;
+    while Instant::now() < deadline && inspect(pid) == RecordedProcess::Server {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = std::fs::remove_file(record_path());
+    remove_record_of(path, pid);
     Some(record)
+}
+
+/// What the process at a recorded pid is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RecordedProcess {
+    /// This user's `sandbox dns serve --record`: the recorded daemon.
+    Server,
+    /// Not the daemon (gone, another program, another user's); says which.
+    Other(String),
+    /// Could not be checked; says why.
+    Unknown(String),
+}
+
+/// What the process at `pid` is: from `/proc` on Linux, from ps(1) on other Unix systems,
+/// unknown elsewhere.
+fn inspect(pid: u32) -> RecordedProcess {
+    match program_name() {
+        Some(program) => inspect_here(pid, &program),
+        None => RecordedProcess::Unknown("the path of this program is unknown".into()),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn inspect_here(pid: u32, program: &str) -> RecordedProcess {
+    inspect_proc(pid, program)
+}
+
+#[cfg(all(unix, not(target_os = "linux")))]
+fn inspect_here(pid: u32, program: &str) -> RecordedProcess {
+    inspect_ps(pid, program)
+}
+
+#[cfg(not(unix))]
+fn inspect_here(_pid: u32, _program: &str) -> RecordedProcess {
+    RecordedProcess::Unknown("processes cannot be inspected on this system".into())
+}
+
+/// The file name of this program, which `ensure` starts the daemon as.
+fn program_name() -> Option<String> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.file_name()?.to_string_lossy().into_owned())
+}
+
+/// Whether `command` (argument 0 first) is `program ... dns serve ... --record`: the
+/// command line `ensure` starts the daemon with.
+fn is_recording_server(command: &[&str], program: &str) -> bool {
+    let Some(first) = command.first() else {
+        return false;
+    };
+    Path::new(first)
+        .file_name()
+        .is_some_and(|name| name == program)
+        && command.windows(2).any(|w| w == ["dns", "serve"])
+        && command.contains(&"--record")
+}
+
+const NOT_THE_SERVER: &str = "is not a `sandbox dns serve` (its pid was reused)";
+
+/// [`inspect`] through `/proc/PID`: its owner and its `cmdline`.
+#[cfg(target_os = "linux")]
+fn inspect_proc(pid: u32, program: &str) -> RecordedProcess {
+    use std::os::unix::fs::MetadataExt;
+    let own_uid = match std::fs::metadata("/proc/self") {
+        Ok(meta) => meta.uid(),
+        Err(e) => return RecordedProcess::Unknown(format!("cannot read /proc/self: {e}")),
+    };
+    let dir = PathBuf::from(format!("/proc/{pid}"));
+    let uid = match std::fs::metadata(&dir) {
+        Ok(meta) => meta.uid(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return RecordedProcess::Other("no longer runs".into())
+        }
+        Err(e) => return RecordedProcess::Unknown(format!("cannot read {}: {e}", dir.display())),
+    };
+    if uid != own_uid {
+        return RecordedProcess::Other(format!("belongs to another user (uid {uid})"));
+    }
+    // gone in between, or a zombie: an empty command line either way
+    let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+    let text = String::from_utf8_lossy(&cmdline);
+    let command: Vec<&str> = text.split_terminator('\0').collect();
+    if is_recording_server(&command, program) {
+        RecordedProcess::Server
+    } else {
+        RecordedProcess::Other(NOT_THE_SERVER.into())
+    }
+}
+
+/// [`inspect`] through `ps -o uid= -o args=` and `id -u`. ps joins the arguments with
+/// spaces, so words before the first one naming `program` are taken for parts of its
+/// path (a directory with a space).
+#[cfg(any(test, all(unix, not(target_os = "linux"))))]
+fn inspect_ps(pid: u32, program: &str) -> RecordedProcess {
+    let run = |command: &mut std::process::Command| match command
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+    {
+        Ok(out) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Err(e) => Err(RecordedProcess::Unknown(format!(
+            "cannot run ps or id: {e}"
+        ))),
+    };
+    let own_uid = match run(std::process::Command::new("id").arg("-u")) {
+        Ok(out) if !out.trim().is_empty() => out.trim().to_string(),
+        Ok(_) => return RecordedProcess::Unknown("`id -u` printed nothing".into()),
+        Err(unknown) => return unknown,
+    };
+    let mut ps = std::process::Command::new("ps");
+    ps.args(["-o", "uid=", "-o", "args=", "-p"])
+        .arg(pid.to_string())
+        .env("LC_ALL", "C");
+    let line = match run(&mut ps) {
+        Ok(out) => out,
+        Err(unknown) => return unknown,
+    };
+    // no line: no such process (a ps failing otherwise also leaves the pid unsignalled)
+    let Some((uid, args)) = line.trim().split_once(char::is_whitespace) else {
+        return RecordedProcess::Other("no longer runs".into());
+    };
+    if uid != own_uid {
+        return RecordedProcess::Other(format!("belongs to another user (uid {uid})"));
+    }
+    let words: Vec<&str> = args.split_whitespace().collect();
+    let start = words
+        .iter()
+        .position(|w| Path::new(w).file_name().is_some_and(|name| name == program));
+    match start {
+        Some(start) if is_recording_server(&words[start..], program) => RecordedProcess::Server,
+        _ => RecordedProcess::Other(NOT_THE_SERVER.into()),
+    }
 }
 
 #[cfg(test)]
@@ -314,6 +486,153 @@ mod tests {
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(text, r#"{"pid":42,"address":"127.0.0.1:15353"}"#);
         assert_eq!(serde_json::from_str::<DaemonRecord>(&text).unwrap(), r);
+    }
+
+    fn quiet() -> Reporter {
+        Reporter::new(crate::report::Mode::Quiet, false)
+    }
+
+    fn record_pid(path: &Path, pid: u32) {
+        let record = DaemonRecord {
+            pid,
+            address: "127.0.0.1:15353".parse().unwrap(),
+        };
+        std::fs::write(path, serde_json::to_string(&record).unwrap()).unwrap();
+    }
+
+    /// `shell` (a POSIX shell, under any name) with the daemon's arguments, waiting on its
+    /// stdin, once it runs: its command line is in place only after it has started,
+    /// which is later than `spawn` returns.
+    #[cfg(unix)]
+    fn waiting_shell(shell: &Path) -> std::process::Child {
+        let mut child = std::process::Command::new(shell)
+            .args(["-c", "echo ready; read line", "dns", "serve", "--record"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        assert_eq!(ready, "ready\n");
+        child
+    }
+
+    /// The signal that ended `child`, after killing it with SIGKILL if it still runs.
+    #[cfg(unix)]
+    fn ending_signal(mut child: std::process::Child) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        let _ = child.kill();
+        child.wait().unwrap().signal()
+    }
+
+    #[test]
+    fn only_the_daemons_command_line_is_the_daemon() {
+        let daemon = [
+            "/usr/local/bin/sandbox",
+            "-q",
+            "dns",
+            "serve",
+            "--record",
+            "--listen",
+            "127.0.0.1:15353",
+        ];
+        assert!(is_recording_server(&daemon, "sandbox"));
+        assert!(is_recording_server(&daemon[..5], "sandbox"));
+        assert!(!is_recording_server(&daemon, "other"));
+        // a foreground server writes no record, so it is never the recorded one
+        assert!(!is_recording_server(&daemon[..4], "sandbox"));
+        assert!(!is_recording_server(
+            &["/usr/local/bin/sandbox", "serve", "dns", "--record"],
+            "sandbox"
+        ));
+        assert!(!is_recording_server(
+            &["/usr/bin/python3", "sandbox", "dns", "serve", "--record"],
+            "sandbox"
+        ));
+        assert!(!is_recording_server(&[], "sandbox"));
+    }
+
+    /// A way of inspecting a process, by name.
+    type Inspector = (&'static str, fn(u32, &str) -> RecordedProcess);
+
+    /// Both ways of inspecting a process, checked alike where both work.
+    #[cfg(target_os = "linux")]
+    const INSPECTORS: [Inspector; 2] = [("/proc", inspect_proc), ("ps", inspect_ps)];
+    #[cfg(all(unix, not(target_os = "linux")))]
+    const INSPECTORS: [Inspector; 1] = [("ps", inspect_ps)];
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_record_naming_another_process_is_removed_and_nothing_is_signalled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dns.json");
+        let program = program_name().unwrap();
+        // the daemon's arguments, but another program
+        let other = waiting_shell(Path::new("/bin/sh"));
+        for (how, inspect) in INSPECTORS {
+            assert_eq!(
+                inspect(other.id(), &program),
+                RecordedProcess::Other(NOT_THE_SERVER.into()),
+                "{how}"
+            );
+        }
+        record_pid(&path, other.id());
+        assert_eq!(stop_recorded(&path, &quiet()).await, None);
+        assert!(!path.exists(), "the stale record is kept");
+        // SIGTERM from `stop` would have ended it before our SIGKILL
+        assert_eq!(ending_signal(other), Some(9));
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_record_naming_a_dead_process_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dns.json");
+        let program = program_name().unwrap();
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let pid = gone.id();
+        gone.wait().unwrap();
+        for (how, inspect) in INSPECTORS {
+            assert_eq!(
+                inspect(pid, &program),
+                RecordedProcess::Other("no longer runs".into()),
+                "{how}"
+            );
+        }
+        record_pid(&path, pid);
+        assert_eq!(stop_recorded(&path, &quiet()).await, None);
+        assert!(!path.exists(), "the stale record is kept");
+        // no record at all: nothing to do
+        assert_eq!(stop_recorded(&path, &quiet()).await, None);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_recorded_daemon_is_signalled_and_its_record_removed() {
+        // The daemon's arguments under this program's name: to the check, just like the
+        // daemon `ensure` starts.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dns.json");
+        let program = program_name().unwrap();
+        let disguised = dir.path().join(&program);
+        std::os::unix::fs::symlink("/bin/sh", &disguised).unwrap();
+        let server = waiting_shell(&disguised);
+        for (how, inspect) in INSPECTORS {
+            assert_eq!(
+                inspect(server.id(), &program),
+                RecordedProcess::Server,
+                "{how}"
+            );
+        }
+        record_pid(&path, server.id());
+        let stopped = stop_recorded(&path, &quiet()).await;
+        assert_eq!(stopped.map(|r| r.pid), Some(server.id()));
+        assert!(!path.exists(), "the record is kept");
+        assert_eq!(ending_signal(server), Some(15), "not ended by SIGTERM");
     }
 
     #[tokio::test]

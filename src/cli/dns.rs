@@ -182,6 +182,18 @@ pub(crate) fn setup_json(
     })
 }
 
+/// The warning of `dns serve --listen` on an address other than loopback: the server then
+/// answers whoever can reach that address, not only this machine.
+fn exposure_warning(listen: SocketAddr) -> Option<String> {
+    if listen.ip().to_canonical().is_loopback() {
+        return None;
+    }
+    Some(format!(
+        "{listen} is not a loopback address: this DNS server now answers the network, \
+         not only this machine (it still answers only its own zones and never forwards)"
+    ))
+}
+
 /// Runs `sandbox dns`.
 pub async fn run(ctx: &Context, args: DnsArgs) -> Result<(), Error> {
     match args.command {
@@ -191,6 +203,9 @@ pub async fn run(ctx: &Context, args: DnsArgs) -> Result<(), Error> {
                 .domains
                 .into_iter()
                 .fold(Zones::new(), |z, (d, ip)| z.with_custom(d, ip));
+            if let Some(warning) = exposure_warning(serve.listen) {
+                ctx.reporter.warn(warning);
+            }
             ctx.reporter.info(format!(
                 "answering nip.io, sslip.io, localhost{} on {} (UDP and TCP); Ctrl-C stops",
                 zones
@@ -246,6 +261,26 @@ mod tests {
             .content
             .ends_with("nameserver 127.0.0.1\nport 15353\n"));
         assert!(reload.is_none());
+    }
+
+    #[test]
+    fn listening_beyond_loopback_is_warned_about() {
+        for quiet in [
+            "127.0.0.1:5353",
+            "127.0.0.53:53",
+            "[::1]:5353",
+            "[::ffff:127.0.0.1]:53",
+        ] {
+            assert_eq!(exposure_warning(quiet.parse().unwrap()), None, "{quiet}");
+        }
+        for loud in ["0.0.0.0:5353", "[::]:53", "192.168.1.10:53", "[fd00::1]:53"] {
+            let warning = exposure_warning(loud.parse().unwrap()).expect(loud);
+            assert!(
+                warning.starts_with(&format!("{loud} is not a loopback address")),
+                "{warning}"
+            );
+            assert!(warning.contains("answers the network"), "{warning}");
+        }
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub async fn run(ctx: &Context, args: DownArgs) -> Result<(), Error> {
     // the DNS server is shared by a user's sandboxes: the last one's down stops it
     let dns_stopped = match engine.list_nodes(None).await {
         Ok(nodes) if !crate::dns_daemon::needed_by(&nodes) => {
-            crate::dns_daemon::stop().await.is_some()
+            crate::dns_daemon::stop(&ctx.reporter).await.is_some()
         }
         _ => false,
     };
