@@ -55,7 +55,7 @@ pub async fn run(ctx: &Context, args: TrustArgs) -> Result<(), Error> {
             TrustCommand::Install => {
                 let ca = load_ca(&dir, &reporter)?;
                 let plan = trust::plan(&host, ca.cert_path(), Some(ca.ca_pem()));
-                let reports = trust::apply(&host, &plan, Action::Install, Some(ca.ca_pem()));
+                let reports = trust::apply(&host, &plan, Action::Install);
                 Ok(Done::Stores {
                     action: Action::Install,
                     plan,
@@ -66,7 +66,7 @@ pub async fn run(ctx: &Context, args: TrustArgs) -> Result<(), Error> {
                 let ca_path = dir.join(tls::CA_CERT_FILE);
                 let ca_pem = read_optional(&ca_path)?;
                 let plan = trust::plan(&host, &ca_path, ca_pem.as_deref());
-                let reports = trust::apply(&host, &plan, Action::Uninstall, None);
+                let reports = trust::apply(&host, &plan, Action::Uninstall);
                 Ok(Done::Stores {
                     action: Action::Uninstall,
                     plan,
@@ -166,7 +166,16 @@ fn print_stores(
             })
             .flatten()
             .collect();
-        return Err(TrustError::Incomplete { failed, manual }.into());
+        let retry = match action {
+            Action::Install => "sandbox trust",
+            Action::Uninstall => "sandbox trust uninstall",
+        };
+        return Err(TrustError::Incomplete {
+            failed,
+            manual,
+            retry,
+        }
+        .into());
     }
     ctx.print(&result_json(action, plan, reports), &text);
     if action == Action::Install {
@@ -256,6 +265,7 @@ mod tests {
         let plan = Plan {
             nickname: "sandbox-ca-me".into(),
             ca_path: "/h/ca.crt".into(),
+            ca_pem: None,
             common_name: None,
             stores: Vec::new(),
             skipped: Vec::new(),
@@ -264,6 +274,7 @@ mod tests {
             program: "update-ca-certificates".into(),
             args: Vec::new(),
             may_fail: false,
+            input: None,
         };
         let reports = [
             StoreReport {
