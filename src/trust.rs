@@ -837,6 +837,20 @@ fn apply_store(
     }
 }
 
+/// `plan`, of a new CA, narrowed to the stores that `reports`, of the old CA's uninstall,
+/// say it was removed from: where `sandbox trust reset` puts the new CA. The skipped stores
+/// were reported with the old CA already.
+pub fn where_removed(mut plan: Plan, reports: &[StoreReport]) -> Plan {
+    let removed: Vec<&str> = reports
+        .iter()
+        .filter(|r| r.outcome == StoreOutcome::Removed)
+        .map(|r| r.label.as_str())
+        .collect();
+    plan.stores.retain(|s| removed.contains(&s.label.as_str()));
+    plan.skipped.clear();
+    plan
+}
+
 /// Whether `store` holds the CA: this very certificate when `ca_pem` is given, else
 /// anything under its name.
 fn holds(host: &Host, plan: &Plan, store: &Store, ca_pem: Option<&str>) -> bool {
@@ -1452,6 +1466,32 @@ mod tests {
             fs::read_to_string(&log).unwrap(),
             format!("-- rm -f {location}\n-- update-ca-certificates --fresh\n")
         );
+    }
+
+    #[test]
+    fn a_reset_reinstalls_where_the_old_ca_was_removed() {
+        let [debian, _, _, chromium, firefox] = every_store();
+        let p = Plan {
+            skipped: vec![Skipped {
+                label: "nss (chromium, firefox)".into(),
+                reason: "certutil not found".into(),
+            }],
+            ..plan_with(vec![debian.clone(), chromium.clone(), firefox.clone()])
+        };
+        let report = |store: &Store, outcome| StoreReport {
+            label: store.label.clone(),
+            location: Some(store.location.clone()),
+            outcome,
+        };
+        let old = [
+            report(&debian, StoreOutcome::Removed),
+            report(&chromium, StoreOutcome::NotPresent),
+            report(&firefox, StoreOutcome::Removed),
+        ];
+        let again = where_removed(p.clone(), &old);
+        assert_eq!(again.stores, [debian, firefox]);
+        assert!(again.skipped.is_empty());
+        assert!(where_removed(p, &[]).stores.is_empty());
     }
 
     #[test]
