@@ -7,7 +7,9 @@
 //! it can only vouch for the sandbox zones ([`BASE_ZONES`] plus the custom domains the
 //! caller asks for) and for private/loopback addresses ([`PERMITTED_IP_RANGES`]). Even if
 //! its key leaks, verifiers that honour name constraints refuse a certificate it signs
-//! for a real site (OpenSSL and rustls/webpki are checked by the tests below).
+//! for a real site (OpenSSL and rustls/webpki are checked by the tests below). A CA found
+//! on disk that could vouch for more (no or wider name constraints, no `pathlen:0`) is
+//! refused ([`TlsError::CaTooBroad`]) until [`Ca::reset`] replaces it.
 //!
 //! Leaf certificates ([`Ca::issue`]) are ECDSA P-256 with the `serverAuth` extended key
 //! usage and are valid [`LEAF_VALIDITY_DAYS`] days, under the 825-day ceiling macOS and iOS
@@ -112,12 +114,21 @@ pub enum TlsError {
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// The CA certificate is present but its key is not, or they do not belong together.
-    #[error("the ca key {key} is missing or does not match {cert}; remove both files to create a new ca")]
+    #[error("the ca key {key} is missing or does not match {cert}; `sandbox trust reset` removes the old ca from the trust stores and makes a new one")]
     KeyMismatch {
         /// The certificate file.
         cert: PathBuf,
         /// The key file.
         key: PathBuf,
+    },
+    /// The CA on disk may vouch for more than the sandbox zones: it is neither used nor
+    /// replaced silently (a replacement would leave it trusted wherever it was installed).
+    #[error("the ca in {dir} is refused: {problem}; `sandbox trust reset` removes it from the trust stores and makes a new one")]
+    CaTooBroad {
+        /// The CA directory.
+        dir: PathBuf,
+        /// What it may vouch for beyond the sandbox zones, one clause per finding.
+        problem: String,
     },
     /// A key pair could not be generated.
     #[error("cannot generate a key pair for {purpose} (ca directory {path})")]
@@ -171,10 +182,10 @@ pub enum CaOrigin {
     Loaded,
     /// No CA existed; a new one was created.
     Created,
-    /// The existing CA did not cover the requested domains (or was about to expire, or had
-    /// no name constraints): a new one replaced it, permitting the old custom domains and
-    /// the new ones. The old certificate is given so that it can be removed from trust
-    /// stores; certificates it issued no longer chain to the CA on disk.
+    /// A new CA replaced the existing one, which did not cover the requested domains or was
+    /// about to expire (see [`Ca::load_or_create`]), or which [`Ca::reset`] was asked to
+    /// replace. The old certificate is given so that it can be removed from trust stores;
+    /// certificates it issued no longer chain to the CA on disk.
     Replaced {
         /// PEM of the replaced CA certificate.
         previous_ca_pem: String,
@@ -233,10 +244,13 @@ pub fn default_dir() -> PathBuf {
 impl Ca {
     /// Loads the CA in `dir`, creating it (and `dir`, mode 0700) when there is none, and
     /// replacing it when it does not permit [`BASE_ZONES`] and every domain of
-    /// `extra_domains` (or expires within [`RENEW_BEFORE_DAYS`] days). A replacement keeps
-    /// permitting the custom domains of the CA it replaces, so that projects with different
-    /// domains do not take turns replacing it. [`Ca::origin`] says what happened.
-    /// Concurrent calls are serialised by a lock file in `dir`.
+    /// `extra_domains` (or expires within [`RENEW_BEFORE_DAYS`] days). [`Ca::origin`] says
+    /// what happened. Concurrent calls are serialised by a lock file in `dir`.
+    ///
+    /// A CA that may vouch for more than the sandbox zones ([`BASE_ZONES`], the domains of
+    /// `extra_domains` and [`PERMITTED_IP_RANGES`]), lacks critical name constraints or may
+    /// sign other CAs is refused ([`TlsError::CaTooBroad`]): it is neither used nor replaced,
+    /// since it may be trusted where it was installed; [`Ca::reset`] replaces it.
     pub fn load_or_create(dir: &Path, extra_domains: &[String]) -> Result<Ca, TlsError> {
         let mut wanted = Vec::new();
         for domain in extra_domains {
@@ -245,6 +259,28 @@ impl Ca {
                 wanted.push(domain);
             }
         }
+        Self::locked(dir, || Self::load_or_create_locked(dir, &wanted))
+    }
+
+    /// Replaces the CA in `dir`, whatever it is (refused, unreadable, without its key, or
+    /// fine), by a new one permitting the base zones: [`CaOrigin::Replaced`] with the old
+    /// certificate's text when there was one, else [`CaOrigin::Created`]. Removing the old
+    /// CA from trust stores is the caller's (`sandbox trust reset` does it first).
+    pub fn reset(dir: &Path) -> Result<Ca, TlsError> {
+        Self::locked(dir, || {
+            let origin = match read_optional(&dir.join(CA_CERT_FILE))? {
+                Some(previous_ca_pem) => CaOrigin::Replaced { previous_ca_pem },
+                None => CaOrigin::Created,
+            };
+            // the new files are renamed over the old ones: there is never a certificate
+            // without its key
+            Self::create(dir, &[], origin)
+        })
+    }
+
+    /// Runs `f` holding the lock that serialises changes to the CA in `dir` (created
+    /// private when missing).
+    fn locked(dir: &Path, f: impl FnOnce() -> Result<Ca, TlsError>) -> Result<Ca, TlsError> {
         ensure_private_dir(dir)?;
         let lock_path = dir.join(CA_LOCK_FILE);
         let lock_error = |source| TlsError::Lock {
@@ -259,7 +295,7 @@ impl Ca {
             .open(&lock_path)
             .map_err(lock_error)?;
         lock.lock().map_err(lock_error)?;
-        let result = Self::load_or_create_locked(dir, &wanted);
+        let result = f();
         drop(lock);
         result
     }
@@ -273,10 +309,16 @@ impl Ca {
         match (cert_pem, key_pem) {
             (Some(cert_pem), Some(key_pem)) => {
                 let ca = Self::from_pem(dir, cert_pem, &key_pem, CaOrigin::Loaded)?;
-                let covered = ca.permitted.has_constraints
-                    && BASE_ZONES
-                        .iter()
-                        .all(|zone| ca.permitted.covers_domain(zone))
+                let problems = scope_problems(&ca.cert_der, wanted);
+                if !problems.is_empty() {
+                    return Err(TlsError::CaTooBroad {
+                        dir: dir.to_path_buf(),
+                        problem: problems.join("; "),
+                    });
+                }
+                let covered = BASE_ZONES
+                    .iter()
+                    .all(|zone| ca.permitted.covers_domain(zone))
                     && wanted.iter().all(|d| ca.permitted.covers_domain(d))
                     && base_ranges()
                         .iter()
@@ -285,21 +327,10 @@ impl Ca {
                 if covered && fresh {
                     return Ok(ca);
                 }
-                let mut domains: Vec<String> = ca
-                    .permitted
-                    .domains
-                    .iter()
-                    .filter(|d| !BASE_ZONES.contains(&d.as_str()))
-                    .cloned()
-                    .collect();
-                for d in wanted {
-                    if !domains.contains(d) {
-                        domains.push(d.clone());
-                    }
-                }
+                // within scope, its custom domains are among the wanted ones: none is lost
                 Self::create(
                     dir,
-                    &domains,
+                    wanted,
                     CaOrigin::Replaced {
                         previous_ca_pem: ca.cert_pem,
                     },
@@ -583,7 +614,6 @@ enum Host {
 /// What a CA certificate's name constraints permit.
 #[derive(Debug, Clone, Default)]
 struct Permitted {
-    has_constraints: bool,
     domains: Vec<String>,
     ranges: Vec<(IpAddr, u8)>,
 }
@@ -595,11 +625,10 @@ impl Permitted {
             return permitted;
         };
         // Excluded subtrees are never written by this module; a CA with some is not ours
-        // to reason about, so it counts as unconstrained (and gets replaced).
+        // to reason about, so it permits nothing here ([`scope_problems`] refuses it).
         if ext.value.excluded_subtrees.is_some() {
             return permitted;
         }
-        permitted.has_constraints = true;
         for subtree in ext.value.permitted_subtrees.iter().flatten() {
             match subtree.base {
                 GeneralName::DNSName(name) => {
@@ -641,6 +670,96 @@ impl Permitted {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// What the CA certificate `cert_der` may vouch for beyond the sandbox zones
+/// ([`BASE_ZONES`] and `domains`, [`PERMITTED_IP_RANGES`]), one clause per finding; empty
+/// when it is within them. Other kinds of names (e-mail, URI) are not checked: a permitted
+/// subtree of such a kind only narrows the CA, and TLS servers are named by DNS and IP.
+fn scope_problems(cert_der: &[u8], domains: &[String]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert_der) else {
+        return vec!["it is not an x.509 certificate".into()];
+    };
+    let mut problems = Vec::new();
+    match cert.basic_constraints() {
+        Ok(Some(bc)) if bc.value.path_len_constraint == Some(0) => {}
+        _ => problems.push("it may sign other CAs (its basic constraints lack pathlen:0)".into()),
+    }
+    let ext = match cert.name_constraints() {
+        Ok(Some(ext)) => ext,
+        Ok(None) => {
+            problems.push("it has no name constraints, so it could vouch for any site".into());
+            return problems;
+        }
+        Err(e) => {
+            problems.push(format!("its name constraints cannot be parsed ({e})"));
+            return problems;
+        }
+    };
+    if !ext.critical {
+        problems.push(
+            "its name constraints are not critical, so a verifier that does not know them ignores them"
+                .into(),
+        );
+    }
+    if ext.value.excluded_subtrees.is_some() {
+        problems.push("its name constraints exclude names, which a sandbox CA never does".into());
+    }
+    let zones: Vec<&str> = BASE_ZONES
+        .iter()
+        .copied()
+        .chain(domains.iter().map(String::as_str))
+        .collect();
+    let ranges = base_ranges();
+    let (mut any_dns, mut any_ip) = (false, false);
+    let (mut wide_names, mut wide_ranges) = (Vec::new(), Vec::new());
+    for subtree in ext.value.permitted_subtrees.iter().flatten() {
+        match subtree.base {
+            GeneralName::DNSName(name) => {
+                any_dns = true;
+                let name = name.trim_start_matches('.').to_ascii_lowercase();
+                if !zones.iter().any(|zone| domain_within(&name, zone)) {
+                    wide_names.push(if name.is_empty() {
+                        "every name (an empty DNS subtree)".to_string()
+                    } else {
+                        name
+                    });
+                }
+            }
+            GeneralName::IPAddress(bytes) => {
+                any_ip = true;
+                match cidr_from_bytes(bytes) {
+                    Some((net, prefix))
+                        if ranges.iter().any(|&(base, base_prefix)| {
+                            prefix >= base_prefix && ip_within(net, base, base_prefix)
+                        }) => {}
+                    Some((net, prefix)) => wide_ranges.push(format!("{net}/{prefix}")),
+                    None => wide_ranges.push(format!("a malformed subtree {bytes:02x?}")),
+                }
+            }
+            _ => {}
+        }
+    }
+    if !any_dns {
+        problems.push("it permits every DNS name (no permitted DNS subtree)".into());
+    }
+    if !any_ip {
+        problems.push("it permits every IP address (no permitted IP subtree)".into());
+    }
+    if !wide_names.is_empty() {
+        problems.push(format!(
+            "it permits DNS names outside the sandbox zones ({}): {}",
+            zones.join(", "),
+            wide_names.join(", ")
+        ));
+    }
+    if !wide_ranges.is_empty() {
+        problems.push(format!(
+            "it permits addresses outside the private and loopback ranges: {}",
+            wide_ranges.join(", ")
+        ));
+    }
+    problems
 }
 
 fn base_ranges() -> Vec<(IpAddr, u8)> {
@@ -972,17 +1091,19 @@ mod tests {
         assert_eq!(mode(&dir.join(CA_KEY_FILE)), 0o600);
         assert!(custom.issue(&strings(&["app.dev.example.test"])).is_ok());
 
-        // Earlier custom domains stay permitted when another one is added.
-        let other = Ca::load_or_create(&dir, &strings(&["other.test"])).unwrap();
-        assert!(matches!(other.origin(), CaOrigin::Replaced { .. }));
-        let both =
-            Ca::load_or_create(&dir, &strings(&["dev.example.test", "a.other.test"])).unwrap();
-        assert_eq!(both.origin(), &CaOrigin::Loaded);
-        assert_eq!(both.ca_pem(), other.ca_pem());
-        assert_eq!(
-            Ca::load_or_create(&dir, &[]).unwrap().origin(),
-            &CaOrigin::Loaded
-        );
+        // A custom domain the caller does not ask for is outside the sandbox zones: refused.
+        for asked in [&["other.test"][..], &[]] {
+            let err = Ca::load_or_create(&dir, &strings(asked)).unwrap_err();
+            assert!(matches!(err, TlsError::CaTooBroad { .. }), "{err:?}");
+        }
+        // Asked with another one: replaced by a CA permitting both.
+        let both = Ca::load_or_create(&dir, &strings(&["dev.example.test", "other.test"])).unwrap();
+        assert!(matches!(both.origin(), CaOrigin::Replaced { .. }));
+        assert!(both.permits("a.other.test") && both.permits("a.dev.example.test"));
+        let again =
+            Ca::load_or_create(&dir, &strings(&["other.test", "dev.example.test"])).unwrap();
+        assert_eq!(again.origin(), &CaOrigin::Loaded);
+        assert_eq!(again.ca_pem(), both.ca_pem());
         // No temporary file is left behind.
         let mut names: Vec<_> = fs::read_dir(&dir)
             .unwrap()
@@ -1192,6 +1313,235 @@ mod tests {
         let (ok, out) = openssl_verify(&ca, &fine, None);
         assert!(ok, "{out}");
         webpki_verify(&ca, &fine, "app.sslip.io").unwrap();
+    }
+
+    /// The permitted subtrees of a sandbox CA without custom domains.
+    fn sandbox_subtrees() -> Vec<GeneralSubtree> {
+        let mut subtrees: Vec<GeneralSubtree> = BASE_ZONES
+            .iter()
+            .map(|z| GeneralSubtree::DnsName(z.to_string()))
+            .collect();
+        for (addr, prefix) in base_ranges() {
+            subtrees.push(GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+                addr, prefix,
+            )));
+        }
+        subtrees
+    }
+
+    /// A CA like sandbox's, made by hand: these name constraints, at most one intermediate
+    /// below it (`pathlen:0`) unless `pathlen` says otherwise.
+    fn hand_made_ca(
+        constraints: Option<NameConstraints>,
+        pathlen: BasicConstraints,
+    ) -> CertificateParams {
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, "hand-made CA");
+        params.distinguished_name = name;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(365);
+        params.is_ca = IsCa::Ca(pathlen);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.name_constraints = constraints;
+        params
+    }
+
+    fn permitting(subtrees: Vec<GeneralSubtree>) -> Option<NameConstraints> {
+        Some(NameConstraints {
+            permitted_subtrees: subtrees,
+            excluded_subtrees: Vec::new(),
+        })
+    }
+
+    /// Writes the CA `params` describe, with a new key, into `dir` as sandbox keeps one;
+    /// returns its certificate.
+    fn write_ca(dir: &Path, params: CertificateParams) -> String {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        fs::create_dir_all(dir).unwrap();
+        fs::write(dir.join(CA_CERT_FILE), &pem).unwrap();
+        fs::write(dir.join(CA_KEY_FILE), key.serialize_pem()).unwrap();
+        pem
+    }
+
+    #[test]
+    fn a_ca_wider_than_the_sandbox_zones_is_refused_until_reset() {
+        let tmp = tempfile::tempdir().unwrap();
+        let with = |extra: Vec<GeneralSubtree>| {
+            let mut subtrees = sandbox_subtrees();
+            subtrees.extend(extra);
+            permitting(subtrees)
+        };
+        let only_dns = BASE_ZONES
+            .iter()
+            .map(|z| GeneralSubtree::DnsName(z.to_string()))
+            .collect();
+        let mut excluding = with(Vec::new()).unwrap();
+        excluding.excluded_subtrees = vec![GeneralSubtree::DnsName("evil.nip.io".into())];
+        // name constraints permitting nip.io alone, not marked critical (DER by hand: rcgen
+        // always marks its own critical)
+        let mut not_critical = hand_made_ca(None, BasicConstraints::Constrained(0));
+        not_critical.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+            &[2, 5, 29, 30],
+            [
+                &[0x30, 0x0c, 0xa0, 0x0a, 0x30, 0x08, 0x82, 0x06][..],
+                b"nip.io",
+            ]
+            .concat(),
+        )];
+        let zero = BasicConstraints::Constrained(0);
+        let cases = [
+            (
+                "none",
+                hand_made_ca(None, zero),
+                "it has no name constraints, so it could vouch for any site",
+            ),
+            (
+                "tld",
+                hand_made_ca(with(vec![GeneralSubtree::DnsName("com".into())]), zero),
+                "it permits DNS names outside the sandbox zones (nip.io, sslip.io, localhost): com",
+            ),
+            (
+                "parent",
+                hand_made_ca(with(vec![GeneralSubtree::DnsName("io".into())]), zero),
+                "outside the sandbox zones (nip.io, sslip.io, localhost): io",
+            ),
+            (
+                "everything",
+                hand_made_ca(with(vec![GeneralSubtree::DnsName(String::new())]), zero),
+                "outside the sandbox zones (nip.io, sslip.io, localhost): every name (an empty DNS subtree)",
+            ),
+            (
+                "any-ipv4",
+                hand_made_ca(
+                    with(vec![GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+                        "0.0.0.0".parse().unwrap(),
+                        0,
+                    ))]),
+                    zero,
+                ),
+                "it permits addresses outside the private and loopback ranges: 0.0.0.0/0",
+            ),
+            (
+                "public-range",
+                hand_made_ca(
+                    with(vec![GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+                        "8.8.8.0".parse().unwrap(),
+                        24,
+                    ))]),
+                    zero,
+                ),
+                "outside the private and loopback ranges: 8.8.8.0/24",
+            ),
+            (
+                "dns-only",
+                hand_made_ca(permitting(only_dns), zero),
+                "it permits every IP address (no permitted IP subtree)",
+            ),
+            (
+                "excluding",
+                hand_made_ca(Some(excluding), zero),
+                "its name constraints exclude names, which a sandbox CA never does",
+            ),
+            (
+                "not-critical",
+                not_critical,
+                "its name constraints are not critical",
+            ),
+            (
+                "pathlen",
+                hand_made_ca(with(Vec::new()), BasicConstraints::Unconstrained),
+                "it may sign other CAs (its basic constraints lack pathlen:0)",
+            ),
+        ];
+        for (name, params, expected) in cases {
+            let dir = tmp.path().join(name);
+            let pem = write_ca(&dir, params);
+            let err = Ca::load_or_create(&dir, &[]).unwrap_err();
+            assert!(
+                matches!(err, TlsError::CaTooBroad { .. }),
+                "{name}: {err:?}"
+            );
+            let message = err.to_string();
+            assert!(
+                message.starts_with(&format!("the ca in {} is refused: ", dir.display())),
+                "{name}: {message}"
+            );
+            assert!(message.contains(expected), "{name}: {message}");
+            assert!(
+                message.ends_with(
+                    "; `sandbox trust reset` removes it from the trust stores and makes a new one"
+                ),
+                "{name}: {message}"
+            );
+            // neither used nor replaced behind the user's back
+            assert_eq!(fs::read_to_string(dir.join(CA_CERT_FILE)).unwrap(), pem);
+
+            // a reset replaces it with one that is accepted
+            let new = Ca::reset(&dir).unwrap();
+            assert_eq!(
+                new.origin(),
+                &CaOrigin::Replaced {
+                    previous_ca_pem: pem
+                },
+                "{name}"
+            );
+            let loaded = Ca::load_or_create(&dir, &[]).unwrap();
+            assert_eq!(loaded.origin(), &CaOrigin::Loaded, "{name}");
+            assert_eq!(loaded.ca_pem(), new.ca_pem(), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_ca_within_the_sandbox_zones_is_accepted() {
+        let tmp = tempfile::tempdir().unwrap();
+        // sandbox's own
+        let own = Ca::load_or_create(&tmp.path().join("own"), &[]).unwrap();
+        let again = Ca::load_or_create(&tmp.path().join("own"), &[]).unwrap();
+        assert_eq!(again.origin(), &CaOrigin::Loaded);
+        assert_eq!(again.ca_pem(), own.ca_pem());
+        assert!(scope_problems(&der(own.ca_pem()), &[]).is_empty());
+
+        // made by hand with the same constraints, or narrower ones inside them
+        let zero = BasicConstraints::Constrained(0);
+        let same = tmp.path().join("same");
+        let pem = write_ca(&same, hand_made_ca(permitting(sandbox_subtrees()), zero));
+        let loaded = Ca::load_or_create(&same, &[]).unwrap();
+        assert_eq!(loaded.origin(), &CaOrigin::Loaded);
+        assert_eq!(loaded.ca_pem(), pem);
+        let mut inside = sandbox_subtrees();
+        inside.push(GeneralSubtree::DnsName("app.nip.io".into()));
+        inside.push(GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+            "10.1.0.0".parse().unwrap(),
+            16,
+        )));
+        let narrower = tmp.path().join("narrower");
+        write_ca(&narrower, hand_made_ca(permitting(inside), zero));
+        assert_eq!(
+            Ca::load_or_create(&narrower, &[]).unwrap().origin(),
+            &CaOrigin::Loaded
+        );
+
+        // a custom domain is a sandbox zone when the caller asks for it (or a zone above it)
+        let mut custom = sandbox_subtrees();
+        custom.push(GeneralSubtree::DnsName("dev.example.test".into()));
+        let dir = tmp.path().join("custom");
+        let pem = write_ca(&dir, hand_made_ca(permitting(custom), zero));
+        let ask = |domains: &[&str]| Ca::load_or_create(&dir, &strings(domains));
+        assert!(matches!(ask(&[]), Err(TlsError::CaTooBroad { .. })));
+        assert!(matches!(
+            ask(&["a.dev.example.test"]),
+            Err(TlsError::CaTooBroad { .. })
+        ));
+        let asked = ask(&["dev.example.test"]).unwrap();
+        assert_eq!(asked.origin(), &CaOrigin::Loaded);
+        assert_eq!(asked.ca_pem(), pem);
+        // asked for a zone above it: replaced by one permitting that zone
+        let wider = ask(&["example.test"]).unwrap();
+        assert!(matches!(wider.origin(), CaOrigin::Replaced { .. }));
+        assert!(wider.permits("dev.example.test"));
     }
 
     #[test]

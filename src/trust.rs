@@ -9,6 +9,13 @@
 //! and reports a [`StoreOutcome`] per store. Every store gets the CA under one per-user
 //! name ([`nickname`]), so that re-installing replaces and two users of one machine do not
 //! clash.
+//!
+//! What runs as root is named, never located through the user's `PATH` (a directory there
+//! that the user can write would otherwise choose what root runs): `sudo -- NAME ...`,
+//! where sudo finds `NAME` itself, or, when sandbox already runs as root, `NAME` from
+//! [`ROOT_DIRS`]. And root never reads the user's CA file: the certificate sandbox checked
+//! reaches it on standard input ([`CertInput`]), as mkcert does, so that the file cannot
+//! be swapped between the check and the read.
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -35,6 +42,14 @@ pub const SYSTEM_BUNDLES: &[&str] = &[
 const NSS_TRUST: &str = "C,,";
 /// Directories searched for system tools besides `PATH` (a user's `PATH` often lacks them).
 const SBIN_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin"];
+/// Where a root command is found when sandbox itself runs as root: system directories only
+/// (`PATH` may be the user's, carried over by `sudo -E`), none a user can write on any
+/// supported system (unlike `/usr/local/bin`, which Homebrew gives the user on Intel Macs).
+pub const ROOT_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+/// Where macOS's `security`, which takes the CA from a file only, reads it: root's home,
+/// `root:wheel` mode 0750, where no other user can create, replace or link a file between
+/// `sudo -- tee` writing it and `security` reading it (unlike `/tmp`).
+pub const MACOS_STAGING_DIR: &str = "/var/root";
 /// How many duplicates of one nickname an NSS uninstall removes before giving up.
 const MAX_NSS_DELETES: usize = 8;
 
@@ -82,6 +97,8 @@ pub enum TrustError {
         failed: Vec<String>,
         /// Commands to run as root for the stores that need it, when sudo is unavailable.
         manual: Vec<String>,
+        /// The command to run again afterwards (`sandbox trust`, `sandbox trust reset`).
+        retry: &'static str,
     },
 }
 
@@ -89,8 +106,8 @@ impl TrustError {
     /// A suggestion, when there is a likely fix.
     pub fn hint(&self) -> Option<String> {
         match self {
-            TrustError::Incomplete { manual, .. } if !manual.is_empty() => Some(format!(
-                "run as root, then `sandbox trust` again: {}",
+            TrustError::Incomplete { manual, retry, .. } if !manual.is_empty() => Some(format!(
+                "run as root, then `{retry}` again: {}",
                 manual.join(" && ")
             )),
             _ => None,
@@ -146,6 +163,14 @@ impl Host {
         self.find_in(name, true)
     }
 
+    /// The executable `name` in [`ROOT_DIRS`], for running it as root.
+    fn find_for_root(name: &str) -> Option<PathBuf> {
+        ROOT_DIRS
+            .iter()
+            .map(|dir| Path::new(dir).join(name))
+            .find(|p| is_executable(p))
+    }
+
     fn find_in(&self, name: &str, sbin: bool) -> Option<PathBuf> {
         let sbin_dirs = if sbin { SBIN_DIRS } else { &[] };
         self.path
@@ -153,14 +178,16 @@ impl Host {
             .cloned()
             .chain(sbin_dirs.iter().map(PathBuf::from))
             .map(|dir| dir.join(name))
-            .find(|p| {
-                fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            })
+            .find(|p| is_executable(p))
     }
 
     fn under_root(&self, path: &str) -> PathBuf {
         self.root.join(path.trim_start_matches('/'))
     }
+}
+
+fn is_executable(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// The uid of this process, from /proc (Linux) or `id -u` (macOS).
@@ -307,6 +334,9 @@ pub struct Plan {
     pub nickname: String,
     /// The CA certificate file.
     pub ca_path: PathBuf,
+    /// The CA certificate as read and checked (install puts exactly this in the stores),
+    /// when the CA exists.
+    pub ca_pem: Option<String>,
     /// The CA's common name (macOS deletes by it), when the CA exists.
     pub common_name: Option<String>,
     /// The stores to update, system store first.
@@ -357,6 +387,7 @@ pub fn plan(host: &Host, ca_path: &Path, ca_pem: Option<&str>) -> Plan {
     Plan {
         nickname,
         ca_path: ca_path.to_path_buf(),
+        ca_pem: ca_pem.map(str::to_string),
         common_name: ca_pem.and_then(common_name),
         stores,
         skipped,
@@ -414,6 +445,18 @@ pub struct Cmd {
     pub args: Vec<String>,
     /// Whether a failure is expected and harmless (removing what may be absent).
     pub may_fail: bool,
+    /// The CA certificate it reads on standard input, when it reads one.
+    pub input: Option<CertInput>,
+}
+
+/// The CA certificate a command reads on standard input, from sandbox's memory: the bytes
+/// sandbox read and checked, not a file the user could change in between.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInput {
+    /// The PEM text written to the command's standard input.
+    pub pem: String,
+    /// The file it was read from, to show the command as a shell runs it (`< FILE`).
+    pub file: PathBuf,
 }
 
 impl Cmd {
@@ -422,12 +465,35 @@ impl Cmd {
             program: program.into(),
             args: args.iter().map(|a| a.to_string()).collect(),
             may_fail: false,
+            input: None,
         }
     }
 
     fn may_fail(mut self) -> Cmd {
         self.may_fail = true;
         self
+    }
+
+    /// This command reading the CA of `plan` on standard input.
+    fn reading_ca(mut self, plan: &Plan) -> Cmd {
+        self.input = Some(CertInput {
+            pem: plan.ca_pem.clone().unwrap_or_default(),
+            file: plan.ca_path.clone(),
+        });
+        self
+    }
+
+    /// This command as run through sudo: `sudo -- PROGRAM ARGS...`, the program by name
+    /// (sudo finds it, in its `secure_path` where sudoers sets one), its input still on
+    /// standard input.
+    pub fn elevated(&self) -> Cmd {
+        let mut args = vec!["--".to_string(), self.program.clone()];
+        args.extend(self.args.iter().cloned());
+        Cmd {
+            program: "sudo".into(),
+            args,
+            ..self.clone()
+        }
     }
 }
 
@@ -436,6 +502,9 @@ impl fmt::Display for Cmd {
         write!(f, "{}", shell_quote(&self.program))?;
         for arg in &self.args {
             write!(f, " {}", shell_quote(arg))?;
+        }
+        if let Some(input) = &self.input {
+            write!(f, " < {}", shell_quote(&lossy(&input.file)))?;
         }
         Ok(())
     }
@@ -458,6 +527,11 @@ fn lossy(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// Root's copy of the CA for macOS's `security`, in [`MACOS_STAGING_DIR`].
+fn macos_staging(nickname: &str) -> PathBuf {
+    Path::new(MACOS_STAGING_DIR).join(format!("{nickname}.pem"))
+}
+
 impl Store {
     /// Whether updating the store needs root.
     pub fn needs_root(&self) -> bool {
@@ -468,18 +542,22 @@ impl Store {
         format!("sql:{}", self.location.display())
     }
 
-    /// The commands that put the CA in this store, replacing an older one of the same name.
-    /// An NSS database to create is created first (its directory by [`apply`]).
+    /// The commands that put the CA of `plan` in this store, replacing an older one of the
+    /// same name. Each reads the CA on standard input or from a root-owned copy, never from
+    /// [`Plan::ca_path`]. An NSS database to create is created first (its directory by
+    /// [`apply`]).
     pub fn install_commands(&self, plan: &Plan) -> Vec<Cmd> {
-        let ca = lossy(&plan.ca_path);
         let location = lossy(&self.location);
         match self.kind {
+            // tee creates the file under root's umask: chmod makes it readable as before
             StoreKind::System(SystemStore::Debian) => vec![
-                Cmd::new("install", &["-m", "0644", &ca, &location]),
+                Cmd::new("tee", &[&location]).reading_ca(plan),
+                Cmd::new("chmod", &["0644", &location]),
                 Cmd::new("update-ca-certificates", &[]),
             ],
             StoreKind::System(SystemStore::Fedora) => vec![
-                Cmd::new("install", &["-m", "0644", &ca, &location]),
+                Cmd::new("tee", &[&location]).reading_ca(plan),
+                Cmd::new("chmod", &["0644", &location]),
                 Cmd::new("update-ca-trust", &["extract"]),
             ],
             StoreKind::System(SystemStore::MacOs) => {
@@ -493,18 +571,24 @@ impl Store {
                         .may_fail(),
                     );
                 }
-                cmds.push(Cmd::new(
-                    "security",
-                    &[
-                        "add-trusted-cert",
-                        "-d",
-                        "-r",
-                        "trustRoot",
-                        "-k",
-                        &location,
-                        &ca,
-                    ],
-                ));
+                // security reads a file only: root's own copy (see MACOS_STAGING_DIR)
+                let staged = lossy(&macos_staging(&plan.nickname));
+                cmds.extend([
+                    Cmd::new("tee", &[&staged]).reading_ca(plan),
+                    Cmd::new(
+                        "security",
+                        &[
+                            "add-trusted-cert",
+                            "-d",
+                            "-r",
+                            "trustRoot",
+                            "-k",
+                            &location,
+                            &staged,
+                        ],
+                    ),
+                    Cmd::new("rm", &["-f", &staged]),
+                ]);
                 cmds
             }
             StoreKind::Nss { create } => {
@@ -517,20 +601,14 @@ impl Store {
                         Cmd::new("certutil", &["-D", "-d", &db, "-n", &plan.nickname]).may_fail(),
                     );
                 }
-                cmds.push(Cmd::new(
-                    "certutil",
-                    &[
-                        "-A",
-                        "-d",
-                        &db,
-                        "-t",
-                        NSS_TRUST,
-                        "-n",
-                        &plan.nickname,
-                        "-i",
-                        &ca,
-                    ],
-                ));
+                // without -i, certutil reads the certificate on standard input
+                cmds.push(
+                    Cmd::new(
+                        "certutil",
+                        &["-A", "-d", &db, "-t", NSS_TRUST, "-n", &plan.nickname],
+                    )
+                    .reading_ca(plan),
+                );
                 cmds
             }
         }
@@ -549,11 +627,16 @@ impl Store {
                 Cmd::new("update-ca-trust", &["extract"]),
             ],
             StoreKind::System(SystemStore::MacOs) => {
-                let mut cmds = vec![Cmd::new(
-                    "security",
-                    &["remove-trusted-cert", "-d", &lossy(&plan.ca_path)],
-                )
-                .may_fail()];
+                let mut cmds = Vec::new();
+                if plan.ca_pem.is_some() {
+                    // the admin trust setting goes by the certificate: root's own copy of it
+                    let staged = lossy(&macos_staging(&plan.nickname));
+                    cmds.extend([
+                        Cmd::new("tee", &[&staged]).reading_ca(plan).may_fail(),
+                        Cmd::new("security", &["remove-trusted-cert", "-d", &staged]).may_fail(),
+                        Cmd::new("rm", &["-f", &staged]).may_fail(),
+                    ]);
+                }
                 if let Some(cn) = &plan.common_name {
                     cmds.push(Cmd::new(
                         "security",
@@ -651,8 +734,8 @@ pub struct StoreReport {
 
 /// Installs or uninstalls the CA in every store of `plan`, one after the other, and
 /// reports on each (skipped ones included); a store's failure does not stop the others.
-/// `ca_pem` is the CA to install (uninstall needs none: it goes by the store's name).
-pub fn apply(host: &Host, plan: &Plan, action: Action, ca_pem: Option<&str>) -> Vec<StoreReport> {
+/// Install puts [`Plan::ca_pem`] in; uninstall removes whatever carries the CA's name.
+pub fn apply(host: &Host, plan: &Plan, action: Action) -> Vec<StoreReport> {
     let mut reports: Vec<StoreReport> = plan
         .skipped
         .iter()
@@ -669,7 +752,7 @@ pub fn apply(host: &Host, plan: &Plan, action: Action, ca_pem: Option<&str>) -> 
         host.find_in("sudo", false)
     };
     for store in &plan.stores {
-        let outcome = apply_store(host, plan, store, action, ca_pem, sudo.as_deref());
+        let outcome = apply_store(host, plan, store, action, sudo.as_deref());
         reports.push(StoreReport {
             label: store.label.clone(),
             location: Some(store.location.clone()),
@@ -681,16 +764,26 @@ pub fn apply(host: &Host, plan: &Plan, action: Action, ca_pem: Option<&str>) -> 
     reports
 }
 
+/// Who runs a command.
+#[derive(Debug, Clone, Copy)]
+enum Runner<'a> {
+    /// This process's user, the program found with [`Host::find`].
+    User,
+    /// Root, through this sudo: `sudo -- NAME ...` ([`Cmd::elevated`]).
+    Sudo(&'a Path),
+    /// This process, already root: the program from [`ROOT_DIRS`].
+    Root,
+}
+
 fn apply_store(
     host: &Host,
     plan: &Plan,
     store: &Store,
     action: Action,
-    ca_pem: Option<&str>,
     sudo: Option<&Path>,
 ) -> StoreOutcome {
     // install looks for this very CA; uninstall removes whatever carries the name
-    let present = match (action, ca_pem) {
+    let present = match (action, plan.ca_pem.as_deref()) {
         (Action::Install, None) => return StoreOutcome::Failed("no ca to install".into()),
         (Action::Install, Some(pem)) => holds(host, plan, store, Some(pem)),
         (Action::Uninstall, _) => holds(host, plan, store, None),
@@ -701,10 +794,12 @@ fn apply_store(
         (Action::Install, false) => store.install_commands(plan),
         (Action::Uninstall, true) => store.uninstall_commands(plan),
     };
-    let elevate = store.needs_root() && !host.is_root;
-    if elevate && sudo.is_none() {
-        return StoreOutcome::NeedsRoot(commands);
-    }
+    let runner = match (store.needs_root(), host.is_root, sudo) {
+        (false, _, _) => Runner::User,
+        (true, true, _) => Runner::Root,
+        (true, false, Some(sudo)) => Runner::Sudo(sudo),
+        (true, false, None) => return StoreOutcome::NeedsRoot(commands),
+    };
     if let StoreKind::Nss { create: true } = store.kind {
         if let Err(e) = fs::DirBuilder::new()
             .recursive(true)
@@ -718,7 +813,7 @@ fn apply_store(
         }
     }
     for cmd in &commands {
-        let result = run(host, cmd, if elevate { sudo } else { None });
+        let result = run(host, cmd, runner);
         if let Err(failure) = result {
             if !cmd.may_fail {
                 return StoreOutcome::Failed(failure);
@@ -731,7 +826,7 @@ fn apply_store(
             if !holds(host, plan, store, None) {
                 break;
             }
-            if let Err(failure) = run(host, &store.uninstall_commands(plan)[0], None) {
+            if let Err(failure) = run(host, &store.uninstall_commands(plan)[0], Runner::User) {
                 return StoreOutcome::Failed(failure);
             }
         }
@@ -740,6 +835,20 @@ fn apply_store(
         Action::Install => StoreOutcome::Installed,
         Action::Uninstall => StoreOutcome::Removed,
     }
+}
+
+/// `plan`, of a new CA, narrowed to the stores that `reports`, of the old CA's uninstall,
+/// say it was removed from: where `sandbox trust reset` puts the new CA. The skipped stores
+/// were reported with the old CA already.
+pub fn where_removed(mut plan: Plan, reports: &[StoreReport]) -> Plan {
+    let removed: Vec<&str> = reports
+        .iter()
+        .filter(|r| r.outcome == StoreOutcome::Removed)
+        .map(|r| r.label.as_str())
+        .collect();
+    plan.stores.retain(|s| removed.contains(&s.label.as_str()));
+    plan.skipped.clear();
+    plan
 }
 
 /// Whether `store` holds the CA: this very certificate when `ca_pem` is given, else
@@ -769,7 +878,7 @@ fn holds(host: &Host, plan: &Plan, store: &Store, ca_pem: Option<&str>) -> bool 
                 "security",
                 &["find-certificate", "-a", "-c", cn, "-p", &location],
             );
-            run(host, &cmd, None).is_ok_and(|out| !out.trim().is_empty() && matches(&out))
+            run(host, &cmd, Runner::User).is_ok_and(|out| !out.trim().is_empty() && matches(&out))
         }
         StoreKind::Nss { create: true } => false,
         StoreKind::Nss { create: false } => {
@@ -777,37 +886,49 @@ fn holds(host: &Host, plan: &Plan, store: &Store, ca_pem: Option<&str>) -> bool 
                 "certutil",
                 &["-L", "-d", &store.nss_db(), "-n", &plan.nickname, "-a"],
             );
-            run(host, &cmd, None).is_ok_and(|out| matches(&out))
+            run(host, &cmd, Runner::User).is_ok_and(|out| matches(&out))
         }
     }
 }
 
-/// Runs `cmd` (through `sudo` when given), returning its stdout, or a one-line failure.
-fn run(host: &Host, cmd: &Cmd, sudo: Option<&Path>) -> Result<String, String> {
-    let program = host
-        .find(&cmd.program)
-        .ok_or_else(|| format!("{} not found", cmd.program))?;
-    let mut command = match sudo {
-        Some(sudo) => {
-            let mut c = Command::new(sudo);
-            c.arg(&program);
-            c
-        }
-        None => Command::new(&program),
+/// Runs `cmd` as `runner` says, its [`CertInput`] written to its standard input, returning
+/// its stdout, or a one-line failure.
+fn run(host: &Host, cmd: &Cmd, runner: Runner<'_>) -> Result<String, String> {
+    let not_found = || format!("{} not found", cmd.program);
+    let (program, shown) = match runner {
+        Runner::User => (host.find(&cmd.program).ok_or_else(not_found)?, cmd.clone()),
+        Runner::Sudo(sudo) => (sudo.to_path_buf(), cmd.elevated()),
+        Runner::Root => (
+            Host::find_for_root(&cmd.program).ok_or_else(not_found)?,
+            cmd.clone(),
+        ),
     };
-    // stdin stays the terminal's: sudo may ask for a password
-    let out = command
-        .args(cmd.args.iter().map(OsStr::new))
-        .stdin(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("`{cmd}`: {e}"))?;
+    let mut command = Command::new(&program);
+    command
+        .args(shown.args.iter().map(OsStr::new))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // without input, stdin stays the terminal's (sudo prompts on the terminal either way)
+    command.stdin(match cmd.input {
+        Some(_) => Stdio::piped(),
+        None => Stdio::inherit(),
+    });
+    let mut child = command.spawn().map_err(|e| format!("`{shown}`: {e}"))?;
+    if let (Some(input), Some(mut stdin)) = (&cmd.input, child.stdin.take()) {
+        // a certificate fits the pipe's buffer: written before reading the output, it
+        // cannot block; a command that exits without reading it fails on its own status
+        let _ = stdin.write_all(input.pem.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("`{shown}`: {e}"))?;
     if out.status.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
     Err(format!(
-        "`{cmd}` failed ({}){}",
+        "`{shown}` failed ({}){}",
         out.status,
         last.map(|l| format!(": {}", l.trim())).unwrap_or_default()
     ))
@@ -1042,6 +1163,27 @@ mod tests {
         assert_eq!(p.stores[1].location, home.path().join(".pki/nssdb"));
         assert_eq!(p.stores[2].kind, StoreKind::Nss { create: false });
         assert!(p.stores[0].needs_root() && !p.stores[1].needs_root());
+        // the commands name their programs: nothing found on PATH is written into them
+        let tools_dir = tools.path().display().to_string();
+        let with_ca = Plan {
+            ca_pem: Some(PEM.into()),
+            ..p.clone()
+        };
+        for store in &with_ca.stores {
+            let planned = [
+                store.install_commands(&with_ca),
+                store.uninstall_commands(&with_ca),
+            ];
+            for cmd in planned.iter().flatten() {
+                assert!(!cmd.program.contains('/'), "{cmd}");
+                let run_as = if store.needs_root() {
+                    cmd.elevated()
+                } else {
+                    cmd.clone()
+                };
+                assert!(!run_as.to_string().contains(&tools_dir), "{run_as}");
+            }
+        }
 
         // No tools: the system store and NSS are skipped, saying why.
         h.path = Vec::new();
@@ -1083,10 +1225,14 @@ mod tests {
         assert!(!p.stores.iter().any(|s| s.label == "nss (chromium)"));
     }
 
+    /// The text of the CA in [`plan_with`]'s plan.
+    const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
     fn plan_with(stores: Vec<Store>) -> Plan {
         Plan {
             nickname: "sandbox-ca-me".into(),
             ca_path: PathBuf::from("/home/me/.local/share/sandbox/ca/ca.crt"),
+            ca_pem: Some(PEM.into()),
             common_name: Some("sandbox local CA (me@host)".into()),
             stores,
             skipped: Vec::new(),
@@ -1097,42 +1243,60 @@ mod tests {
         cmds.iter().map(|c| c.to_string()).collect()
     }
 
+    /// The stores of every kind, as planned for the user `me` on `/`.
+    fn every_store() -> [Store; 5] {
+        [
+            Store {
+                kind: StoreKind::System(SystemStore::Debian),
+                label: "system (debian)".into(),
+                location: "/usr/local/share/ca-certificates/sandbox-ca-me.crt".into(),
+            },
+            Store {
+                kind: StoreKind::System(SystemStore::Fedora),
+                label: "system (fedora)".into(),
+                location: "/etc/pki/ca-trust/source/anchors/sandbox-ca-me.pem".into(),
+            },
+            Store {
+                kind: StoreKind::System(SystemStore::MacOs),
+                label: "system (macos)".into(),
+                location: MACOS_KEYCHAIN.into(),
+            },
+            Store {
+                kind: StoreKind::Nss { create: true },
+                label: "nss (chromium)".into(),
+                location: "/home/me/.pki/nssdb".into(),
+            },
+            Store {
+                kind: StoreKind::Nss { create: false },
+                label: "nss (firefox x)".into(),
+                location: "/home/me/Library/Application Support/Firefox/Profiles/x".into(),
+            },
+        ]
+    }
+
+    /// The CA as fed to a command: `plan`'s text, shown as read from its file.
+    fn input(plan: &Plan) -> Option<CertInput> {
+        Some(CertInput {
+            pem: plan.ca_pem.clone().unwrap(),
+            file: plan.ca_path.clone(),
+        })
+    }
+
     #[test]
     fn commands_per_store() {
-        let debian = Store {
-            kind: StoreKind::System(SystemStore::Debian),
-            label: "system (debian)".into(),
-            location: "/usr/local/share/ca-certificates/sandbox-ca-me.crt".into(),
-        };
-        let fedora = Store {
-            kind: StoreKind::System(SystemStore::Fedora),
-            label: "system (fedora)".into(),
-            location: "/etc/pki/ca-trust/source/anchors/sandbox-ca-me.pem".into(),
-        };
-        let macos = Store {
-            kind: StoreKind::System(SystemStore::MacOs),
-            label: "system (macos)".into(),
-            location: MACOS_KEYCHAIN.into(),
-        };
-        let chromium = Store {
-            kind: StoreKind::Nss { create: true },
-            label: "nss (chromium)".into(),
-            location: "/home/me/.pki/nssdb".into(),
-        };
-        let firefox = Store {
-            kind: StoreKind::Nss { create: false },
-            label: "nss (firefox x)".into(),
-            location: "/home/me/Library/Application Support/Firefox/Profiles/x".into(),
-        };
+        let [debian, fedora, macos, chromium, firefox] = every_store();
         let p = plan_with(vec![]);
         let ca = "/home/me/.local/share/sandbox/ca/ca.crt";
+        let debian_install = debian.install_commands(&p);
         assert_eq!(
-            commands(&debian.install_commands(&p)),
+            commands(&debian_install),
             [
-                format!("install -m 0644 {ca} /usr/local/share/ca-certificates/sandbox-ca-me.crt"),
+                format!("tee /usr/local/share/ca-certificates/sandbox-ca-me.crt < {ca}"),
+                "chmod 0644 /usr/local/share/ca-certificates/sandbox-ca-me.crt".into(),
                 "update-ca-certificates".into(),
             ]
         );
+        assert_eq!(debian_install[0].input, input(&p));
         assert_eq!(
             commands(&debian.uninstall_commands(&p)),
             [
@@ -1143,7 +1307,8 @@ mod tests {
         assert_eq!(
             commands(&fedora.install_commands(&p)),
             [
-                format!("install -m 0644 {ca} /etc/pki/ca-trust/source/anchors/sandbox-ca-me.pem"),
+                format!("tee /etc/pki/ca-trust/source/anchors/sandbox-ca-me.pem < {ca}"),
+                "chmod 0644 /etc/pki/ca-trust/source/anchors/sandbox-ca-me.pem".into(),
                 "update-ca-trust extract".into(),
             ]
         );
@@ -1159,30 +1324,50 @@ mod tests {
             commands(&mac_install),
             [
                 "security delete-certificate -c 'sandbox local CA (me@host)' -t /Library/Keychains/System.keychain".to_string(),
-                format!("security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {ca}"),
+                format!("tee /var/root/sandbox-ca-me.pem < {ca}"),
+                "security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain /var/root/sandbox-ca-me.pem".into(),
+                "rm -f /var/root/sandbox-ca-me.pem".into(),
             ]
         );
-        assert!(mac_install[0].may_fail && !mac_install[1].may_fail);
+        let may_fail: Vec<bool> = mac_install.iter().map(|c| c.may_fail).collect();
+        assert_eq!(may_fail, [true, false, false, false]);
+        let mac_uninstall = macos.uninstall_commands(&p);
         assert_eq!(
-            commands(&macos.uninstall_commands(&p)),
+            commands(&mac_uninstall),
             [
-                format!("security remove-trusted-cert -d {ca}"),
+                format!("tee /var/root/sandbox-ca-me.pem < {ca}"),
+                "security remove-trusted-cert -d /var/root/sandbox-ca-me.pem".into(),
+                "rm -f /var/root/sandbox-ca-me.pem".into(),
                 "security delete-certificate -c 'sandbox local CA (me@host)' -t /Library/Keychains/System.keychain".into(),
             ]
         );
+        let may_fail: Vec<bool> = mac_uninstall.iter().map(|c| c.may_fail).collect();
+        assert_eq!(may_fail, [true, true, true, false]);
+        // without the CA's file, macOS goes by its name alone (and without either, there is
+        // nothing to name)
+        let unknown = Plan {
+            ca_pem: None,
+            ..plan_with(vec![])
+        };
         assert_eq!(
-            commands(&chromium.install_commands(&p)),
+            commands(&macos.uninstall_commands(&unknown)),
+            ["security delete-certificate -c 'sandbox local CA (me@host)' -t /Library/Keychains/System.keychain"]
+        );
+        let chromium_install = chromium.install_commands(&p);
+        assert_eq!(
+            commands(&chromium_install),
             [
                 "certutil -N --empty-password -d sql:/home/me/.pki/nssdb".to_string(),
-                format!("certutil -A -d sql:/home/me/.pki/nssdb -t C,, -n sandbox-ca-me -i {ca}"),
+                format!("certutil -A -d sql:/home/me/.pki/nssdb -t C,, -n sandbox-ca-me < {ca}"),
             ]
         );
+        assert_eq!(chromium_install[1].input, input(&p));
         let ff = firefox.install_commands(&p);
         assert_eq!(
             commands(&ff),
             [
                 "certutil -D -d 'sql:/home/me/Library/Application Support/Firefox/Profiles/x' -n sandbox-ca-me".to_string(),
-                format!("certutil -A -d 'sql:/home/me/Library/Application Support/Firefox/Profiles/x' -t C,, -n sandbox-ca-me -i {ca}"),
+                format!("certutil -A -d 'sql:/home/me/Library/Application Support/Firefox/Profiles/x' -t C,, -n sandbox-ca-me < {ca}"),
             ]
         );
         assert!(ff[0].may_fail);
@@ -1193,13 +1378,128 @@ mod tests {
     }
 
     #[test]
+    fn root_runs_programs_by_name_and_reads_the_ca_on_stdin() {
+        let p = plan_with(vec![]);
+        for store in every_store() {
+            let planned = [store.install_commands(&p), store.uninstall_commands(&p)];
+            for cmd in planned.iter().flatten() {
+                // never the user's file: the bytes sandbox checked, on standard input
+                assert!(
+                    !cmd.args.iter().any(|a| Path::new(a) == p.ca_path),
+                    "{cmd} reads the user's file"
+                );
+                if let Some(input) = &cmd.input {
+                    assert_eq!(input.pem, PEM, "{cmd}");
+                }
+                if !store.needs_root() {
+                    continue;
+                }
+                let elevated = cmd.elevated();
+                assert_eq!(elevated.program, "sudo");
+                assert_eq!(elevated.args[0], "--", "{elevated}");
+                assert_eq!(elevated.args[1], cmd.program, "{elevated}");
+                assert!(!cmd.program.contains('/'), "{elevated}: a path, not a name");
+                assert_eq!(elevated.args[2..], cmd.args[..]);
+                assert_eq!(elevated.input, cmd.input);
+                assert_eq!(elevated.to_string(), format!("sudo -- {cmd}"));
+            }
+            // what writes the CA into a system store is fed the CA
+            if store.needs_root() {
+                let install = store.install_commands(&p);
+                let tee = install.iter().find(|c| c.program == "tee").unwrap();
+                assert_eq!(tee.input, input(&p), "{}", store.label);
+            }
+        }
+    }
+
+    #[test]
+    fn sudo_gets_the_program_by_name_and_the_ca_on_stdin() {
+        let root = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        // the tools on the user's PATH, and a sudo there that logs what it is asked to run
+        // (its arguments, then what `tee` would read) instead of running it
+        let tools = tool_dir(&["update-ca-certificates"]);
+        let log = tools.path().join("sudo.log");
+        let sudo = tools.path().join("sudo");
+        fs::write(
+            &sudo,
+            format!(
+                "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{log}'\n[ \"$2\" = tee ] && cat >> '{log}'\nexit 0\n",
+                log = log.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&sudo, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::create_dir_all(root.path().join("etc")).unwrap();
+        fs::write(root.path().join("etc/os-release"), "ID=debian\n").unwrap();
+        let mut h = host(root.path(), home.path(), "linux");
+        h.path = vec![tools.path().to_path_buf()];
+        let ca_dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(ca_dir.path(), &[]).unwrap();
+        let mut p = plan(&h, ca.cert_path(), Some(ca.ca_pem()));
+        p.stores.retain(|s| s.needs_root());
+        assert_eq!(p.stores.len(), 1, "{:?}", p.stores);
+        let location = p.stores[0].location.display().to_string();
+
+        let reports = apply(&h, &p, Action::Install);
+        assert_eq!(reports[0].outcome, StoreOutcome::Installed, "{reports:?}");
+        let logged = fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            logged,
+            format!(
+                "-- tee {location}\n{pem}-- chmod 0644 {location}\n-- update-ca-certificates\n",
+                pem = ca.ca_pem()
+            )
+        );
+        // no path from the user's PATH reaches root, nor the user's CA file
+        let tools_dir = tools.path().display().to_string();
+        assert!(!logged.contains(&tools_dir), "{logged}");
+        assert!(!logged.contains(&ca.cert_path().display().to_string()));
+
+        // uninstall: by name too (the file the stub did not write is put there by hand)
+        fs::remove_file(&log).unwrap();
+        fs::create_dir_all(p.stores[0].location.parent().unwrap()).unwrap();
+        fs::write(&p.stores[0].location, ca.ca_pem()).unwrap();
+        let reports = apply(&h, &p, Action::Uninstall);
+        assert_eq!(reports[0].outcome, StoreOutcome::Removed, "{reports:?}");
+        assert_eq!(
+            fs::read_to_string(&log).unwrap(),
+            format!("-- rm -f {location}\n-- update-ca-certificates --fresh\n")
+        );
+    }
+
+    #[test]
+    fn a_reset_reinstalls_where_the_old_ca_was_removed() {
+        let [debian, _, _, chromium, firefox] = every_store();
+        let p = Plan {
+            skipped: vec![Skipped {
+                label: "nss (chromium, firefox)".into(),
+                reason: "certutil not found".into(),
+            }],
+            ..plan_with(vec![debian.clone(), chromium.clone(), firefox.clone()])
+        };
+        let report = |store: &Store, outcome| StoreReport {
+            label: store.label.clone(),
+            location: Some(store.location.clone()),
+            outcome,
+        };
+        let old = [
+            report(&debian, StoreOutcome::Removed),
+            report(&chromium, StoreOutcome::NotPresent),
+            report(&firefox, StoreOutcome::Removed),
+        ];
+        let again = where_removed(p.clone(), &old);
+        assert_eq!(again.stores, [debian, firefox]);
+        assert!(again.skipped.is_empty());
+        assert!(where_removed(p, &[]).stores.is_empty());
+    }
+
+    #[test]
     fn incomplete_says_which_stores_and_what_to_run() {
         let err = TrustError::Incomplete {
             failed: vec!["system (debian): needs root".into()],
-            manual: vec![
-                "install -m 0644 a b".into(),
-                "update-ca-certificates".into(),
-            ],
+            manual: vec!["tee b < a".into(), "update-ca-certificates".into()],
+            retry: "sandbox trust",
         };
         assert_eq!(
             err.to_string(),
@@ -1207,11 +1507,12 @@ mod tests {
         );
         assert_eq!(
             err.hint().unwrap(),
-            "run as root, then `sandbox trust` again: install -m 0644 a b && update-ca-certificates"
+            "run as root, then `sandbox trust` again: tee b < a && update-ca-certificates"
         );
         let err = TrustError::Incomplete {
             failed: vec!["a: failed".into(), "b: failed".into()],
             manual: Vec::new(),
+            retry: "sandbox trust reset",
         };
         assert_eq!(
             err.to_string(),
@@ -1263,7 +1564,6 @@ mod tests {
                 ..p.clone()
             },
             Action::Install,
-            Some(ca.ca_pem()),
         );
         assert_eq!(reports.len(), 1 + p.skipped.len());
         assert_eq!(
@@ -1280,7 +1580,6 @@ mod tests {
                 ..p
             },
             Action::Uninstall,
-            Some(ca.ca_pem()),
         );
         assert_eq!(reports[0].outcome, StoreOutcome::NotPresent);
     }
@@ -1419,7 +1718,7 @@ mod tests {
             ]
         };
 
-        let reports = apply(&h, &p, Action::Install, Some(pem));
+        let reports = apply(&h, &p, Action::Install);
         assert_eq!(outcomes(&reports), both(StoreOutcome::Installed));
         for db in [&chromium, &profile] {
             let listed = nss_list(db);
@@ -1434,14 +1733,14 @@ mod tests {
         // again: already there
         let p = plan(&h, ca.cert_path(), Some(pem));
         assert_eq!(p.stores[0].kind, StoreKind::Nss { create: false });
-        let reports = apply(&h, &p, Action::Install, Some(pem));
+        let reports = apply(&h, &p, Action::Install);
         assert_eq!(outcomes(&reports), both(StoreOutcome::AlreadyPresent));
 
         // a new CA under the same name replaces the old one
         let new_dir = tempfile::tempdir().unwrap();
         let new_ca = Ca::load_or_create(new_dir.path(), &[]).unwrap();
         let p2 = plan(&h, new_ca.cert_path(), Some(new_ca.ca_pem()));
-        let reports = apply(&h, &p2, Action::Install, Some(new_ca.ca_pem()));
+        let reports = apply(&h, &p2, Action::Install);
         assert_eq!(outcomes(&reports), both(StoreOutcome::Installed));
         let out = Command::new(&certutil)
             .arg("-L")
@@ -1454,13 +1753,13 @@ mod tests {
         assert!(contains_cert(&held, new_ca.ca_pem()) && !contains_cert(&held, pem));
 
         // uninstall removes it; a second uninstall finds nothing
-        let reports = apply(&h, &p2, Action::Uninstall, None);
+        let reports = apply(&h, &p2, Action::Uninstall);
         assert_eq!(outcomes(&reports), both(StoreOutcome::Removed));
         for db in [&chromium, &profile] {
             let listed = nss_list(db);
             assert!(!listed.contains("sandbox-ca-tester"), "{listed}");
         }
-        let reports = apply(&h, &p2, Action::Uninstall, None);
+        let reports = apply(&h, &p2, Action::Uninstall);
         assert_eq!(outcomes(&reports), both(StoreOutcome::NotPresent));
         // the system store was skipped, not attempted
         assert!(reports

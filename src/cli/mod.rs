@@ -111,7 +111,7 @@ pub enum Command {
     Man,
     /// Print the sandbox's kubeconfig (for KUBECONFIG=...).
     Kubeconfig(kubeconfig::KubeconfigArgs),
-    /// Trust the sandbox CA: install (default), uninstall, or print exports for tools.
+    /// Trust the sandbox CA: install (default), uninstall, print exports for tools, or reset.
     Trust(trust::TrustArgs),
     /// The relay of the sandbox's loopback ports (started by `up`).
     #[command(hide = true)]

@@ -196,6 +196,7 @@ async fn documents() -> Vec<Value> {
     let plan = Plan {
         nickname: "sandbox-ca-me".into(),
         ca_path: "/home/me/.local/share/sandbox/ca/ca.crt".into(),
+        ca_pem: None,
         common_name: None,
         stores: Vec::new(),
         skipped: Vec::new(),
