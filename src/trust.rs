@@ -121,8 +121,9 @@ impl TrustError {
 pub struct Host {
     /// The file system root the system stores and bundles are under (`/` in production).
     pub root: PathBuf,
-    /// The user's home, where the NSS databases are.
-    pub home: PathBuf,
+    /// The user's home, where the NSS databases are (none with HOME unset: then there are
+    /// no per-user stores, rather than a shared directory taken for the user's).
+    pub home: Option<PathBuf>,
     /// The user's name, part of [`nickname`].
     pub user: String,
     /// The operating system, as `std::env::consts::OS` names it (`linux`, `macos`).
@@ -136,10 +137,8 @@ pub struct Host {
 impl Host {
     /// The machine this process runs on.
     pub fn from_process() -> Host {
-        let home = std::env::var_os("HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/"));
+        // the one rule of crate::paths: an absolute HOME, else none
+        let home = crate::paths::home(crate::paths::HOME).ok();
         let user = ["USER", "LOGNAME"]
             .iter()
             .filter_map(|v| std::env::var(v).ok())
@@ -398,8 +397,11 @@ pub fn plan(host: &Host, ca_path: &Path, ca_pem: Option<&str>) -> Plan {
 /// Firefox profile holding a `cert9.db`.
 pub fn nss_databases(host: &Host) -> Vec<Store> {
     let mut stores = Vec::new();
+    let Some(home) = &host.home else {
+        return stores;
+    };
     if host.os == "linux" {
-        let db = host.home.join(".pki/nssdb");
+        let db = home.join(".pki/nssdb");
         stores.push(Store {
             kind: StoreKind::Nss {
                 create: !db.join("cert9.db").exists(),
@@ -413,7 +415,7 @@ pub fn nss_databases(host: &Host) -> Vec<Store> {
         ("snap/firefox/common/.mozilla/firefox", "firefox snap"),
         ("Library/Application Support/Firefox/Profiles", "firefox"),
     ] {
-        let Ok(entries) = fs::read_dir(host.home.join(dir)) else {
+        let Ok(entries) = fs::read_dir(home.join(dir)) else {
             continue;
         };
         let mut profiles: Vec<PathBuf> = entries
@@ -1050,7 +1052,7 @@ mod tests {
     fn host(root: &Path, home: &Path, os: &str) -> Host {
         Host {
             root: root.to_path_buf(),
-            home: home.to_path_buf(),
+            home: Some(home.to_path_buf()),
             user: "me".into(),
             os: os.into(),
             is_root: false,
@@ -1667,6 +1669,14 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn without_a_home_there_are_no_per_user_stores() {
+        let root = tempfile::tempdir().unwrap();
+        let mut h = host(root.path(), root.path(), "linux");
+        h.home = None;
+        assert!(nss_databases(&h).is_empty());
     }
 
     #[test]

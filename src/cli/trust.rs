@@ -435,7 +435,7 @@ mod tests {
         fs::write(anchors.join("sandbox-ca-me.crt"), installed).unwrap();
         Host {
             root: root.to_path_buf(),
-            home: root.join("home"),
+            home: Some(root.join("home")),
             user: "me".into(),
             os: "linux".into(),
             is_root: false,
@@ -540,7 +540,7 @@ mod tests {
         let dir = tmp.path().join("ca");
         let host = Host {
             root: tmp.path().join("root"),
-            home: tmp.path().join("home"),
+            home: Some(tmp.path().join("home")),
             user: "me".into(),
             os: "linux".into(),
             is_root: false,
