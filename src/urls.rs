@@ -463,51 +463,29 @@ mod tests {
 
     #[test]
     fn ports_are_routed_by_app_protocol_then_name_then_number() {
-        let route_of = |v| route(&port(v));
         use serde_json::json;
-        assert_eq!(route_of(json!({"port": 80})), Route::Ingress);
-        assert_eq!(
-            route_of(json!({"port": 8080, "name": "http-api"})),
-            Route::Ingress
+        let (http, tcp, tls) = (
+            Route::Ingress,
+            Route::Forward { tls: false },
+            Route::Forward { tls: true },
         );
-        assert_eq!(
-            route_of(json!({"port": 9000, "name": "web"})),
-            Route::Ingress
-        );
-        assert_eq!(
-            route_of(json!({"port": 5000, "name": "5000"})),
-            Route::Ingress
-        );
-        assert_eq!(
-            route_of(json!({"port": 9000, "appProtocol": "http"})),
-            Route::Ingress
-        );
-        // a conventional HTTP number that its name or appProtocol says is something else
-        assert_eq!(
-            route_of(json!({"port": 80, "appProtocol": "postgresql"})),
-            Route::Forward { tls: false }
-        );
-        assert_eq!(
-            route_of(json!({"port": 8080, "name": "metrics"})),
-            Route::Forward { tls: false }
-        );
-        assert_eq!(route_of(json!({"port": 443})), Route::Forward { tls: true });
-        assert_eq!(
-            route_of(json!({"port": 9443, "name": "https-admin"})),
-            Route::Forward { tls: true }
-        );
-        assert_eq!(
-            route_of(json!({"port": 5432})),
-            Route::Forward { tls: false }
-        );
-        assert_eq!(
-            route_of(json!({"port": 1025, "name": "smtp"})),
-            Route::Forward { tls: false }
-        );
-        assert_eq!(
-            route_of(json!({"port": 53, "protocol": "UDP"})),
-            Route::None
-        );
+        for (written, routed) in [
+            (json!({"port": 80}), http),
+            (json!({"port": 8080, "name": "http-api"}), http),
+            (json!({"port": 9000, "name": "web"}), http),
+            (json!({"port": 5000, "name": "5000"}), http),
+            (json!({"port": 9000, "appProtocol": "http"}), http),
+            // a conventional HTTP number that its name or appProtocol says is something else
+            (json!({"port": 80, "appProtocol": "postgresql"}), tcp),
+            (json!({"port": 8080, "name": "metrics"}), tcp),
+            (json!({"port": 443}), tls),
+            (json!({"port": 9443, "name": "https-admin"}), tls),
+            (json!({"port": 5432}), tcp),
+            (json!({"port": 1025, "name": "smtp"}), tcp),
+            (json!({"port": 53, "protocol": "UDP"}), Route::None),
+        ] {
+            assert_eq!(route(&port(written.clone())), routed, "{written}");
+        }
     }
 
     #[test]
