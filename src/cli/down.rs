@@ -79,6 +79,15 @@ async fn remove_environment(ctx: &Context) -> Result<(), Error> {
     let config = ctx.config()?;
     let target = super::target::select(&config).await?;
     let removed = target.remove(ctx).await?;
+    // the environment's loopback ports go with it; the sandbox's others stay put
+    if config.cluster.is_none() {
+        let mut table = crate::forward::table(&config.name);
+        let before = table.len();
+        table.retain(|f| f.namespace != config.namespace);
+        if table.len() != before {
+            crate::forward::ensure(&config.name, &table).await?;
+        }
+    }
     let text = if removed {
         format!("{} removed\n", target.describe())
     } else {

@@ -148,6 +148,25 @@ fn every_url_is_on_loopback_and_answers() {
     assert_eq!(urls(&again), listed);
     assert!(matches!(open(&sb, &listed[0].2), Ok((200, _))));
 
+    // an environment of the same project gets ports of its own beside them; its down
+    // frees its own only
+    let env = sb.run_json(&["up", "-f", file, "--namespace", "exposed-env"]);
+    let env_raw = urls(&env)
+        .into_iter()
+        .find(|(_, name, _)| name == "exposed-env/raw")
+        .unwrap_or_else(|| panic!("no URL for exposed-env/raw in {env}"))
+        .2;
+    assert_ne!(env_raw, listed[0].2);
+    assert!(matches!(open(&sb, &env_raw), Ok((200, _))), "{env_raw}");
+    let down = sb.run(&["down", "-f", file, "--namespace", "exposed-env"]);
+    assert_success(&down, "sandbox down --namespace");
+    let (_, _, env_port) = parts(&env_raw);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", env_port)).is_err(),
+        "the environment's port {env_port} still listens after its down"
+    );
+    assert!(matches!(open(&sb, &listed[0].2), Ok((200, _))));
+
     // down stops the relay: its port is free again
     let down = sb.run(&["down", "-f", file]);
     assert_success(&down, "sandbox down");
