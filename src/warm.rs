@@ -140,7 +140,9 @@ impl ObjectState {
     /// The state of an object that controllers write without a generation to tell it by: a
     /// ServiceAccount, whose token Secret the token controller (before Kubernetes 1.24)
     /// adds to `secrets` a moment after it is created, under load after the record of that
-    /// `up` was kept. Like a status write, that changes nothing sandbox applied: such an
+    /// `up` was kept; a Service, whose LoadBalancer address sandbox itself writes to its
+    /// status (see [`crate::forward::publish_addresses`]) beside the keeping of the record.
+    /// Like a status write, that changes nothing sandbox applied: such an
     /// object counts as unchanged while its UID and the fields sandbox owns, its labels and
     /// annotations are (a generation that never moves stands for its spec).
     pub fn written_by_controllers(mut self) -> ObjectState {
@@ -597,7 +599,7 @@ pub async fn observe(
                 .ok_or_else(|| format!("{} is gone", o.id()))?;
             let mut observed = o.clone();
             observed.state = ObjectState::of(&value);
-            if o.group.is_empty() && o.kind == "ServiceAccount" {
+            if o.group.is_empty() && matches!(o.kind.as_str(), "ServiceAccount" | "Service") {
                 observed.state = observed.state.written_by_controllers();
             }
             Ok((observed, value))
@@ -716,6 +718,14 @@ mod tests {
         // a label written by someone else is a change
         account["metadata"]["labels"] = json!({"team": "x"});
         assert!(!left.unchanged(&ObjectState::of(&account).written_by_controllers()));
+        // a LoadBalancer's address written to its status is not
+        let mut service = json!({"kind": "Service", "metadata": {"uid": "u2", "resourceVersion": "20",
+            "managedFields": [{"manager": FIELD_MANAGER, "operation": "Apply", "fieldsV1": {"f:spec": {}}}]}});
+        let left = ObjectState::of(&service).written_by_controllers();
+        service["metadata"]["resourceVersion"] = json!("21");
+        service["status"] =
+            json!({"loadBalancer": {"ingress": [{"hostname": "web.shop.127.0.0.1.nip.io"}]}});
+        assert!(left.unchanged(&ObjectState::of(&service).written_by_controllers()));
     }
 
     #[test]
