@@ -113,9 +113,12 @@ fn url_host(url: &str) -> Option<String> {
 
 /// The backends whose servers in Traefik differ from the ready addresses of their
 /// Service (`ready`: `namespace/name` → addresses), described. A backend Traefik has no
-/// service for is left to the URL check (no route yet, or no ready pod: Traefik then
-/// drops the service); one it sends to the Service's cluster address (`cluster_ips`;
-/// Traefik's `nativeLB`) goes through kube-proxy's rules.
+/// service for lags when its Service has ready pods (Traefik drops a service while its
+/// Endpoints are empty, and its routes answer the controller's own 404 until it loads it
+/// again: after a node was made again, the Endpoints go empty and come back after the
+/// URL check may have passed); with none ready, it is the URL check's to wait for. One
+/// Traefik sends to the Service's cluster address (`cluster_ips`; Traefik's `nativeLB`)
+/// goes through kube-proxy's rules.
 pub fn lagging(
     routed: &BTreeMap<String, BTreeSet<String>>,
     backends: &BTreeSet<Backend>,
@@ -126,10 +129,17 @@ pub fn lagging(
     backends
         .iter()
         .filter_map(|b| {
-            let have = routed.get(&b.traefik)?;
             let (namespace, name) = &b.service;
             let key = format!("{namespace}/{name}");
             let want = ready.get(&key).unwrap_or(&none);
+            let Some(have) = routed.get(&b.traefik) else {
+                return (!want.is_empty()).then(|| {
+                    format!(
+                        "{namespace}/{name} (the ingress controller has no route to its ready pods {})",
+                        crate::proxy_rules::list(want)
+                    )
+                });
+            };
             let native = cluster_ips
                 .get(&key)
                 .is_some_and(|ip| have.len() == 1 && have.contains(ip));
@@ -208,12 +218,24 @@ mod tests {
             BTreeSet::from(["10.244.0.20".to_string(), "10.244.0.21".to_string()]),
         );
         assert!(lagging(&routed, &hello, &ready, &no_ips).is_empty());
-        // a backend Traefik has not loaded yet: the URL check's to wait for
+        // a backend Traefik has not loaded: with no ready pod, the URL check's to wait for;
+        // with ready pods, it lags
         let other = BTreeSet::from([Backend {
             service: ("default".into(), "new".into()),
             traefik: "default-new-80@kubernetes".into(),
         }]);
         assert!(lagging(&routed, &other, &ready, &no_ips).is_empty());
+        ready.insert(
+            "default/new".to_string(),
+            BTreeSet::from(["10.244.0.30".to_string()]),
+        );
+        assert_eq!(
+            lagging(&routed, &other, &ready, &no_ips),
+            vec![
+                "default/new (the ingress controller has no route to its ready pods 10.244.0.30)"
+                    .to_string()
+            ]
+        );
         // Traefik's nativeLB: the Service's cluster address, kube-proxy's to route
         let native = json!([{"name": "default-hello-80@kubernetes",
             "loadBalancer": {"servers": [{"url": "http://10.96.0.44:80"}]}}]);
