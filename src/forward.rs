@@ -72,10 +72,9 @@ pub struct Wanted {
 pub fn wanted(services: &[Service]) -> Vec<Wanted> {
     let mut wanted = Vec::new();
     for service in services {
-        let Some(spec) = &service.spec else { continue };
-        if !crate::urls::exposed(spec.type_.as_deref()) {
+        let Some(spec) = crate::urls::exposed_spec(service) else {
             continue;
-        }
+        };
         for port in spec.ports.iter().flatten() {
             let tls = match crate::urls::route(port) {
                 crate::urls::Route::Forward { tls } => tls,

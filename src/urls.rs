@@ -1,7 +1,7 @@
 //! The URL table: every Ingress host and every NodePort/LoadBalancer Service the laptop
 //! can reach, found through the API. Pure rendering from the objects, thin listing I/O.
 
-use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ListParams};
 
@@ -56,6 +56,32 @@ const HTTP_PORTS: &[i32] = &[80, 3000, 4200, 5000, 8000, 8008, 8080, 8081, 8888]
 /// Whether a Service of `type_` exposes its ports outside the cluster.
 pub fn exposed(type_: Option<&str>) -> bool {
     matches!(type_, Some("NodePort" | "LoadBalancer"))
+}
+
+/// The spec of `service` when it exposes its ports (see [`exposed`]).
+pub fn exposed_spec(service: &Service) -> Option<&ServiceSpec> {
+    service
+        .spec
+        .as_ref()
+        .filter(|s| exposed(s.type_.as_deref()))
+}
+
+/// How the published HTTPS port shows in a URL: nothing for 443, else `:PORT`.
+fn https_suffix(https_port: u16) -> String {
+    if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    }
+}
+
+/// A document's object with its namespace: its own, else `namespace`.
+fn placed(doc: &crate::manifests::Document, namespace: &str) -> serde_json::Value {
+    let mut object = doc.object.clone();
+    if doc.namespace().is_none() {
+        object["metadata"]["namespace"] = namespace.into();
+    }
+    object
 }
 
 /// How the laptop reaches `port` (pure): by its `appProtocol` (Kubernetes' own field), else
@@ -118,11 +144,7 @@ pub fn service_host(
 
 /// The HTTP ports of `service` (if it exposes them), each with its name through the ingress.
 fn http_ports<'a>(service: &'a Service, domain: &str) -> Vec<(&'a ServicePort, String)> {
-    let Some(spec) = service
-        .spec
-        .as_ref()
-        .filter(|s| exposed(s.type_.as_deref()))
-    else {
+    let Some(spec) = exposed_spec(service) else {
         return Vec::new();
     };
     let name = service.metadata.name.as_deref().unwrap_or_default();
@@ -184,22 +206,14 @@ pub fn service_urls(
     https_port: u16,
     forwards: &[crate::forward::Forward],
 ) -> Vec<Url> {
-    let Some(spec) = service
-        .spec
-        .as_ref()
-        .filter(|s| exposed(s.type_.as_deref()))
-    else {
+    let Some(spec) = exposed_spec(service) else {
         return Vec::new();
     };
     let kind = spec.type_.clone().unwrap_or_default();
     let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
     let service_name = service.metadata.name.as_deref().unwrap_or_default();
     let name = format!("{namespace}/{service_name}");
-    let suffix = if https_port == 443 {
-        String::new()
-    } else {
-        format!(":{https_port}")
-    };
+    let suffix = https_suffix(https_port);
     let mut urls: Vec<Url> = domain
         .map(|domain| http_ports(service, domain))
         .unwrap_or_default()
@@ -236,11 +250,7 @@ pub fn ingress_urls(ingress: &Ingress, https_port: u16) -> Vec<Url> {
         ingress.metadata.namespace.as_deref().unwrap_or("default"),
         ingress.metadata.name.as_deref().unwrap_or_default()
     );
-    let port = if https_port == 443 {
-        String::new()
-    } else {
-        format!(":{https_port}")
-    };
+    let port = https_suffix(https_port);
     let tls_hosts: Vec<&str> = ingress
         .spec
         .iter()
@@ -290,22 +300,15 @@ pub fn planned(
 ) -> Vec<Url> {
     let mut urls = Vec::new();
     // only Ingresses and Services are copied into their types
-    let placed = |doc: &crate::manifests::Document| {
-        let mut object = doc.object.clone();
-        if doc.namespace().is_none() {
-            object["metadata"]["namespace"] = namespace.into();
-        }
-        object
-    };
     for doc in docs {
         match (doc.kind(), domain) {
             ("Ingress", _) => {
-                if let Ok(ingress) = serde_json::from_value::<Ingress>(placed(doc)) {
+                if let Ok(ingress) = serde_json::from_value::<Ingress>(placed(doc, namespace)) {
                     urls.extend(ingress_urls(&ingress, https_port));
                 }
             }
             ("Service", Some(domain)) => {
-                if let Ok(service) = serde_json::from_value::<Service>(placed(doc)) {
+                if let Ok(service) = serde_json::from_value::<Service>(placed(doc, namespace)) {
                     urls.extend(service_urls(&service, Some(domain), https_port, &[]));
                 }
             }
@@ -325,11 +328,7 @@ pub fn service_ingresses(
     docs.iter()
         .filter(|doc| doc.kind() == "Service")
         .filter_map(|doc| {
-            let mut object = doc.object.clone();
-            if doc.namespace().is_none() {
-                object["metadata"]["namespace"] = namespace.into();
-            }
-            let service: Service = serde_json::from_value(object).ok()?;
+            let service: Service = serde_json::from_value(placed(doc, namespace)).ok()?;
             let mut made = doc.clone();
             made.object = service_ingress(&service, domain)?;
             Some(made)
