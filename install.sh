@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up `sandbox` on a Debian or Ubuntu machine:
 #   - installs what is missing (Docker from the distribution, build tools),
-#   - starts dockerd when none answers,
+#   - starts dockerd when none answers (turning BuildKit on when the engine has no
+#     daemon.json: Debian's docker.io 20.10 has it built in but off),
 #   - installs the `sandbox` binary (cargo install) into $SANDBOX_INSTALL_ROOT/bin
 #     (default /usr/local as root, else ~/.local),
 #   - prepares a node image: pulls rancher/k3s, or, with no registry, builds the offline one.
@@ -69,6 +70,13 @@ elif [ "$(id -u)" != 0 ] && sudo docker info >/dev/null 2>&1; then
   die "dockerd runs, but $(id -un) may not use it: sudo usermod -aG docker $(id -un), log in again, then rerun"
 else
   say "docker: starting dockerd"
+  # BuildKit, as Docker 23 and later have it by default (`RUN --mount=type=cache|secret`);
+  # a daemon.json of the machine's own is left as it is
+  if [ ! -e /etc/docker/daemon.json ]; then
+    root mkdir -p /etc/docker
+    echo '{"features": {"buildkit": true}}' | root tee /etc/docker/daemon.json >/dev/null
+    say "docker: wrote /etc/docker/daemon.json (BuildKit on)"
+  fi
   started=false
   if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
     root systemctl start docker && started=true || true

@@ -9,14 +9,20 @@ NAME=bench-images-$$
 NODE=sandbox-$NAME-node
 IMG=sandbox-bench/fifty:$$
 export KUBECONFIG=$(mktemp)
-cleanup() { "$SANDBOX" --name "$NAME" -q down --purge >/dev/null 2>&1 || true; docker rmi -f "$IMG" >/dev/null 2>&1 || true; rm -f "$KUBECONFIG"; }
+BK=$(mktemp -d)
+cleanup() {
+  "$SANDBOX" --name "$NAME" -q down --purge >/dev/null 2>&1 || true
+  docker rmi -f "$IMG" >/dev/null 2>&1 || true
+  docker images -q "sandbox-bench/bk-*-$$" | xargs -r docker rmi -f >/dev/null 2>&1 || true
+  rm -rf "$KUBECONFIG" "$BK"
+}
 trap cleanup EXIT
 
 # a 50 MB single-layer image of incompressible data
 ctx=$(mktemp -d)
 head -c 50000000 /dev/urandom > "$ctx/blob"
 printf 'FROM sandbox-offline/busybox:1.35\nCOPY blob /blob\n' > "$ctx/Dockerfile"
-docker build -q -t "$IMG" "$ctx" >/dev/null
+DOCKER_BUILDKIT=0 docker build -q -t "$IMG" "$ctx" >/dev/null
 rm -rf "$ctx"
 
 ref=$("$SANDBOX" --name "$NAME" -q -o json up -f "$ROOT/fixtures/apps/hello/sandbox.yaml" |
@@ -51,5 +57,52 @@ unset -f prepare
 "$SANDBOX" --name "$NAME" -q load "$IMG" >/dev/null
 present_s=$(median_of "$SANDBOX" --name "$NAME" -q load "$IMG")
 row "load again, already present" "$present_s" "docker save \\| ctr import" "$raw_s" "< 0.3 s"
+
+# BuildKit (issue 19), both builders through sandbox's own build (the engine's API), each
+# rebuild after a change to the context. (1) A step after the change needs what an earlier
+# run made (dependencies fetched or compiled into a cache): BuildKit with a cache mount keeps
+# it; the classic builder runs the same step without the mount and redoes it (and cleans up
+# after itself, as such Dockerfiles do). The work is synthetic: 300 MB from /dev/urandom,
+# hashed; the mount's id is the same in every run, so the engine keeps one such cache, not
+# one per run. (2) An ordinary image (hello: COPY of the changed files), where neither has a cache
+# to lean on: the cost of BuildKit itself.
+unset -f prepare
+work='test -f /cache/deps || { head -c 300000000 /dev/urandom > /cache/deps; sha256sum /cache/deps > /cache/sum; }; cp /cache/sum /sum'
+# project DIR NAME DOCKERFILE: a project whose one image is built from DOCKERFILE
+project() {
+  mkdir -p "$BK/$1/app/src"
+  printf '%s\n' "$3" > "$BK/$1/app/Dockerfile"
+  printf 'apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nname: %s\nimages:\n  - name: %s\n    context: app\n' \
+    "$NAME-$1" "sandbox-bench/bk-$2-$$" > "$BK/$1/sandbox.yaml"
+}
+project mount mount "FROM sandbox-offline/busybox:1.35
+COPY src /src
+RUN --mount=type=cache,target=/cache,id=sandbox-bench-deps sh -c '$work'"
+project plain plain "FROM sandbox-offline/busybox:1.35
+COPY src /src
+RUN mkdir /cache && sh -c '$work' && rm -rf /cache"
+cp -r "$ROOT/fixtures/apps/hello/app" "$BK/hello-app"
+project hello hello "$(cat "$BK/hello-app/Dockerfile")"
+rm -rf "$BK/hello/app" && mv "$BK/hello-app" "$BK/hello/app"
+prepare() { date +%s%N > "$BK/mount/app/src/stamp"; date +%s%N > "$BK/plain/app/src/stamp"; date +%s%N > "$BK/hello/app/www/stamp"; }
+prepare
+"$SANDBOX" -q build -f "$BK/mount/sandbox.yaml" >/dev/null
+DOCKER_BUILDKIT=0 "$SANDBOX" -q build -f "$BK/plain/sandbox.yaml" >/dev/null
+times_kit=(); times_classic=(); times_hello_kit=(); times_hello_classic=()
+for _ in $(seq "$REPS"); do
+  prepare
+  s=$(date +%s.%N); "$SANDBOX" -q build -f "$BK/mount/sandbox.yaml" >/dev/null; e=$(date +%s.%N)
+  times_kit+=("$(echo "$e - $s" | bc)")
+  s=$(date +%s.%N); DOCKER_BUILDKIT=0 "$SANDBOX" -q build -f "$BK/plain/sandbox.yaml" >/dev/null; e=$(date +%s.%N)
+  times_classic+=("$(echo "$e - $s" | bc)")
+  s=$(date +%s.%N); "$SANDBOX" -q build -f "$BK/hello/sandbox.yaml" >/dev/null; e=$(date +%s.%N)
+  times_hello_kit+=("$(echo "$e - $s" | bc)")
+  s=$(date +%s.%N); DOCKER_BUILDKIT=0 "$SANDBOX" -q build -f "$BK/hello/sandbox.yaml" >/dev/null; e=$(date +%s.%N)
+  times_hello_classic+=("$(echo "$e - $s" | bc)")
+done
+row "warm rebuild, cache mount (BuildKit)" "$(median "${times_kit[@]}")" \
+  "classic builder, same step without the mount" "$(median "${times_classic[@]}")" "< classic"
+row "rebuild after a COPY change (hello, BuildKit)" "$(median "${times_hello_kit[@]}")" \
+  "classic builder" "$(median "${times_hello_classic[@]}")" "<= 1.1x"
 
 cat "$TABLE"

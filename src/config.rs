@@ -190,6 +190,35 @@ pub struct ImageConfig {
     /// Files `sandbox dev` copies into the running containers instead of rebuilding.
     #[serde(default)]
     pub sync: Vec<SyncRule>,
+    /// Build secrets (`RUN --mount=type=secret,id=ID`), served to BuildKit during the
+    /// build and never written into the image or its cache.
+    #[serde(default)]
+    pub secrets: BuildSecrets,
+}
+
+/// The build secrets of an image, by id: read at build time from a file (relative to the
+/// config file) or an environment variable.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BuildSecrets {
+    /// Ids read from files, relative to the config file.
+    #[serde(default)]
+    pub from_file: BTreeMap<String, PathBuf>,
+    /// Ids read from environment variables.
+    #[serde(default)]
+    pub from_env: BTreeMap<String, String>,
+}
+
+impl BuildSecrets {
+    /// True when the image has none.
+    pub fn is_empty(&self) -> bool {
+        self.from_file.is_empty() && self.from_env.is_empty()
+    }
+
+    /// Every id, in order.
+    pub fn ids(&self) -> impl Iterator<Item = &String> {
+        self.from_file.keys().chain(self.from_env.keys())
+    }
 }
 
 /// A `sync:` rule of an image: a change under `from` (in the build context) is copied to
@@ -448,6 +477,8 @@ impl SandboxConfig {
                     return Err(invalid(&format!("{field}.run"), "an empty command".into()));
                 }
             }
+            validate_build_secrets(&image.secrets)
+                .map_err(|(field, m)| invalid(&format!("images[{i}].secrets{field}"), m))?;
         }
         for (i, secret) in raw.secrets.iter().enumerate() {
             let field = format!("secrets[{i}]");
@@ -695,6 +726,33 @@ pub fn environment_name(branch: &str) -> String {
 /// Sandbox names become parts of Docker object names and kube context names.
 pub fn validate_name(name: &str) -> Result<(), String> {
     validate_dns_label(name, 40)
+}
+
+/// The ids of an image's build secrets: BuildKit's (`[A-Za-z0-9._-]`), each given once.
+/// The error names the field under `secrets` (`.fromEnv.ID`) and what is wrong.
+fn validate_build_secrets(secrets: &BuildSecrets) -> Result<(), (String, String)> {
+    for (kind, ids) in [
+        ("fromFile", secrets.from_file.keys().collect::<Vec<_>>()),
+        ("fromEnv", secrets.from_env.keys().collect()),
+    ] {
+        for id in ids {
+            let field = format!(".{kind}.{id}");
+            let ok = !id.is_empty()
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !ok {
+                return Err((
+                    field,
+                    format!("{id:?} is not a secret id (letters, digits, `.`, `_`, `-`)"),
+                ));
+            }
+            if kind == "fromEnv" && secrets.from_file.contains_key(id) {
+                return Err((field, format!("secret {id:?} is also under `fromFile`")));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn validate_dns_label(value: &str, max: usize) -> Result<(), String> {
@@ -1149,5 +1207,41 @@ timeouts: {boot: 2m, ready: 90s}
             let err = parse(sync).unwrap_err().to_string();
             assert!(err.contains(&format!("field `{field}`")), "{sync}: {err}");
         }
+    }
+
+    #[test]
+    fn build_secrets_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let parse = |secrets: &str| {
+            SandboxConfig::parse(
+                &format!(
+                    "apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\n\
+                     images: [{{name: web, secrets: {secrets}}}]\n"
+                ),
+                &dir.path().join("sandbox.yaml"),
+            )
+        };
+        let c = parse("{fromFile: {npmrc: .npmrc}, fromEnv: {token.v2: NPM_TOKEN}}").unwrap();
+        let secrets = &c.images[0].secrets;
+        assert_eq!(secrets.from_file["npmrc"], PathBuf::from(".npmrc"));
+        assert_eq!(secrets.from_env["token.v2"], "NPM_TOKEN");
+        assert_eq!(secrets.ids().collect::<Vec<_>>(), ["npmrc", "token.v2"]);
+        assert!(parse("{}").unwrap().images[0].secrets.is_empty());
+        for (secrets, field) in [
+            ("{fromEnv: {'a b': X}}", "images[0].secrets.fromEnv.a b"),
+            ("{fromFile: {'': x}}", "images[0].secrets.fromFile."),
+            (
+                "{fromFile: {t: x}, fromEnv: {t: T}}",
+                "images[0].secrets.fromEnv.t",
+            ),
+        ] {
+            let err = parse(secrets).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("field `{field}`")),
+                "{secrets}: {err}"
+            );
+        }
+        let err = parse("{fromVault: {t: x}}").unwrap_err().to_string();
+        assert!(err.contains("fromVault"), "{err}");
     }
 }

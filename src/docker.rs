@@ -266,6 +266,15 @@ pub enum DockerError {
         #[source]
         source: BollardError,
     },
+    /// A request made on a connection of our own (BuildKit's build and session) failed.
+    #[error("cannot {what} on the engine")]
+    Request {
+        /// What was asked (`start a BuildKit session for image web`).
+        what: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Building an image failed at the engine level.
     #[error("cannot build image {image}")]
     Build {
@@ -779,22 +788,28 @@ fn chain_text(e: &dyn std::error::Error) -> String {
 /// here, not by bollard's `connect_with_local_defaults` (which ignores a `tcp://` address
 /// and silently talks to the local socket) nor `connect_with_ssl` (which has no
 /// `SkipTLSVerify` and needs a `ca.pem`).
-fn client(endpoint: &Endpoint) -> Result<Docker, Refusal> {
+fn client(endpoint: &Endpoint) -> Result<(Docker, Dial), Refusal> {
     match (&endpoint.address, &endpoint.tls) {
-        (Address::Unix(_), _) => Docker::connect_with_unix(
+        (Address::Unix(path), _) => Docker::connect_with_unix(
             &endpoint.host,
             REQUEST_TIMEOUT,
             bollard::API_DEFAULT_VERSION,
         )
+        .map(|docker| (docker, Dial::Unix(path.clone())))
         .map_err(Refusal::Engine),
         (Address::Tcp(addr), None) => Docker::connect_with_http(
             &format!("tcp://{addr}"),
             REQUEST_TIMEOUT,
             bollard::API_DEFAULT_VERSION,
         )
+        .map(|docker| (docker, Dial::Tcp(addr.clone())))
         .map_err(Refusal::Engine),
         (Address::Tcp(addr), Some(files)) => {
             let config = tls_config(files, &endpoint.origin).map_err(Refusal::Fatal)?;
+            let dial = Dial::Tls {
+                addr: addr.clone(),
+                config: std::sync::Arc::new(config.clone()),
+            };
             let https = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(config)
                 .https_only()
@@ -813,7 +828,59 @@ fn client(endpoint: &Endpoint) -> Result<Docker, Refusal> {
                 REQUEST_TIMEOUT,
                 bollard::API_DEFAULT_VERSION,
             )
+            .map(|docker| (docker, dial))
             .map_err(Refusal::Engine)
+        }
+    }
+}
+
+/// How to open a connection of one's own to the engine, for the requests bollard does not
+/// make (BuildKit's session and build, see [`crate::buildkit`]).
+#[derive(Clone)]
+pub enum Dial {
+    /// A unix socket.
+    Unix(PathBuf),
+    /// Plain TCP (`HOST:PORT`).
+    Tcp(String),
+    /// TLS over TCP, with the client the engine's other requests use.
+    Tls {
+        /// `HOST:PORT`.
+        addr: String,
+        /// The rustls client.
+        config: std::sync::Arc<rustls::ClientConfig>,
+    },
+}
+
+/// A connection to the engine.
+pub trait EngineIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> EngineIo for T {}
+
+impl Dial {
+    /// A new connection.
+    pub async fn connect(&self) -> std::io::Result<Box<dyn EngineIo>> {
+        match self {
+            #[cfg(unix)]
+            Dial::Unix(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
+            #[cfg(not(unix))]
+            Dial::Unix(path) => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                format!("{}: unix sockets need a unix", path.display()),
+            )),
+            Dial::Tcp(addr) => Ok(Box::new(tokio::net::TcpStream::connect(addr).await?)),
+            Dial::Tls { addr, config } => {
+                let host = addr
+                    .rsplit_once(':')
+                    .map_or(addr.as_str(), |(host, _)| host)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await?;
+                Ok(Box::new(tls))
+            }
         }
     }
 }
@@ -890,6 +957,9 @@ fn tls_config(files: &TlsFiles, origin: &Origin) -> Result<rustls::ClientConfig,
 #[derive(Clone)]
 pub struct Engine {
     docker: Docker,
+    dial: Dial,
+    /// The engine's `Builder-Version`, once asked.
+    builder_version: std::sync::Arc<tokio::sync::OnceCell<Option<String>>>,
 }
 
 /// Builds the container create body of a node (pure).
@@ -1065,14 +1135,18 @@ impl Engine {
     }
 
     async fn handshake(endpoint: &Endpoint, deadline: Duration) -> Result<Engine, Refusal> {
-        let docker = client(endpoint)?;
+        let (docker, dial) = client(endpoint)?;
         let handshake = async {
             let docker = docker.negotiate_version().await?;
             docker.ping().await?;
             Ok(docker)
         };
         match tokio::time::timeout(deadline, handshake).await {
-            Ok(Ok(docker)) => Ok(Engine { docker }),
+            Ok(Ok(docker)) => Ok(Engine {
+                docker,
+                dial,
+                builder_version: Default::default(),
+            }),
             Ok(Err(source)) => Err(Refusal::Engine(source)),
             Err(_) => Err(Refusal::Fatal(DockerError::NotAnswering {
                 host: endpoint.host.clone(),
@@ -1631,8 +1705,22 @@ impl Engine {
             .boxed()
     }
 
-    /// Builds an image from a tar'ed context; returns the image ID. `on_line` receives each
-    /// line of build output.
+    /// How to open a connection of one's own to this engine.
+    pub fn dial(&self) -> &Dial {
+        &self.dial
+    }
+
+    /// The `Builder-Version` header of the engine's `_ping` (`2`: BuildKit), asked once
+    /// (bollard's `ping` returns only the body).
+    pub async fn builder_version(&self) -> Result<Option<String>, DockerError> {
+        self.builder_version
+            .get_or_try_init(|| crate::buildkit::builder_version(&self.dial))
+            .await
+            .cloned()
+    }
+
+    /// Builds an image from a tar'ed context with the classic builder; returns the image ID.
+    /// `on_line` receives each line of build output.
     pub async fn build_image(
         &self,
         image: &str,

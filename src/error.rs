@@ -166,7 +166,11 @@ impl Error {
             Error::Image(e)
                 if matches!(
                     **e,
-                    ImageError::NoDockerfile { .. } | ImageError::NeverBuilt { .. }
+                    ImageError::NoDockerfile { .. }
+                        | ImageError::NeverBuilt { .. }
+                        | ImageError::Secret { .. }
+                        | ImageError::SecretsNeedBuildKit { .. }
+                        | ImageError::Builder { .. }
                 ) =>
             {
                 exit::USAGE

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use futures_util::{StreamExt, TryStreamExt};
 
+use crate::buildkit::{Builder, Failure};
 use crate::config::ImageConfig;
 use crate::docker::{DockerError, Engine};
 use crate::profile::Profile;
@@ -53,6 +54,34 @@ pub enum ImageError {
         message: String,
         /// Tail of the build output.
         log: String,
+    },
+    /// A build secret cannot be read.
+    #[error("image {image}: build secret {id}: {problem}")]
+    Secret {
+        /// Image name.
+        image: String,
+        /// The secret's id.
+        id: String,
+        /// What is wrong, naming the file or variable.
+        problem: String,
+    },
+    /// The image has build secrets, and the build would use the classic builder.
+    #[error("image {image} has build secrets ({ids}), which need BuildKit, but {why}")]
+    SecretsNeedBuildKit {
+        /// Image name.
+        image: String,
+        /// Its secrets' ids.
+        ids: String,
+        /// Why the classic builder is used.
+        why: String,
+    },
+    /// `DOCKER_BUILDKIT` asks for what cannot be.
+    #[error("cannot build image {image}: {problem}")]
+    Builder {
+        /// Image name.
+        image: String,
+        /// What is wrong.
+        problem: String,
     },
     /// `sandbox apply` needs an image that was never built.
     #[error("image {image} has never been built here; run `sandbox build` or `sandbox up` first")]
@@ -257,7 +286,8 @@ pub async fn context_digest(image: &ImageConfig, base_dir: &Path) -> Result<Stri
     })
 }
 
-/// Checks that an image's Dockerfile exists (before anything is started).
+/// Checks that an image's Dockerfile exists and its build secrets can be read (before
+/// anything is started).
 pub fn check(image: &ImageConfig, base_dir: &Path) -> Result<(), ImageError> {
     let dockerfile = base_dir.join(&image.context).join(&image.dockerfile);
     if !dockerfile.is_file() {
@@ -266,8 +296,77 @@ pub fn check(image: &ImageConfig, base_dir: &Path) -> Result<(), ImageError> {
             path: dockerfile,
         });
     }
-    Ok(())
+    read_secrets(image, base_dir, |var| std::env::var(var).ok()).map(drop)
 }
+
+/// The values of an image's build secrets, by id: files relative to `base_dir`, variables
+/// read with `lookup`.
+pub fn read_secrets(
+    image: &ImageConfig,
+    base_dir: &Path,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, Vec<u8>>, ImageError> {
+    let error = |id: &str, problem: String| ImageError::Secret {
+        image: image.name.clone(),
+        id: id.to_string(),
+        problem,
+    };
+    let mut values = BTreeMap::new();
+    for (id, file) in &image.secrets.from_file {
+        let path = base_dir.join(file);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| error(id, format!("cannot read {}: {e}", path.display())))?;
+        values.insert(id.clone(), bytes);
+    }
+    for (id, var) in &image.secrets.from_env {
+        let value = lookup(var)
+            .ok_or_else(|| error(id, format!("environment variable {var} is not set")))?;
+        values.insert(id.clone(), value.into_bytes());
+    }
+    Ok(values)
+}
+
+/// The builder for this engine, saying once per process when it is the classic one
+/// because the engine has no BuildKit.
+async fn builder(
+    engine: &Engine,
+    image: &ImageConfig,
+    reporter: &Reporter,
+) -> Result<Builder, ImageError> {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let version = engine.builder_version().await?;
+    let forced = std::env::var("DOCKER_BUILDKIT").ok();
+    let builder =
+        crate::buildkit::choose(version.as_deref(), forced.as_deref()).map_err(|problem| {
+            ImageError::Builder {
+                image: image.name.clone(),
+                problem,
+            }
+        })?;
+    let engine_lacks = version.as_deref().map(str::trim) != Some("2");
+    if builder == Builder::Classic && !image.secrets.is_empty() {
+        return Err(ImageError::SecretsNeedBuildKit {
+            image: image.name.clone(),
+            ids: image.secrets.ids().cloned().collect::<Vec<_>>().join(", "),
+            why: if engine_lacks {
+                NO_BUILDKIT.to_string()
+            } else {
+                "DOCKER_BUILDKIT=0 asks for the classic builder".to_string()
+            },
+        });
+    }
+    if builder == Builder::Classic && engine_lacks {
+        SAID.call_once(|| {
+            reporter.warn(format!(
+                "{NO_BUILDKIT}: building with the classic builder (no RUN --mount)"
+            ))
+        });
+    }
+    Ok(builder)
+}
+
+const NO_BUILDKIT: &str = "the engine has no BuildKit (turn it on with \
+    {\"features\": {\"buildkit\": true}} in its daemon.json)";
 
 /// Builds one image; returns its content-tagged reference.
 pub async fn build(
@@ -279,45 +378,52 @@ pub async fn build(
     check(image, base_dir)?;
     let context = base_dir.join(&image.context);
     let dockerfile = context.join(&image.dockerfile);
+    let builder = builder(engine, image, reporter).await?;
     let step = reporter.step(format!("building image {}", image.name));
     let (tar, context_digest) = pack(image, base_dir).await?;
-    let build_args: std::collections::HashMap<String, String> = image
-        .args
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let mut options = bollard::query_parameters::BuildImageOptionsBuilder::new()
-        .dockerfile(&image.dockerfile)
-        .rm(true)
-        .forcerm(true)
-        .buildargs(&build_args)
-        .labels(&std::collections::HashMap::from([(
-            crate::plan::LABEL_SANDBOX.to_string(),
-            "image".to_string(),
-        )]));
-    if let Some(target) = &image.target {
-        options = options.target(target);
-    }
     let mut log: Vec<String> = Vec::new();
-    let outcome = engine
-        .build_image(&image.name, options.build(), tar, |line| {
-            reporter.detail(format!("{}: {line}", image.name));
-            if line.starts_with("Step ") {
-                step.update(format!("building image {}: {line}", image.name));
-            }
-            log.push(line.to_string());
-        })
-        .await?;
+    let mut on_line = |line: &str| {
+        reporter.detail(format!("{}: {line}", image.name));
+        if let Some(label) = step_label(line) {
+            step.update(format!("building image {}: {label}", image.name));
+        }
+        log.push(line.to_string());
+    };
+    let outcome = match builder {
+        Builder::BuildKit => {
+            let secrets = read_secrets(image, base_dir, |var| std::env::var(var).ok())?;
+            crate::buildkit::build(
+                engine.dial(),
+                &image.name,
+                &build_query(image),
+                tar,
+                secrets,
+                &mut on_line,
+            )
+            .await?
+        }
+        Builder::Classic => engine
+            .build_image(&image.name, classic_options(image), tar, &mut on_line)
+            .await?
+            .map_err(|message| Failure {
+                message,
+                step: None,
+            }),
+    };
     let id = match outcome {
         Ok(id) => id,
-        Err(message) => {
+        Err(failure) => {
             let start = log.len().saturating_sub(BUILD_LOG_TAIL);
             let text = std::fs::read_to_string(&dockerfile).unwrap_or_default();
+            let line = match &failure.step {
+                Some(step) => crate::buildkit::instruction(step).and_then(|i| line_of(i, &text)),
+                None => failing_line(&log, &text),
+            };
             return Err(ImageError::BuildFailed {
                 image: image.name.clone(),
-                line: failing_line(&log, &text),
+                line,
                 dockerfile,
-                message: message.trim().to_string(),
+                message: failure.message.trim().to_string(),
                 log: log[start..].join("\n"),
             });
         }
@@ -333,6 +439,58 @@ pub async fn build(
         id,
         inputs,
     })
+}
+
+/// What a line of build output shows in the step's label: the classic builder's
+/// `Step 2/5 : RUN make`, BuildKit's `[stage-0 2/3] RUN make` (printed as `#7 ...`).
+fn step_label(line: &str) -> Option<&str> {
+    if line.starts_with("Step ") {
+        return Some(line);
+    }
+    let (number, name) = line.strip_prefix('#')?.split_once(' ')?;
+    (number.bytes().all(|b| b.is_ascii_digit()) && crate::buildkit::is_instruction(name))
+        .then_some(name)
+}
+
+fn build_args(image: &ImageConfig) -> std::collections::HashMap<String, String> {
+    image
+        .args
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn image_labels() -> std::collections::HashMap<String, String> {
+    std::collections::HashMap::from([(crate::plan::LABEL_SANDBOX.to_string(), "image".to_string())])
+}
+
+/// The classic builder's options.
+fn classic_options(image: &ImageConfig) -> bollard::query_parameters::BuildImageOptions {
+    let (args, labels) = (build_args(image), image_labels());
+    let mut options = bollard::query_parameters::BuildImageOptionsBuilder::new()
+        .dockerfile(&image.dockerfile)
+        .rm(true)
+        .forcerm(true)
+        .buildargs(&args)
+        .labels(&labels);
+    if let Some(target) = &image.target {
+        options = options.target(target);
+    }
+    options.build()
+}
+
+/// `/build`'s query for BuildKit: the same build as [`classic_options`] (pure).
+pub fn build_query(image: &ImageConfig) -> Vec<(&'static str, String)> {
+    let json = |m| serde_json::to_string(&m).expect("a map of strings is JSON");
+    let mut query = vec![
+        ("dockerfile", image.dockerfile.clone()),
+        ("buildargs", json(build_args(image))),
+        ("labels", json(image_labels())),
+    ];
+    if let Some(target) = &image.target {
+        query.push(("target", target.clone()));
+    }
+    query
 }
 
 /// The digest of everything an image is built from (see [`crate::warm::image_inputs`]),
@@ -372,7 +530,12 @@ pub async fn pack(image: &ImageConfig, base_dir: &Path) -> Result<(Vec<u8>, Stri
 /// last `Step N/M : INSTRUCTION` of the log, found in the Dockerfile's text.
 pub fn failing_line(log: &[String], dockerfile: &str) -> Option<usize> {
     let step = log.iter().rev().find(|l| l.starts_with("Step "))?;
-    let instruction = step.split_once(" : ")?.1.trim();
+    line_of(step.split_once(" : ")?.1, dockerfile)
+}
+
+/// The line of `instruction` (as a builder shows it) in the Dockerfile's text.
+pub fn line_of(instruction: &str, dockerfile: &str) -> Option<usize> {
+    let instruction = instruction.trim();
     let normalise = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
     let wanted = normalise(instruction);
     dockerfile

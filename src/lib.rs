@@ -8,6 +8,7 @@
 
 pub mod addons;
 pub mod apply;
+pub mod buildkit;
 pub mod cli;
 pub mod config;
 pub mod credentials;

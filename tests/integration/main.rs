@@ -3,6 +3,7 @@
 //! --for-tests` does everything a fresh machine needs).
 
 mod broken;
+mod buildkit;
 mod cluster;
 mod commands;
 mod contexts;
