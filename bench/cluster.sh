@@ -12,8 +12,9 @@
 # Each repetition makes a new 50 MB layer of incompressible data for each side.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+# the hand-made peers build with the docker CLI's classic builder (the CLI here has no
+# buildx for BuildKit); sandbox builds with the engine's default (BuildKit when on)
 ensure_release_binary
-export DOCKER_BUILDKIT=0 # Debian's engine has no BuildKit; say so once, not at each build
 
 WORKDIR=$(mktemp -d)
 export XDG_STATE_HOME=$WORKDIR/state XDG_DATA_HOME=$WORKDIR/data KUBECONFIG=$WORKDIR/kubeconfig
@@ -61,7 +62,7 @@ new_layer() { head -c 50000000 /dev/urandom > "$1/blob"; }
 
 # the hand-made procedure for environment $1, image tag $2
 handmade() {
-  docker build -q -t "$REG/hand/hello:$2" "$H" >/dev/null
+  DOCKER_BUILDKIT=0 docker build -q -t "$REG/hand/hello:$2" "$H" >/dev/null
   docker push -q "$REG/hand/hello:$2" >/dev/null
   kubectl --context "$CTX" create namespace "$1" >/dev/null
   sed -e 's/\${GREETING}/hello from sandbox/' -e "s|image: hello:0.0.1|image: $REG/hand/hello:$2|" \
@@ -89,7 +90,7 @@ for i in $(seq "$REPS"); do
   env_h+=("$(since "$s")")
   # docker push of another such change, alone
   new_layer "$H"
-  docker build -q -t "$REG/hand/hello:p$i" "$H" >/dev/null
+  DOCKER_BUILDKIT=0 docker build -q -t "$REG/hand/hello:p$i" "$H" >/dev/null
   s=$(now)
   docker push -q "$REG/hand/hello:p$i" >/dev/null
   push_h+=("$(since "$s")")

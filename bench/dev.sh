@@ -19,8 +19,9 @@
 #     to every pod of the sandbox Ready again (a watch of the pods).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+# the hand-made peers build with the docker CLI's classic builder (the CLI here has no
+# buildx for BuildKit); sandbox builds with the engine's default (BuildKit when on)
 ensure_release_binary
-export DOCKER_BUILDKIT=0 # Debian's engine has no BuildKit; say so once, not at each build
 
 WORKDIR=$(mktemp -d)
 export XDG_STATE_HOME=$WORKDIR/state XDG_DATA_HOME=$WORKDIR/data KUBECONFIG=$WORKDIR/kubeconfig
@@ -134,14 +135,14 @@ rollout_times=()
 for i in $(seq "$REPS"); do
   echo "by hand $i $$" > "$PROJECT/app/www/index.html"
   s=$(now)
-  docker build -q -t "hello:hand-$i-$$" "$PROJECT/app" >/dev/null
+  DOCKER_BUILDKIT=0 docker build -q -t "hello:hand-$i-$$" "$PROJECT/app" >/dev/null
   docker save "hello:hand-$i-$$" | docker exec -i "$NODE" ctr -n k8s.io images import - >/dev/null
   kubectl --context "$CTX" set image deploy/hello "web=hello:hand-$i-$$" >/dev/null
   kubectl --context "$CTX" rollout status deploy/hello --timeout=120s >/dev/null
   hand_times+=("$(since "$s")")
   echo "build floor $i $$" > "$PROJECT/app/www/index.html"
   s=$(now)
-  docker build -q -t "hello:floor-$i-$$" "$PROJECT/app" >/dev/null
+  DOCKER_BUILDKIT=0 docker build -q -t "hello:floor-$i-$$" "$PROJECT/app" >/dev/null
   build_times+=("$(since "$s")")
   # the rollout of the change: its image already in the node, from `set image` until it is
   # rolled out and the URL serves the new page only (5 requests in a row: kube-proxy's

@@ -4,6 +4,8 @@
 # when the node already holds it.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+# the hand-made peers build with the docker CLI's classic builder (the CLI here has no
+# buildx for BuildKit); sandbox builds with the engine's default (BuildKit when on)
 ensure_release_binary
 NAME=bench-images-$$
 NODE=sandbox-$NAME-node

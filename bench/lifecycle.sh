@@ -13,6 +13,8 @@
 # and the time to all answering are the figures a CI script (`up && curl "$URL"`) meets.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+# the hand-made peers build with the docker CLI's classic builder (the CLI here has no
+# buildx for BuildKit); sandbox builds with the engine's default (BuildKit when on)
 ensure_release_binary
 command -v openssl >/dev/null || { echo "openssl is needed" >&2; exit 1; }
 
@@ -73,7 +75,7 @@ handmade_up() {
   kubectl --kubeconfig "$HK" wait --for=condition=Ready node --all --timeout=180s >/dev/null
   echo "$(since "$start")" >&3
   # the image, built by the engine and piped into the node's containerd
-  docker build -q -t hello:handmade "$FIXTURE/app" >/dev/null 2>&1
+  DOCKER_BUILDKIT=0 docker build -q -t hello:handmade "$FIXTURE/app" >/dev/null 2>&1
   docker save hello:handmade | docker exec -i "$H" ctr -n k8s.io images import - >/dev/null
   # a self-signed certificate for the app's host, stored as a TLS Secret
   openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=hello.127.0.0.1.nip.io" \
@@ -158,7 +160,7 @@ time_floor() {
   read -r b f < "$WORKDIR/floor"; fboot_s+=("$b"); floor_s+=("$f")
   floor_down
 }
-docker build -q -t hello:handmade "$FIXTURE/app" >/dev/null 2>&1
+DOCKER_BUILDKIT=0 docker build -q -t hello:handmade "$FIXTURE/app" >/dev/null 2>&1
 ORDERS=("time_sandbox time_handmade time_floor" "time_handmade time_floor time_sandbox"
   "time_floor time_sandbox time_handmade")
 for rep in $(seq "$REPS"); do
