@@ -176,9 +176,18 @@ pub async fn answers(address: SocketAddr) -> bool {
     lookup(address, PROBE_NAME).await == Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
-/// The running daemon, if its record's address answers.
+/// The running daemon, if its record's address answers and its pid is this user's
+/// `sandbox dns serve` (when that can be checked): a record whose pid was reused by
+/// another process names an address that may be another user's server by now.
 pub async fn running() -> Option<DaemonRecord> {
-    let record = read_record()?;
+    running_at(&record_path()).await
+}
+
+async fn running_at(path: &Path) -> Option<DaemonRecord> {
+    let record = read_record_at(path)?;
+    if let RecordedProcess::Other(_) = inspect(record.pid) {
+        return None;
+    }
     answers(record.address).await.then_some(record)
 }
 
@@ -633,6 +642,48 @@ mod tests {
         assert_eq!(stopped.map(|r| r.pid), Some(server.id()));
         assert!(!path.exists(), "the record is kept");
         assert_eq!(ending_signal(server), Some(15), "not ended by SIGTERM");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_server_answering_at_the_recorded_address_is_ours_only_with_our_pid() {
+        let server =
+            crate::dns::DnsServer::bind("127.0.0.1:0".parse().unwrap(), crate::dns::Zones::new())
+                .await
+                .unwrap();
+        let address = server.local_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_until(async {
+            let _ = rx.await;
+        }));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dns.json");
+        let write = |pid: u32| {
+            let record = DaemonRecord { pid, address };
+            std::fs::write(&path, serde_json::to_string(&record).unwrap()).unwrap();
+        };
+        // the pid is some other process: whatever answers there is not this user's daemon
+        let other = waiting_shell(Path::new("/bin/sh"));
+        write(other.id());
+        assert_eq!(running_at(&path).await, None);
+        // the pid is a `dns serve` of this program
+        let disguised = dir.path().join(program_name().unwrap());
+        std::os::unix::fs::symlink("/bin/sh", &disguised).unwrap();
+        let ours = waiting_shell(&disguised);
+        write(ours.id());
+        assert_eq!(
+            running_at(&path).await,
+            Some(DaemonRecord {
+                pid: ours.id(),
+                address
+            })
+        );
+        for mut child in [other, ours] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        tx.send(()).unwrap();
+        task.await.unwrap().unwrap();
     }
 
     #[tokio::test]
