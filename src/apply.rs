@@ -10,12 +10,11 @@ use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Scope};
 use serde_json::Value;
 
+use crate::labels;
 use crate::manifests::Document;
 
 /// The one field manager sandbox applies with.
 pub const FIELD_MANAGER: &str = "sandbox";
-/// Label marking objects applied by sandbox, with the sandbox name.
-pub const OWNER_LABEL: &str = "dev.sandbox/sandbox";
 /// Name of the ConfigMap (in the sandbox's namespace) listing what the last `up` applied,
 /// so that objects removed from the manifests can be pruned.
 pub const INVENTORY: &str = "sandbox-inventory";
@@ -299,7 +298,10 @@ pub fn prepare(object: &Value, sandbox: &str, namespace: Option<&str>) -> Value 
         .entry("labels")
         .or_insert_with(|| Value::Object(Default::default()));
     if let Some(labels) = labels.as_object_mut() {
-        labels.insert(OWNER_LABEL.to_string(), Value::String(sandbox.to_string()));
+        labels.insert(
+            labels::SANDBOX.to_string(),
+            Value::String(sandbox.to_string()),
+        );
     }
     match namespace {
         Some(ns) => {
@@ -687,7 +689,8 @@ impl Applier {
             let api = self.api(&resource, &caps, entry.namespace.as_deref());
             let owned = match api.get_opt(&entry.name).await {
                 Ok(Some(o)) => {
-                    o.metadata.labels.unwrap_or_default().get(OWNER_LABEL) == Some(&self.sandbox)
+                    o.metadata.labels.unwrap_or_default().get(labels::SANDBOX)
+                        == Some(&self.sandbox)
                 }
                 _ => false,
             };
@@ -712,7 +715,7 @@ impl Applier {
         let inventory = serde_json::json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": INVENTORY, "namespace": self.default_namespace,
-                         "labels": {OWNER_LABEL: self.sandbox}},
+                         "labels": {labels::SANDBOX: self.sandbox}},
             "data": {"objects": serde_json::to_string(&current).expect("entries serialise")},
         });
         configmaps
@@ -744,7 +747,7 @@ impl Applier {
         }
         let ns = serde_json::json!({
             "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": name, "labels": {OWNER_LABEL: self.sandbox}},
+            "metadata": {"name": name, "labels": {labels::SANDBOX: self.sandbox}},
         });
         api.patch(
             name,
@@ -945,7 +948,7 @@ mod tests {
     fn prepare_labels_and_places_objects() {
         let d = doc("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, labels: {app: x}}\n");
         let o = prepare(&d.object, "demo", Some("web"));
-        assert_eq!(o["metadata"]["labels"][OWNER_LABEL], "demo");
+        assert_eq!(o["metadata"]["labels"][labels::SANDBOX], "demo");
         assert_eq!(o["metadata"]["labels"]["app"], "x");
         assert_eq!(o["metadata"]["namespace"], "web");
         let d = doc("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: own}\n");

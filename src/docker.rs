@@ -26,9 +26,8 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
-use crate::plan::{
-    NodeSpec, Security, LABEL_DNS_OWNER, LABEL_PROFILE, LABEL_ROLE, LABEL_SANDBOX, LABEL_SECURITY,
-};
+use crate::labels;
+use crate::plan::{NodeSpec, Security};
 
 /// Errors talking to the Docker engine, one variant per operation.
 #[derive(Debug, thiserror::Error)]
@@ -1066,13 +1065,13 @@ fn node_info(c: &ContainerSummary) -> Option<NodeInfo> {
             .first()?
             .trim_start_matches('/')
             .to_string(),
-        sandbox: labels.get(LABEL_SANDBOX)?.clone(),
-        profile: labels.get(LABEL_PROFILE).cloned().unwrap_or_default(),
-        security: labels.get(LABEL_SECURITY).cloned().unwrap_or_default(),
+        sandbox: labels.get(labels::SANDBOX)?.clone(),
+        profile: labels.get(labels::PROFILE).cloned().unwrap_or_default(),
+        security: labels.get(labels::SECURITY).cloned().unwrap_or_default(),
         image: c.image.clone().unwrap_or_default(),
         state: c.state.as_ref().map(|s| s.to_string()).unwrap_or_default(),
         ports,
-        dns_owner: labels.get(LABEL_DNS_OWNER).cloned(),
+        dns_owner: labels.get(labels::DNS_OWNER).cloned(),
     })
 }
 
@@ -1163,9 +1162,9 @@ impl Engine {
 
     /// Every sandbox node container, running or not.
     pub async fn list_nodes(&self, sandbox: Option<&str>) -> Result<Vec<NodeInfo>, DockerError> {
-        let mut pairs = vec![(LABEL_ROLE, "node")];
+        let mut pairs = vec![(labels::ROLE, "node")];
         if let Some(s) = sandbox {
-            pairs.push((LABEL_SANDBOX, s));
+            pairs.push((labels::SANDBOX, s));
         }
         let options = ListContainersOptionsBuilder::new()
             .all(true)
@@ -1188,7 +1187,7 @@ impl Engine {
     pub async fn list_containers(&self, sandbox: &str) -> Result<Vec<String>, DockerError> {
         let options = ListContainersOptionsBuilder::new()
             .all(true)
-            .filters(&label_filter(&[(LABEL_SANDBOX, sandbox)]))
+            .filters(&label_filter(&[(labels::SANDBOX, sandbox)]))
             .build();
         let list = self
             .docker
@@ -1208,7 +1207,7 @@ impl Engine {
     /// Names of networks carrying sandbox `sandbox`'s label.
     pub async fn list_networks(&self, sandbox: &str) -> Result<Vec<String>, DockerError> {
         let options = ListNetworksOptionsBuilder::new()
-            .filters(&label_filter(&[(LABEL_SANDBOX, sandbox)]))
+            .filters(&label_filter(&[(labels::SANDBOX, sandbox)]))
             .build();
         let list = self
             .docker
@@ -1224,7 +1223,7 @@ impl Engine {
     /// Names of volumes carrying sandbox `sandbox`'s label.
     pub async fn list_volumes(&self, sandbox: &str) -> Result<Vec<String>, DockerError> {
         let options = ListVolumesOptionsBuilder::new()
-            .filters(&label_filter(&[(LABEL_SANDBOX, sandbox)]))
+            .filters(&label_filter(&[(labels::SANDBOX, sandbox)]))
             .build();
         let list = self
             .docker

@@ -461,7 +461,7 @@ fn build_args(image: &ImageConfig) -> std::collections::HashMap<String, String> 
 }
 
 fn image_labels() -> std::collections::HashMap<String, String> {
-    std::collections::HashMap::from([(crate::plan::LABEL_SANDBOX.to_string(), "image".to_string())])
+    std::collections::HashMap::from([(crate::labels::SANDBOX.to_string(), "image".to_string())])
 }
 
 /// The classic builder's options.

@@ -22,6 +22,7 @@ pub mod ingress;
 pub mod ingress_servers;
 pub mod kubeconfig;
 pub mod kustomize;
+pub mod labels;
 pub mod lock;
 pub mod logs;
 pub mod manifests;

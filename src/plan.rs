@@ -3,23 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::labels;
 use crate::profile::Profile;
-
-/// Label prefix of every object sandbox creates.
-pub const LABEL_PREFIX: &str = "dev.sandbox";
-/// Label holding the sandbox name.
-pub const LABEL_SANDBOX: &str = "dev.sandbox/sandbox";
-/// Label holding the object's role (`node`, `network`, `data`).
-pub const LABEL_ROLE: &str = "dev.sandbox/role";
-/// Label holding the node's profile name.
-pub const LABEL_PROFILE: &str = "dev.sandbox/profile";
-/// Label holding how the node was granted its privileges (`privileged` or `capabilities`).
-pub const LABEL_SECURITY: &str = "dev.sandbox/security";
-/// Label holding the sandbox version that created the object.
-pub const LABEL_VERSION: &str = "dev.sandbox/version";
-/// Label of a node naming whose DNS server it keeps running: a digest of the state
-/// directory of the `up` that created it (see [`crate::dns_daemon::owner`]).
-pub const LABEL_DNS_OWNER: &str = "dev.sandbox/dns-owner";
 
 /// Capabilities the engine may refuse to grant (absent from the host's bounding set).
 /// `--privileged` asks for all of them, so a host lacking one refuses it outright.
@@ -161,10 +146,10 @@ impl Names {
 /// Labels every object of sandbox `sandbox` carries, with its role.
 pub fn labels(sandbox: &str, role: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (LABEL_SANDBOX.to_string(), sandbox.to_string()),
-        (LABEL_ROLE.to_string(), role.to_string()),
+        (labels::SANDBOX.to_string(), sandbox.to_string()),
+        (labels::ROLE.to_string(), role.to_string()),
         (
-            LABEL_VERSION.to_string(),
+            labels::VERSION.to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
         ),
     ])
@@ -184,9 +169,9 @@ pub fn node_spec(
 ) -> NodeSpec {
     let names = Names::of(sandbox);
     let mut labels = labels(sandbox, "node");
-    labels.insert(LABEL_PROFILE.to_string(), profile.name.clone());
-    labels.insert(LABEL_SECURITY.to_string(), security.label().to_string());
-    labels.insert(LABEL_DNS_OWNER.to_string(), crate::dns_daemon::owner());
+    labels.insert(labels::PROFILE.to_string(), profile.name.clone());
+    labels.insert(labels::SECURITY.to_string(), security.label().to_string());
+    labels.insert(labels::DNS_OWNER.to_string(), crate::dns_daemon::owner());
     let mut env: Vec<String> = profile
         .node
         .env
@@ -320,10 +305,10 @@ mod tests {
         let s = node_spec("demo", &p, ports(), Security::Privileged);
         assert_eq!(s.name, "sandbox-demo-node");
         assert_eq!(s.image, p.node.image);
-        assert_eq!(s.labels[LABEL_SANDBOX], "demo");
-        assert_eq!(s.labels[LABEL_ROLE], "node");
-        assert_eq!(s.labels[LABEL_PROFILE], "offline");
-        assert_eq!(s.labels[LABEL_SECURITY], "privileged");
+        assert_eq!(s.labels[labels::SANDBOX], "demo");
+        assert_eq!(s.labels[labels::ROLE], "node");
+        assert_eq!(s.labels[labels::PROFILE], "offline");
+        assert_eq!(s.labels[labels::SECURITY], "privileged");
         assert_eq!(s.data_path, "/var/lib/sandbox");
         assert!(s.env.contains(&"NODE_NAME=sandbox-demo-node".to_string()));
         assert_eq!(
@@ -345,7 +330,7 @@ mod tests {
         // pkg/cli/cmds/init_linux.go), and reaps its children as PID 1 (log_linux.go)
         assert!(!s.init);
         assert!(s.env.contains(&"K3S_KUBECONFIG_MODE=644".to_string()));
-        assert_eq!(s.labels[LABEL_SECURITY], "privileged");
+        assert_eq!(s.labels[labels::SECURITY], "privileged");
         assert_eq!(s.data_path, "/var/lib/rancher/k3s");
         // the node password the server checks lives with the server's state
         assert_eq!(s.extra_data_paths, ["/etc/rancher/node"]);

@@ -503,6 +503,6 @@ mod tests {
             host.mounts.unwrap()[0].source.as_deref(),
             Some("sandbox-demo-registry")
         );
-        assert_eq!(body.labels.unwrap()[crate::plan::LABEL_SANDBOX], "demo");
+        assert_eq!(body.labels.unwrap()[crate::labels::SANDBOX], "demo");
     }
 }

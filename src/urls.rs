@@ -1,6 +1,7 @@
 //! The URL table: every Ingress host and every NodePort/LoadBalancer Service the laptop
 //! can reach, found through the API. Pure rendering from the objects, thin listing I/O.
 
+use crate::labels;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ListParams};
@@ -122,9 +123,6 @@ pub fn route(port: &ServicePort) -> Route {
     }
 }
 
-/// The label a sandbox-made Ingress carries: the name of the Service it routes to.
-pub const URL_OF_LABEL: &str = "dev.sandbox/url-of";
-
 /// The name through the ingress of the `index`th HTTP port (`port`) of Service `service`:
 /// `<service>.<namespace>.<domain>` for the first, `<service>-<port>.<namespace>.<domain>`
 /// for the others.
@@ -191,8 +189,8 @@ pub fn service_ingress(service: &Service, domain: &str) -> Option<serde_json::Va
         "metadata": {
             "name": format!("{name}-sandbox-url"),
             "namespace": service.metadata.namespace.as_deref().unwrap_or("default"),
-            "labels": {URL_OF_LABEL: name},
-            "annotations": {"dev.sandbox/url-kind": kind},
+            "labels": {labels::URL_OF: name},
+            "annotations": {crate::labels::URL_KIND: kind},
         },
         "spec": {"rules": rules},
     }))
@@ -392,7 +390,7 @@ pub async fn collect(
             .metadata
             .labels
             .as_ref()
-            .and_then(|l| l.get(URL_OF_LABEL))
+            .and_then(|l| l.get(labels::URL_OF))
         {
             Some(service) => {
                 named.insert((
@@ -527,7 +525,7 @@ mod tests {
         let ingress = service_ingress(&svc, "127.0.0.1.nip.io").unwrap();
         assert_eq!(ingress["metadata"]["name"], "web-sandbox-url");
         assert_eq!(ingress["metadata"]["namespace"], "shop");
-        assert_eq!(ingress["metadata"]["labels"][URL_OF_LABEL], "web");
+        assert_eq!(ingress["metadata"]["labels"][labels::URL_OF], "web");
         let rules = ingress["spec"]["rules"].as_array().unwrap();
         assert_eq!(rules.len(), 2);
         assert_eq!(rules[1]["host"], "web-8080.shop.127.0.0.1.nip.io");

@@ -19,8 +19,9 @@ use kube::discovery::ApiResource;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::apply::{Applied, FIELD_MANAGER, OWNER_LABEL};
+use crate::apply::{Applied, FIELD_MANAGER};
 use crate::docker::Engine;
+use crate::labels;
 use crate::manifests::Document;
 
 /// What a record is about; bumped when its meaning changes.
@@ -553,7 +554,7 @@ pub async fn observe(
             resources.push(r);
         }
     }
-    let selector = format!("{OWNER_LABEL}={sandbox}");
+    let selector = format!("{}={sandbox}", labels::SANDBOX);
     let lists = futures_util::future::join_all(resources.iter().map(|r| {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), r);
         let params = ListParams::default().labels(&selector);
@@ -677,7 +678,7 @@ mod tests {
     fn object(rv: &str, generation: Option<i64>, replicas: i64, owner: &str) -> Value {
         let mut o = json!({
             "metadata": {
-                "uid": "u1", "resourceVersion": rv, "labels": {OWNER_LABEL: "demo"},
+                "uid": "u1", "resourceVersion": rv, "labels": {labels::SANDBOX: "demo"},
                 "managedFields": [
                     {"manager": owner, "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
                     {"manager": "kube-controller-manager", "operation": "Update", "fieldsV1": {"f:status": {}}}

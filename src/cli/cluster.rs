@@ -471,7 +471,7 @@ async fn environment_exists(
             ns.metadata
                 .labels
                 .unwrap_or_default()
-                .get(crate::apply::OWNER_LABEL)
+                .get(crate::labels::SANDBOX)
                 == Some(&sandbox.to_string())
         }))
 }
@@ -771,13 +771,13 @@ async fn ensure_namespace(
                 .metadata
                 .labels
                 .unwrap_or_default()
-                .get(crate::apply::OWNER_LABEL)
+                .get(crate::labels::SANDBOX)
                 .cloned();
             if owner.as_deref() != Some(sandbox) {
                 return Err(Error::Usage(format!(
                     "namespace {namespace} exists and is not an environment of sandbox {sandbox} \
                      (its label {}: {}); choose another --namespace",
-                    crate::apply::OWNER_LABEL,
+                    crate::labels::SANDBOX,
                     owner.as_deref().unwrap_or("absent")
                 )));
             }
@@ -785,7 +785,7 @@ async fn ensure_namespace(
         None => {
             let ns = serde_json::from_value(json!({
                 "apiVersion": "v1", "kind": "Namespace",
-                "metadata": {"name": namespace, "labels": {crate::apply::OWNER_LABEL: sandbox}},
+                "metadata": {"name": namespace, "labels": {crate::labels::SANDBOX: sandbox}},
             }))
             .expect("a Namespace");
             return match api.create(&PostParams::default(), &ns).await {

@@ -114,7 +114,7 @@ pub(crate) async fn delete_environment(
             ns.metadata
                 .labels
                 .unwrap_or_default()
-                .get(crate::apply::OWNER_LABEL)
+                .get(crate::labels::SANDBOX)
                 == Some(&config.name)
         }
         Ok(None) => false,

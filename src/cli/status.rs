@@ -179,8 +179,8 @@ async fn api_health(
 pub(crate) async fn environments(client: &kube::Client, sandbox: &str) -> Vec<String> {
     let selector = format!(
         "{}={sandbox},{}!={}",
-        crate::apply::OWNER_LABEL,
-        crate::plan::LABEL_ROLE,
+        crate::labels::SANDBOX,
+        crate::labels::ROLE,
         crate::addons::ROLE
     );
     crate::apply::namespace_names(client, Some(&selector)).await

@@ -1161,8 +1161,7 @@ async fn secure_ingresses(
     namespace: &str,
 ) -> Result<Vec<IssuedCert>, Error> {
     let planned = crate::ingress::plan(docs, domain, namespace);
-    let issued =
-        crate::ingress::issue(&node.client, ca, &planned, crate::apply::OWNER_LABEL).await?;
+    let issued = crate::ingress::issue(&node.client, ca, &planned, crate::labels::SANDBOX).await?;
     let mut out = Vec::new();
     for (secret, what, doc) in issued {
         docs.extend(doc);
