@@ -609,7 +609,8 @@ fn post(path: &str) -> http::request::Builder {
     http::Request::post(path).header(http::header::HOST, "docker")
 }
 
-/// The `Builder-Version` header of the engine's `_ping`.
+/// The `Builder-Version` header of the engine's `_ping` (`2`: BuildKit; bollard's `ping`
+/// returns only the body).
 pub async fn builder_version(dial: &Dial) -> Result<Option<String>, DockerError> {
     let what = "read the engine's builder version";
     let mut sender = connect(dial, what).await?;

@@ -957,8 +957,6 @@ fn tls_config(files: &TlsFiles, origin: &Origin) -> Result<rustls::ClientConfig,
 pub struct Engine {
     docker: Docker,
     dial: Dial,
-    /// The engine's `Builder-Version`, once asked.
-    builder_version: std::sync::Arc<tokio::sync::OnceCell<Option<String>>>,
 }
 
 /// Builds the container create body of a node (pure).
@@ -1141,11 +1139,7 @@ impl Engine {
             Ok(docker)
         };
         match tokio::time::timeout(deadline, handshake).await {
-            Ok(Ok(docker)) => Ok(Engine {
-                docker,
-                dial,
-                builder_version: Default::default(),
-            }),
+            Ok(Ok(docker)) => Ok(Engine { docker, dial }),
             Ok(Err(source)) => Err(Refusal::Engine(source)),
             Err(_) => Err(Refusal::Fatal(DockerError::NotAnswering {
                 host: endpoint.host.clone(),
@@ -1707,15 +1701,6 @@ impl Engine {
     /// How to open a connection of one's own to this engine.
     pub fn dial(&self) -> &Dial {
         &self.dial
-    }
-
-    /// The `Builder-Version` header of the engine's `_ping` (`2`: BuildKit), asked once
-    /// (bollard's `ping` returns only the body).
-    pub async fn builder_version(&self) -> Result<Option<String>, DockerError> {
-        self.builder_version
-            .get_or_try_init(|| crate::buildkit::builder_version(&self.dial))
-            .await
-            .cloned()
     }
 
     /// Builds an image from a tar'ed context with the classic builder; returns the image ID.

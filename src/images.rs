@@ -334,7 +334,7 @@ async fn builder(
     reporter: &Reporter,
 ) -> Result<Builder, ImageError> {
     static SAID: std::sync::Once = std::sync::Once::new();
-    let version = engine.builder_version().await?;
+    let version = crate::buildkit::builder_version(engine.dial()).await?;
     let forced = std::env::var("DOCKER_BUILDKIT").ok();
     let builder =
         crate::buildkit::choose(version.as_deref(), forced.as_deref()).map_err(|problem| {
