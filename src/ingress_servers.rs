@@ -108,7 +108,7 @@ pub fn servers(services: &Value) -> BTreeMap<String, BTreeSet<String>> {
 /// `http://10.244.0.5:8080` → `10.244.0.5` (`http://[fd00::5]:80` → `fd00::5`).
 fn url_host(url: &str) -> Option<String> {
     let authority = url.split_once("://")?.1.split('/').next()?;
-    Some(crate::proxy_rules::host(authority).to_string())
+    Some(host(authority).to_string())
 }
 
 /// The backends whose servers in Traefik differ from the ready addresses of their
@@ -136,7 +136,7 @@ pub fn lagging(
                 return (!want.is_empty()).then(|| {
                     format!(
                         "{namespace}/{name} (the ingress controller has no route to its ready pods {})",
-                        crate::proxy_rules::list(want)
+                        list(want)
                     )
                 });
             };
@@ -146,12 +146,30 @@ pub fn lagging(
             (have != want && !native).then(|| {
                 format!(
                     "{namespace}/{name} (the ingress controller sends to {}, its Endpoints list {})",
-                    crate::proxy_rules::list(have),
-                    crate::proxy_rules::list(want)
+                    list(have),
+                    list(want)
                 )
             })
         })
         .collect()
+}
+
+/// `10.244.0.5:8080` → `10.244.0.5` (`[fd00::5]:8080` → `fd00::5`).
+/// An address without a port is its own host (`[fd00::5]` → `fd00::5`).
+pub(crate) fn host(address: &str) -> &str {
+    match address.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => address.rsplit_once(':').map_or(address, |(host, _)| host),
+    }
+}
+
+/// `10.244.0.5, 10.244.0.6`, or `no address`.
+pub(crate) fn list(addresses: &BTreeSet<String>) -> String {
+    if addresses.is_empty() {
+        "no address".into()
+    } else {
+        addresses.iter().cloned().collect::<Vec<_>>().join(", ")
+    }
 }
 
 #[cfg(test)]

@@ -116,7 +116,7 @@ pub async fn print(api: &Api<Pod>, pods: &[Pod], lines: &Lines, warn: &dyn Fn(St
             match api.logs(&name, &params(&container, lines, false)).await {
                 Ok(text) => {
                     for line in text.lines() {
-                        crate::cli::stdout(&format!("{prefix} {line}\n"));
+                        crate::report::stdout(&format!("{prefix} {line}\n"));
                     }
                 }
                 Err(e) => warn(format!(
@@ -154,7 +154,7 @@ pub async fn follow_pod(api: &Api<Pod>, pod: &Pod, lines: &Lines, warn: &dyn Fn(
     let mut all = futures_util::stream::select_all(streams);
     while let Some(line) = all.next().await {
         match line {
-            Ok(line) => crate::cli::stdout(&format!("{line}\n")),
+            Ok(line) => crate::report::stdout(&format!("{line}\n")),
             Err(e) => warn(format!("log stream ended: {e}")),
         }
     }
@@ -205,7 +205,7 @@ pub async fn follow(api: Api<Pod>, selector: Option<String>, lines: Lines) {
                         };
                         let mut lines = stream.lines();
                         while let Some(Ok(line)) = lines.next().await {
-                            crate::cli::stdout(&format!("{prefix} {line}\n"));
+                            crate::report::stdout(&format!("{prefix} {line}\n"));
                         }
                     });
                 }

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Endpoints;
 use kube::api::Api;
 
+use crate::ingress_servers::{host, list};
+
 /// The command that prints the node's NAT rules.
 pub const RULES: [&str; 3] = ["iptables-save", "-t", "nat"];
 /// Pause between two reads of the rules.
@@ -81,15 +83,6 @@ fn comment(rule: &str) -> Option<String> {
     Some(format!("{namespace}/{name}"))
 }
 
-/// `10.244.0.5:8080` → `10.244.0.5` (`[fd00::5]:8080` → `fd00::5`).
-/// An address without a port is its own host (`[fd00::5]` → `fd00::5`).
-pub(crate) fn host(address: &str) -> &str {
-    match address.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => address.rsplit_once(':').map_or(address, |(host, _)| host),
-    }
-}
-
 /// Whether kube-proxy writes rules for `object`: a Service that selects pods and has a
 /// cluster address (not headless).
 pub fn proxied(object: &serde_json::Value) -> bool {
@@ -127,15 +120,6 @@ pub fn lagging(
             })
         })
         .collect()
-}
-
-/// `10.244.0.5, 10.244.0.6`, or `no address`.
-pub(crate) fn list(addresses: &BTreeSet<String>) -> String {
-    if addresses.is_empty() {
-        "no address".into()
-    } else {
-        addresses.iter().cloned().collect::<Vec<_>>().join(", ")
-    }
 }
 
 /// What [`wait_converged`] found when it stopped waiting.

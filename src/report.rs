@@ -272,6 +272,23 @@ impl Drop for Step {
     }
 }
 
+/// Writes `text` to stdout. A reader that has gone (`sandbox man | head -1`: a closed pipe)
+/// took what it wanted: the command ends there with exit 0, as it would with the default
+/// SIGPIPE, instead of the panic of `print!`. (Nothing is left half done: output is written
+/// once the work is.)
+pub fn stdout(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: cannot write to stdout: {e}");
+            std::process::exit(crate::error::exit::FAILURE);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ pub fn completions(args: CompletionsArgs) -> Result<(), Error> {
     let mut command = Cli::command();
     let mut script = Vec::new();
     clap_complete::generate(args.shell, &mut command, "sandbox", &mut script);
-    super::stdout(&String::from_utf8_lossy(&script));
+    crate::report::stdout(&String::from_utf8_lossy(&script));
     Ok(())
 }
 
@@ -30,6 +30,6 @@ pub fn man() -> Result<(), Error> {
             action: "render the man page",
             source,
         })?;
-    super::stdout(&String::from_utf8_lossy(&page));
+    crate::report::stdout(&String::from_utf8_lossy(&page));
     Ok(())
 }

@@ -39,7 +39,9 @@ pub async fn run(ctx: &Context, args: KubeconfigArgs) -> Result<(), Error> {
     };
     match args.write {
         Some(path) => crate::kubeconfig::write(&path, &kubeconfig)?,
-        None => super::stdout(&serde_yaml::to_string(&kubeconfig).expect("YAML trees serialise")),
+        None => crate::report::stdout(
+            &serde_yaml::to_string(&kubeconfig).expect("YAML trees serialise"),
+        ),
     }
     Ok(())
 }

@@ -190,28 +190,11 @@ impl Context {
     /// Prints a result: JSON as one document, or text as given.
     pub fn print(&self, json: &serde_json::Value, text: &str) {
         match self.global.output {
-            Output::Json => stdout(&format!(
+            Output::Json => crate::report::stdout(&format!(
                 "{}\n",
                 serde_json::to_string_pretty(json).expect("JSON values serialise")
             )),
-            Output::Text => stdout(text),
-        }
-    }
-}
-
-/// Writes `text` to stdout. A reader that has gone (`sandbox man | head -1`: a closed pipe)
-/// took what it wanted: the command ends there with exit 0, as it would with the default
-/// SIGPIPE, instead of the panic of `print!`. (Nothing is left half done: output is written
-/// once the work is.)
-pub fn stdout(text: &str) {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-        Err(e) => {
-            let _ = writeln!(std::io::stderr(), "error: cannot write to stdout: {e}");
-            std::process::exit(crate::error::exit::FAILURE);
+            Output::Text => crate::report::stdout(text),
         }
     }
 }
