@@ -406,7 +406,7 @@ pub async fn publish_addresses(
 }
 
 /// Runs the relay of `sandbox` until SIGTERM or SIGINT (`sandbox forward serve`).
-pub async fn serve(sandbox: &str) -> Result<(), crate::error::Error> {
+pub async fn serve(sandbox: &str) -> Result<(), ForwardError> {
     let path = file(sandbox, "lock");
     let dir = crate::paths::state_dir();
     std::fs::create_dir_all(&dir).map_err(io_error("create", dir))?;
@@ -419,9 +419,9 @@ pub async fn serve(sandbox: &str) -> Result<(), crate::error::Error> {
     match lock.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(ForwardError::AlreadyRunning(sandbox.to_string()).into())
+            return Err(ForwardError::AlreadyRunning(sandbox.to_string()))
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(io_error("lock", path)(e).into()),
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_error("lock", path)(e)),
     }
     {
         use std::io::Write as _;

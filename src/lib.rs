@@ -16,6 +16,7 @@ pub mod dns;
 pub mod dns_daemon;
 pub mod docker;
 pub mod error;
+pub mod exit;
 pub mod forward;
 pub mod images;
 pub mod ingress;

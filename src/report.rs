@@ -284,7 +284,7 @@ pub fn stdout(text: &str) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "error: cannot write to stdout: {e}");
-            std::process::exit(crate::error::exit::FAILURE);
+            std::process::exit(crate::exit::FAILURE);
         }
     }
 }

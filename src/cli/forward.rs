@@ -30,7 +30,7 @@ pub async fn run(ctx: &Context, args: ForwardArgs) -> Result<(), Error> {
                 .name
                 .clone()
                 .ok_or_else(|| Error::Usage("forward serve needs --name".into()))?;
-            crate::forward::serve(&name).await
+            Ok(crate::forward::serve(&name).await?)
         }
     }
 }
