@@ -392,212 +392,13 @@ impl SandboxConfig {
     }
 
     /// Parses config text; `path` is used for error messages and to resolve relative paths.
+    /// In three steps: the YAML read as the schema allows it (`read_raw`), its values
+    /// checked (`validate`), then what it leaves out defaulted and `namespace: auto`
+    /// resolved (`Validated::resolve`).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((0, 0));
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: strip_location(&e.to_string()),
-            }
-        })?;
-        let invalid = |field: &str, message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            field: field.to_string(),
-            message,
-        };
-        if raw.api_version != API_VERSION {
-            return Err(invalid(
-                "apiVersion",
-                format!(
-                    "unsupported version {:?}; this sandbox reads {API_VERSION:?}",
-                    raw.api_version
-                ),
-            ));
-        }
-        if raw.kind != KIND {
-            return Err(invalid(
-                "kind",
-                format!("expected {KIND:?}, found {:?}", raw.kind),
-            ));
-        }
-        let name = raw.name.unwrap_or_else(|| DEFAULT_NAME.to_string());
-        validate_name(&name).map_err(|m| invalid("name", m))?;
-        let (namespace, environment) = match raw.namespace.as_deref() {
-            Some(AUTO_NAMESPACE) => {
-                let dir = path
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                let branch = git_branch(dir).map_err(|m| invalid("namespace", m))?;
-                let env = environment_name(&branch);
-                (env.clone(), Some(env))
-            }
-            Some(ns) => (ns.to_string(), None),
-            None => ("default".to_string(), None),
-        };
-        validate_dns_label(&namespace, 63).map_err(|m| invalid("namespace", m))?;
-        for (i, image) in raw.images.iter().enumerate() {
-            validate_image_name(&image.name)
-                .map_err(|m| invalid(&format!("images[{i}].name"), m))?;
-            if raw.images[..i].iter().any(|other| other.name == image.name) {
-                return Err(invalid(
-                    &format!("images[{i}].name"),
-                    format!("image {:?} is listed twice", image.name),
-                ));
-            }
-            for (j, rule) in image.sync.iter().enumerate() {
-                let field = format!("images[{i}].sync[{j}]");
-                let inside = rule.from.components().all(|c| {
-                    matches!(
-                        c,
-                        std::path::Component::Normal(_) | std::path::Component::CurDir
-                    )
-                });
-                if !inside {
-                    return Err(invalid(
-                        &format!("{field}.from"),
-                        format!(
-                            "{} is not a path inside the build context (relative, no `..`)",
-                            rule.from.display()
-                        ),
-                    ));
-                }
-                if !rule.to.starts_with('/') {
-                    return Err(invalid(
-                        &format!("{field}.to"),
-                        format!("{:?} is not an absolute path in the container", rule.to),
-                    ));
-                }
-                if rule.run.as_ref().is_some_and(|r| r.argv().is_empty()) {
-                    return Err(invalid(&format!("{field}.run"), "an empty command".into()));
-                }
-            }
-            validate_build_secrets(&image.secrets)
-                .map_err(|(field, m)| invalid(&format!("images[{i}].secrets{field}"), m))?;
-        }
-        for (i, secret) in raw.secrets.iter().enumerate() {
-            let field = format!("secrets[{i}]");
-            validate_dns_subdomain(&secret.name)
-                .map_err(|m| invalid(&format!("{field}.name"), m))?;
-            if let Some(ns) = &secret.namespace {
-                validate_dns_label(ns, 63)
-                    .map_err(|m| invalid(&format!("{field}.namespace"), m))?;
-            }
-            if secret.from_file.is_empty() && secret.from_env.is_empty() {
-                return Err(invalid(
-                    &field,
-                    "give `fromFile` or `fromEnv` (or both)".to_string(),
-                ));
-            }
-            for key in secret.from_file.keys().chain(secret.from_env.keys()) {
-                let ok = !key.is_empty()
-                    && key
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-                if !ok {
-                    return Err(invalid(
-                        &format!("{field}: key {key:?}"),
-                        "Secret keys are letters, digits, `-`, `_` and `.`".to_string(),
-                    ));
-                }
-            }
-            if let Some(key) = secret
-                .from_file
-                .keys()
-                .find(|k| secret.from_env.contains_key(*k))
-            {
-                return Err(invalid(
-                    &format!("{field}: key {key:?}"),
-                    "given both in `fromFile` and `fromEnv`".to_string(),
-                ));
-            }
-        }
-        for key in raw.variables.keys() {
-            if !is_variable_name(key) {
-                return Err(invalid(
-                    &format!("variables.{key}"),
-                    "variable names are letters, digits and `_`, not starting with a digit"
-                        .to_string(),
-                ));
-            }
-            if key.starts_with(crate::manifests::URL_VARIABLE_PREFIX) {
-                return Err(invalid(
-                    &format!("variables.{key}"),
-                    format!(
-                        "{}<NAME> variables are the project's URLs, found in its Ingresses",
-                        crate::manifests::URL_VARIABLE_PREFIX
-                    ),
-                ));
-            }
-            if crate::manifests::BUILTIN_VARIABLES.contains(&key.as_str()) {
-                return Err(invalid(
-                    &format!("variables.{key}"),
-                    format!("{key} is a built-in variable and cannot be redefined"),
-                ));
-            }
-        }
-        let boot = raw
-            .timeouts
-            .boot
-            .as_deref()
-            .map(|t| parse_duration(t).map_err(|m| invalid("timeouts.boot", m)))
-            .transpose()?;
-        let ready = raw
-            .timeouts
-            .ready
-            .as_deref()
-            .map(|t| parse_duration(t).map_err(|m| invalid("timeouts.ready", m)))
-            .transpose()?
-            .unwrap_or(DEFAULT_READY_TIMEOUT);
-        let registry = match raw.registry.as_deref() {
-            None => None,
-            Some("local") => Some(Registry::Local),
-            Some(other) => {
-                return Err(invalid(
-                    "registry",
-                    format!("{other:?} is not a registry sandbox knows: `local` runs one of the sandbox's own"),
-                ))
-            }
-        };
-        let cluster = raw
-            .cluster
-            .map(|c| cluster_config(c).map_err(|(field, message)| invalid(field, message)))
-            .transpose()?;
-        let base_dir = path
-            .parent()
-            .map(|p| {
-                if p.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    p.to_path_buf()
-                }
-            })
-            .unwrap_or_else(|| PathBuf::from("."));
-        Ok(SandboxConfig {
-            source: Some(path.to_path_buf()),
-            base_dir,
-            name,
-            profile: raw.profile,
-            namespace,
-            environment,
-            manifests: raw.manifests,
-            variables: raw.variables,
-            images: raw.images,
-            secrets: raw.secrets,
-            timeouts: Timeouts { boot, ready },
-            addons: Addons {
-                maildev: raw.addons.maildev.unwrap_or(true),
-                maildev_asked: raw.addons.maildev == Some(true),
-            },
-            registry,
-            cluster,
-            fast_rollout: false,
-        })
+        let raw = read_raw(text, path)?;
+        let valid = validate(raw, path)?;
+        valid.resolve(path)
     }
 
     /// A short description of where this config came from, for messages.
@@ -607,6 +408,276 @@ impl SandboxConfig {
             None => "the built-in default".to_string(),
         }
     }
+}
+
+/// The document of config text `text`, exactly as the schema allows it: malformed YAML, an
+/// unknown field or a wrong type is an error at its line and column.
+fn read_raw(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
+    serde_yaml::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: strip_location(&e.to_string()),
+        }
+    })
+}
+
+/// The error of field `field` of the config file at `path`.
+fn invalid_field(path: &Path, field: &str, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        field: field.to_string(),
+        message,
+    }
+}
+
+/// A document whose values were checked, with the values read on the way (durations, the
+/// registry, `cluster:`); what the file leaves out is not filled in yet.
+struct Validated {
+    /// The document (its `cluster:` taken out, into `cluster`).
+    raw: RawConfig,
+    /// `timeouts.boot`.
+    boot: Option<Duration>,
+    /// `timeouts.ready`.
+    ready: Option<Duration>,
+    /// `registry`.
+    registry: Option<Registry>,
+    /// `cluster:`, checked, its own defaults in.
+    cluster: Option<ClusterConfig>,
+}
+
+/// Checks every value of `raw`; the error names the first field that is wrong, in the
+/// order the checks come in here. Reads nothing but `raw`: `namespace: auto` is resolved
+/// after (it asks git), so a file with a mistake is refused before any command runs.
+fn validate(mut raw: RawConfig, path: &Path) -> Result<Validated, ConfigError> {
+    let invalid = |field: &str, message: String| invalid_field(path, field, message);
+    if raw.api_version != API_VERSION {
+        return Err(invalid(
+            "apiVersion",
+            format!(
+                "unsupported version {:?}; this sandbox reads {API_VERSION:?}",
+                raw.api_version
+            ),
+        ));
+    }
+    if raw.kind != KIND {
+        return Err(invalid(
+            "kind",
+            format!("expected {KIND:?}, found {:?}", raw.kind),
+        ));
+    }
+    if let Some(name) = &raw.name {
+        validate_name(name).map_err(|m| invalid("name", m))?;
+    }
+    // `auto` becomes a branch's environment name, a DNS label whatever the branch
+    if let Some(ns) = raw.namespace.as_deref().filter(|ns| *ns != AUTO_NAMESPACE) {
+        validate_dns_label(ns, 63).map_err(|m| invalid("namespace", m))?;
+    }
+    validate_images(&raw.images).map_err(|(field, m)| invalid(&field, m))?;
+    validate_secrets(&raw.secrets).map_err(|(field, m)| invalid(&field, m))?;
+    validate_variables(&raw.variables).map_err(|(field, m)| invalid(&field, m))?;
+    let duration = |text: &Option<String>, field: &str| {
+        text.as_deref()
+            .map(|t| parse_duration(t).map_err(|m| invalid(field, m)))
+            .transpose()
+    };
+    let boot = duration(&raw.timeouts.boot, "timeouts.boot")?;
+    let ready = duration(&raw.timeouts.ready, "timeouts.ready")?;
+    let registry = match raw.registry.as_deref() {
+        None => None,
+        Some("local") => Some(Registry::Local),
+        Some(other) => {
+            return Err(invalid(
+                "registry",
+                format!(
+                    "{other:?} is not a registry sandbox knows: \
+                     `local` runs one of the sandbox's own"
+                ),
+            ))
+        }
+    };
+    let cluster = raw
+        .cluster
+        .take()
+        .map(|c| cluster_config(c).map_err(|(field, message)| invalid(field, message)))
+        .transpose()?;
+    Ok(Validated {
+        raw,
+        boot,
+        ready,
+        registry,
+        cluster,
+    })
+}
+
+impl Validated {
+    /// The config: defaults for what the file leaves out, relative paths against the
+    /// file's directory, and `namespace: auto` resolved to the environment of the git
+    /// branch checked out there (the one step that runs a command).
+    fn resolve(self, path: &Path) -> Result<SandboxConfig, ConfigError> {
+        let Validated {
+            raw,
+            boot,
+            ready,
+            registry,
+            cluster,
+        } = self;
+        let base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let (namespace, environment) = match raw.namespace {
+            Some(ns) if ns == AUTO_NAMESPACE => {
+                let branch =
+                    git_branch(&base_dir).map_err(|m| invalid_field(path, "namespace", m))?;
+                let env = environment_name(&branch);
+                (env.clone(), Some(env))
+            }
+            Some(ns) => (ns, None),
+            None => ("default".to_string(), None),
+        };
+        Ok(SandboxConfig {
+            source: Some(path.to_path_buf()),
+            base_dir,
+            name: raw.name.unwrap_or_else(|| DEFAULT_NAME.to_string()),
+            profile: raw.profile,
+            namespace,
+            environment,
+            manifests: raw.manifests,
+            variables: raw.variables,
+            images: raw.images,
+            secrets: raw.secrets,
+            timeouts: Timeouts {
+                boot,
+                ready: ready.unwrap_or(DEFAULT_READY_TIMEOUT),
+            },
+            addons: Addons {
+                maildev: raw.addons.maildev.unwrap_or(true),
+                maildev_asked: raw.addons.maildev == Some(true),
+            },
+            registry,
+            cluster,
+            fast_rollout: false,
+        })
+    }
+}
+
+/// Checks `images:`: names, each given once, sync rules, build secrets. The error names
+/// the field (`images[1].sync[0].to`) and what is wrong.
+fn validate_images(images: &[ImageConfig]) -> Result<(), (String, String)> {
+    for (i, image) in images.iter().enumerate() {
+        validate_image_name(&image.name).map_err(|m| (format!("images[{i}].name"), m))?;
+        if images[..i].iter().any(|other| other.name == image.name) {
+            return Err((
+                format!("images[{i}].name"),
+                format!("image {:?} is listed twice", image.name),
+            ));
+        }
+        for (j, rule) in image.sync.iter().enumerate() {
+            let field = format!("images[{i}].sync[{j}]");
+            let inside = rule.from.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            });
+            if !inside {
+                return Err((
+                    format!("{field}.from"),
+                    format!(
+                        "{} is not a path inside the build context (relative, no `..`)",
+                        rule.from.display()
+                    ),
+                ));
+            }
+            if !rule.to.starts_with('/') {
+                return Err((
+                    format!("{field}.to"),
+                    format!("{:?} is not an absolute path in the container", rule.to),
+                ));
+            }
+            if rule.run.as_ref().is_some_and(|r| r.argv().is_empty()) {
+                return Err((format!("{field}.run"), "an empty command".into()));
+            }
+        }
+        validate_build_secrets(&image.secrets)
+            .map_err(|(field, m)| (format!("images[{i}].secrets{field}"), m))?;
+    }
+    Ok(())
+}
+
+/// Checks `secrets:`: names, namespaces, a source, the keys. The error names the field
+/// (`secrets[0].name`, `secrets[0]: key "a b"`) and what is wrong.
+fn validate_secrets(secrets: &[SecretConfig]) -> Result<(), (String, String)> {
+    for (i, secret) in secrets.iter().enumerate() {
+        let field = format!("secrets[{i}]");
+        validate_dns_subdomain(&secret.name).map_err(|m| (format!("{field}.name"), m))?;
+        if let Some(ns) = &secret.namespace {
+            validate_dns_label(ns, 63).map_err(|m| (format!("{field}.namespace"), m))?;
+        }
+        if secret.from_file.is_empty() && secret.from_env.is_empty() {
+            return Err((field, "give `fromFile` or `fromEnv` (or both)".to_string()));
+        }
+        for key in secret.from_file.keys().chain(secret.from_env.keys()) {
+            let ok = !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !ok {
+                return Err((
+                    format!("{field}: key {key:?}"),
+                    "Secret keys are letters, digits, `-`, `_` and `.`".to_string(),
+                ));
+            }
+        }
+        if let Some(key) = secret
+            .from_file
+            .keys()
+            .find(|k| secret.from_env.contains_key(*k))
+        {
+            return Err((
+                format!("{field}: key {key:?}"),
+                "given both in `fromFile` and `fromEnv`".to_string(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the names of `variables:`: variable names, neither a URL variable's nor a
+/// built-in's. The error names the field (`variables.NAME`) and what is wrong.
+fn validate_variables(variables: &BTreeMap<String, String>) -> Result<(), (String, String)> {
+    for key in variables.keys() {
+        let field = format!("variables.{key}");
+        if !is_variable_name(key) {
+            return Err((
+                field,
+                "variable names are letters, digits and `_`, not starting with a digit".to_string(),
+            ));
+        }
+        if key.starts_with(crate::manifests::URL_VARIABLE_PREFIX) {
+            return Err((
+                field,
+                format!(
+                    "{}<NAME> variables are the project's URLs, found in its Ingresses",
+                    crate::manifests::URL_VARIABLE_PREFIX
+                ),
+            ));
+        }
+        if crate::manifests::BUILTIN_VARIABLES.contains(&key.as_str()) {
+            return Err((
+                field,
+                format!("{key} is a built-in variable and cannot be redefined"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Validates `cluster:`; an error names the field.
@@ -1029,6 +1100,14 @@ timeouts: {boot: 2m, ready: 90s}
         .unwrap();
         let err = SandboxConfig::load(&path).unwrap_err();
         assert!(err.to_string().contains("field `namespace`"), "{err}");
+        // the file's own mistakes come first: git is asked only about a valid file
+        std::fs::write(
+            &path,
+            "apiVersion: sandbox.dev/v1alpha1\nkind: Sandbox\nnamespace: auto\nregistry: hub\n",
+        )
+        .unwrap();
+        let err = SandboxConfig::load(&path).unwrap_err();
+        assert!(err.to_string().contains("field `registry`"), "{err}");
     }
 
     #[test]

@@ -86,9 +86,24 @@ pub enum Error {
     /// `sandbox exec`'s command exited with this non-zero code (passed through, no message).
     #[error("the command exited with code {0}")]
     Exit(i32),
-    /// A Kubernetes API call of a command failed.
-    #[error("Kubernetes API: {0}")]
-    Kube(String),
+    /// A Kubernetes API call of a command failed. The message says what was being done;
+    /// the cause is kube's error, rendered by [`Error::chain`] (the API server's own
+    /// message, for a refusal).
+    #[error("cannot {action}")]
+    Kube {
+        /// What was being done (`list the pods of namespace web`).
+        action: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// A command asked for the API client of a kube context before reaching it (a bug of
+    /// the command's order: the client comes with the context).
+    #[error("Kubernetes API: context {context} is not reached yet")]
+    Unreached {
+        /// The kube context.
+        context: String,
+    },
     /// No such sandbox.
     #[error("sandbox {0} does not exist or is not running (`sandbox up` creates it)")]
     NotFound(String),
@@ -120,6 +135,13 @@ boxed_from!(
 );
 
 impl Error {
+    /// What turns the `kube::Error` of a failed API call into [`Error::Kube`], for
+    /// `map_err`: `action` says what was being done (`list the pods of namespace web`).
+    pub fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let action = action.into();
+        move |source| Error::Kube { action, source }
+    }
+
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -164,7 +186,9 @@ impl Error {
             Error::Apply(_) => exit::APPLY,
             Error::Wait(_) => exit::NOT_READY,
             Error::NotFound(_) | Error::Absent(_) => exit::NOT_FOUND,
-            Error::Kube(_) | Error::Dns(_) | Error::Trust(_) => exit::FAILURE,
+            Error::Kube { .. } | Error::Unreached { .. } | Error::Dns(_) | Error::Trust(_) => {
+                exit::FAILURE
+            }
             Error::Exit(code) => *code,
             Error::Interrupted => exit::INTERRUPTED,
         }
@@ -249,6 +273,17 @@ impl Error {
         let mut source = std::error::Error::source(self);
         let mut last = self.to_string();
         while let Some(s) = source {
+            // a refusal of the API server: its message says it (as `api_message` gives it
+            // elsewhere); kube's own text adds the Status's Debug dump, and the Status
+            // under it repeats the message with its reason
+            if let Some(kube::Error::Api(status)) = s.downcast_ref::<kube::Error>() {
+                if !status.message.is_empty() {
+                    if !last.contains(&status.message) {
+                        out.push(status.message.clone());
+                    }
+                    break;
+                }
+            }
             let text = s.to_string();
             // transparent wrappers repeat their inner message
             if text != last && !last.contains(&text) {
@@ -296,6 +331,70 @@ mod tests {
         );
         let slow = boot_timeout("the API server answers 503").hint().unwrap();
         assert!(slow.contains("timeouts.boot"), "{slow}");
+    }
+
+    /// A refusal of the API server, as kube gives it.
+    fn forbidden() -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status {
+                code: 403,
+                message: "pods is forbidden: User \"dev\" cannot list resource \"pods\" in \
+                          API group \"\" in the namespace \"web\""
+                    .into(),
+                reason: "Forbidden".into(),
+                ..Default::default()
+            }
+            .boxed(),
+        )
+    }
+
+    #[test]
+    fn a_kube_failure_says_what_was_done_and_the_servers_message_once() {
+        let e = Error::kube("list the pods of namespace web")(forbidden());
+        assert_eq!(e.exit_code(), exit::FAILURE);
+        assert_eq!(e.to_string(), "cannot list the pods of namespace web");
+        // the server's message alone: not kube's Debug dump of the Status, nor the Status
+        // again with its reason
+        assert_eq!(
+            e.chain(),
+            [
+                "pods is forbidden: User \"dev\" cannot list resource \"pods\" in API group \
+              \"\" in the namespace \"web\""
+            ]
+        );
+        let json = e.json();
+        assert_eq!(json["message"], "cannot list the pods of namespace web");
+        assert_eq!(json["causes"].as_array().unwrap().len(), 1);
+        assert_eq!(json["exitCode"], exit::FAILURE);
+        // the kube error itself is kept, for whoever looks at the source
+        let source = std::error::Error::source(&e).unwrap();
+        assert!(matches!(
+            source.downcast_ref::<kube::Error>(),
+            Some(kube::Error::Api(s)) if s.code == 403
+        ));
+    }
+
+    #[test]
+    fn other_kube_failures_show_kubes_text_once() {
+        let bad = serde_json::from_str::<u8>("x").unwrap_err();
+        let text = bad.to_string();
+        let e = Error::kube("read namespace web")(kube::Error::SerdeError(bad));
+        assert_eq!(e.to_string(), "cannot read namespace web");
+        // kube's text embeds its source's: that one is not repeated
+        assert_eq!(e.chain(), [format!("Error deserializing response: {text}")]);
+        // a refusal without a message: kube's text, not an empty line
+        let bare = kube::Error::Api(kube::core::Status::failure("", "NotFound").boxed());
+        let chain = Error::kube("read namespace web")(bare).chain();
+        assert_eq!(chain.len(), 1, "{chain:?}");
+        assert!(chain[0].starts_with("ApiError"), "{chain:?}");
+        let unreached = Error::Unreached {
+            context: "prod".into(),
+        };
+        assert_eq!(
+            unreached.to_string(),
+            "Kubernetes API: context prod is not reached yet"
+        );
+        assert_eq!(unreached.exit_code(), exit::FAILURE);
     }
 
     #[test]

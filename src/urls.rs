@@ -362,6 +362,10 @@ pub fn variables(urls: &[Url]) -> std::collections::BTreeMap<String, String> {
     vars
 }
 
+/// What [`collect`] does, for the error of a failed call: it lists the Ingresses and
+/// Services its URLs come from.
+pub const COLLECT_ACTION: &str = "list the Ingresses and Services that give the URLs";
+
 /// Every URL in the cluster's project namespaces (or only in `namespace`, with the shared
 /// add-ons' when `shared_addons`): Ingress hosts, Service HTTP ports by name under `domain`
 /// (where their sandbox-made Ingress exists), and the loopback `forwards`.

@@ -27,6 +27,107 @@ use crate::manifests::Document;
 /// What a record is about; bumped when its meaning changes.
 const FORMAT: &str = "sandbox.dev/up-record/v1";
 
+/// Why an `up` is a full one: what of the record of the last complete `up` no longer
+/// holds, or what could not be checked. Its text is the reason `up` and `apply` give (`a
+/// full up: ...`, `a full run: ...`).
+#[derive(Debug, thiserror::Error)]
+pub enum Stale {
+    /// No record of this format was kept.
+    #[error("no record of a complete up")]
+    NoRecord,
+    /// The target keeps no records.
+    #[error("no record kept for this target")]
+    NotKept,
+    /// The node was made again since.
+    #[error("the node is not the one of the last up")]
+    OtherNode,
+    /// Images were added to or removed from the configuration.
+    #[error("the images configured changed")]
+    ImagesConfigured,
+    /// A configured image's build inputs differ from the recorded ones.
+    #[error("image {image} has new inputs")]
+    NewInputs {
+        /// The image's name.
+        image: String,
+    },
+    /// An add-on's image is no longer the one pushed.
+    #[error("add-on image {image} changed")]
+    AddonImage {
+        /// The image's name.
+        image: String,
+    },
+    /// The engine no longer has the image built.
+    #[error("{reference} is no longer in the engine")]
+    NotInEngine {
+        /// The content-tagged reference.
+        reference: String,
+    },
+    /// The sandbox's local registry is not running.
+    #[error("the registry is not running")]
+    RegistryStopped,
+    /// The registry no longer has an image pushed.
+    #[error("the registry no longer holds {reference}")]
+    NotInRegistry {
+        /// The reference as pushed.
+        reference: String,
+    },
+    /// A certificate would be issued anew.
+    #[error("a certificate is due")]
+    CertificateDue,
+    /// The documents rendered now differ from those applied.
+    #[error("the documents to apply changed")]
+    Documents,
+    /// The node does not take pods (what was observed).
+    #[error("{0}")]
+    NodeNotReady(String),
+    /// An object was written since the last `up` (see [`ObjectState::unchanged`]).
+    #[error("{object} changed since the last up")]
+    Changed {
+        /// `Kind namespace/name`.
+        object: String,
+    },
+    /// An object is no longer there.
+    #[error("{object} is gone")]
+    Gone {
+        /// `Kind namespace/name`.
+        object: String,
+    },
+    /// The objects of a resource could not be listed. A reason is one line: the API
+    /// server's message is part of it (the error is kept, not as a source to print again).
+    #[error("cannot list {plural}: {}", crate::apply::api_message(.error))]
+    List {
+        /// The resource (plural).
+        plural: String,
+        /// Cause.
+        error: kube::Error,
+    },
+    /// The record's kubeconfig does not parse.
+    #[error(transparent)]
+    Kubeconfig(serde_yaml::Error),
+    /// A step of the check failed (reading the node, the engine, the registry or the CA,
+    /// rendering the documents): its error's message is the reason.
+    #[error(transparent)]
+    Failed(Box<crate::error::Error>),
+}
+
+/// The failures of the steps of a check, as reasons.
+macro_rules! failed_from {
+    ($($ty:ty),*) => {$(
+        impl From<$ty> for Stale {
+            fn from(e: $ty) -> Stale {
+                Stale::Failed(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+failed_from!(
+    crate::error::Error,
+    crate::node::NodeError,
+    crate::images::ImageError,
+    crate::docker::DockerError,
+    crate::registry::RegistryError
+);
+
 /// The record of the last complete `up` of a sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -527,12 +628,12 @@ pub async fn as_left(
     client: &kube::Client,
     sandbox: &str,
     objects: &[ObjectRecord],
-) -> Result<Vec<(Role, Applied)>, String> {
+) -> Result<Vec<(Role, Applied)>, Stale> {
     let observed = observe(client, sandbox, objects).await?;
     let mut left = Vec::new();
     for ((now, object), was) in observed.into_iter().zip(objects) {
         if !was.state.unchanged(&now.state) {
-            return Err(format!("{} changed since the last up", now.id()));
+            return Err(Stale::Changed { object: now.id() });
         }
         left.push((now.role, now.as_applied(object)));
     }
@@ -546,7 +647,7 @@ pub async fn observe(
     client: &kube::Client,
     sandbox: &str,
     objects: &[ObjectRecord],
-) -> Result<Vec<(ObjectRecord, Value)>, String> {
+) -> Result<Vec<(ObjectRecord, Value)>, Stale> {
     let mut resources: Vec<ApiResource> = Vec::new();
     for o in objects {
         let r = o.resource();
@@ -563,12 +664,9 @@ pub async fn observe(
     .await;
     let mut live: HashMap<(String, String, Option<String>, String), Value> = HashMap::new();
     for (resource, list) in resources.iter().zip(lists) {
-        let list = list.map_err(|e| {
-            format!(
-                "cannot list {}: {}",
-                resource.plural,
-                crate::apply::api_message(&e)
-            )
+        let list = list.map_err(|error| Stale::List {
+            plural: resource.plural.clone(),
+            error,
         })?;
         for item in list.items {
             let mut value = serde_json::to_value(&item).unwrap_or_default();
@@ -597,7 +695,7 @@ pub async fn observe(
             );
             let value = live
                 .remove(&key)
-                .ok_or_else(|| format!("{} is gone", o.id()))?;
+                .ok_or_else(|| Stale::Gone { object: o.id() })?;
             let mut observed = o.clone();
             observed.state = ObjectState::of(&value);
             if o.group.is_empty() && matches!(o.kind.as_str(), "ServiceAccount" | "Service") {
@@ -742,6 +840,96 @@ mod tests {
         let mut labelled = object("11", Some(1), 2, FIELD_MANAGER);
         labelled["metadata"]["annotations"] = json!({"note": "x"});
         assert!(!left.unchanged(&ObjectState::of(&labelled)));
+    }
+
+    #[test]
+    fn each_reason_reads_as_the_string_it_replaced() {
+        let forbidden = kube::Error::Api(
+            kube::core::Status {
+                code: 403,
+                message: "deployments.apps is forbidden: User \"dev\" cannot list".into(),
+                reason: "Forbidden".into(),
+                ..Default::default()
+            }
+            .boxed(),
+        );
+        let yaml = serde_yaml::from_str::<Value>("a: [").unwrap_err();
+        let yaml_text = yaml.to_string();
+        let node = crate::node::NodeError::NotRunning {
+            sandbox: "demo".into(),
+        };
+        let node_text = node.to_string();
+        let reference = "sandbox/web:sandbox-0123456789ab";
+        let cases: Vec<(Stale, String)> = vec![
+            (Stale::NoRecord, "no record of a complete up".into()),
+            (Stale::NotKept, "no record kept for this target".into()),
+            (
+                Stale::OtherNode,
+                "the node is not the one of the last up".into(),
+            ),
+            (
+                Stale::ImagesConfigured,
+                "the images configured changed".into(),
+            ),
+            (
+                Stale::NewInputs {
+                    image: "web".into(),
+                },
+                format!("image {} has new inputs", "web"),
+            ),
+            (
+                Stale::AddonImage {
+                    image: "maildev".into(),
+                },
+                format!("add-on image {} changed", "maildev"),
+            ),
+            (
+                Stale::NotInEngine {
+                    reference: reference.into(),
+                },
+                format!("{} is no longer in the engine", reference),
+            ),
+            (Stale::RegistryStopped, "the registry is not running".into()),
+            (
+                Stale::NotInRegistry {
+                    reference: reference.into(),
+                },
+                format!("the registry no longer holds {reference}"),
+            ),
+            (Stale::CertificateDue, "a certificate is due".into()),
+            (Stale::Documents, "the documents to apply changed".into()),
+            (
+                Stale::NodeNotReady("node demo not registered yet".into()),
+                "node demo not registered yet".into(),
+            ),
+            (
+                Stale::Changed {
+                    object: "Deployment web/app".into(),
+                },
+                format!("{} changed since the last up", "Deployment web/app"),
+            ),
+            (
+                Stale::Gone {
+                    object: "Service web/app".into(),
+                },
+                format!("{} is gone", "Service web/app"),
+            ),
+            (
+                Stale::List {
+                    plural: "deployments".into(),
+                    error: forbidden,
+                },
+                format!(
+                    "cannot list {}: {}",
+                    "deployments", "deployments.apps is forbidden: User \"dev\" cannot list"
+                ),
+            ),
+            (Stale::Kubeconfig(yaml), yaml_text),
+            (Stale::from(node), node_text),
+        ];
+        for (reason, old) in cases {
+            assert_eq!(reason.to_string(), old, "{reason:?}");
+        }
     }
 
     #[test]

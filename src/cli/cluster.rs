@@ -26,6 +26,7 @@ use crate::error::Error;
 use crate::images::{self, BuiltImage};
 use crate::manifests::{self, Document};
 use crate::urls::Url;
+use crate::warm::Stale;
 
 /// The Lease that serialises runs on one environment.
 pub const LEASE: &str = "sandbox-lock";
@@ -81,10 +82,6 @@ fn current_context() -> Option<String> {
     let path = crate::kubeconfig::user_kubeconfig_path();
     let kubeconfig = crate::kubeconfig::read(&path).ok()??;
     kubeconfig["current-context"].as_str().map(str::to_string)
-}
-
-fn kube_error(e: kube::Error) -> Error {
-    Error::Kube(crate::apply::api_message(&e))
 }
 
 /// The environment's namespace: cluster mode deploys only into one.
@@ -160,9 +157,9 @@ impl ClusterTarget {
     }
 
     fn connected(&self) -> Result<&kube::Client, Error> {
-        self.client
-            .as_ref()
-            .ok_or_else(|| Error::Kube(format!("context {} is not reached yet", self.context)))
+        self.client.as_ref().ok_or_else(|| Error::Unreached {
+            context: self.context.clone(),
+        })
     }
 
     /// maildev's image and its local build to push, when the environment runs maildev.
@@ -347,7 +344,7 @@ impl Target for ClusterTarget {
                 &[],
             )
             .await
-            .map_err(kube_error),
+            .map_err(Error::kube(crate::urls::COLLECT_ACTION)),
         }
     }
 
@@ -382,15 +379,11 @@ impl Target for ClusterTarget {
         super::down::delete_environment(ctx, &client, &self.config, &self.namespace).await
     }
 
-    async fn unchanged(
-        &self,
-        docs: &[Document],
-    ) -> Result<(Vec<BuiltImage>, Vec<Applied>), String> {
-        let client = self.connected().map_err(|e| e.to_string())?;
+    async fn unchanged(&self, docs: &[Document]) -> Result<(Vec<BuiltImage>, Vec<Applied>), Stale> {
+        let client = self.connected()?;
         let addons: Vec<BuiltImage> = self
             .maildev()
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .and_then(|(_, local)| local.clone())
             .into_iter()
             .collect();
@@ -466,7 +459,7 @@ async fn environment_exists(
     Ok(api
         .get_opt(namespace)
         .await
-        .map_err(kube_error)?
+        .map_err(Error::kube(format!("read namespace {namespace}")))?
         .is_some_and(|ns| {
             ns.metadata
                 .labels
@@ -549,10 +542,10 @@ async fn unchanged(
     client: &kube::Client,
     (docs, addons): (&[Document], &[BuiltImage]),
     key: &str,
-) -> Result<(Vec<BuiltImage>, Vec<crate::apply::Applied>), String> {
-    let record = crate::warm::read(key).ok_or("no record of a complete up")?;
+) -> Result<(Vec<BuiltImage>, Vec<crate::apply::Applied>), Stale> {
+    let record = crate::warm::read(key).ok_or(Stale::NoRecord)?;
     if record.images.len() != config.images.len() + addons.len() {
-        return Err("the images configured changed".into());
+        return Err(Stale::ImagesConfigured);
     }
     let host = cluster
         .registry
@@ -564,13 +557,14 @@ async fn unchanged(
     let mut pushed_addons = Vec::new();
     for (image, recorded) in addons.iter().zip(&record.images[config.images.len()..]) {
         if recorded.name != image.name || recorded.id != image.id {
-            return Err(format!("add-on image {} changed", image.name));
+            return Err(Stale::AddonImage {
+                image: image.name.clone(),
+            });
         }
         if crate::registry::holds_at(host, &recorded.reference).await == Some(false) {
-            return Err(format!(
-                "the registry no longer holds {}",
-                recorded.reference
-            ));
+            return Err(Stale::NotInRegistry {
+                reference: recorded.reference.clone(),
+            });
         }
         pushed_addons.push(BuiltImage {
             reference: recorded.reference.clone(),
@@ -579,14 +573,14 @@ async fn unchanged(
     }
     let mut built = Vec::new();
     if !config.images.is_empty() {
-        let engine = Engine::connect().await.map_err(|e| e.to_string())?;
+        let engine = Engine::connect().await?;
         for (image, recorded) in config.images.iter().zip(&record.images) {
-            let context = images::context_digest(image, &config.base_dir)
-                .await
-                .map_err(|e| e.to_string())?;
+            let context = images::context_digest(image, &config.base_dir).await?;
             let inputs = images::inputs(&engine, image, &config.base_dir, &context).await;
             if recorded.name != image.name || inputs.as_ref() != Some(&recorded.inputs) {
-                return Err(format!("image {} has new inputs", image.name));
+                return Err(Stale::NewInputs {
+                    image: image.name.clone(),
+                });
             }
             if engine
                 .image_id(&recorded.reference)
@@ -596,13 +590,14 @@ async fn unchanged(
                 .as_ref()
                 != Some(&recorded.id)
             {
-                return Err(format!("{} is no longer in the engine", recorded.reference));
+                return Err(Stale::NotInEngine {
+                    reference: recorded.reference.clone(),
+                });
             }
             if crate::registry::holds_at(host, &recorded.reference).await == Some(false) {
-                return Err(format!(
-                    "the registry no longer holds {}",
-                    recorded.reference
-                ));
+                return Err(Stale::NotInRegistry {
+                    reference: recorded.reference.clone(),
+                });
             }
             built.push(BuiltImage {
                 name: image.name.clone(),
@@ -616,13 +611,13 @@ async fn unchanged(
     let mut docs = docs.to_vec();
     super::target::rewrite(&mut docs, &built, "IfNotPresent");
     if crate::warm::documents_digest(&docs) != record.documents {
-        return Err("the documents to apply changed".into());
+        return Err(Stale::Documents);
     }
     let observed = crate::warm::observe(client, &config.name, &record.objects).await?;
     let mut applied = Vec::new();
     for ((now, object), left) in observed.into_iter().zip(&record.objects) {
         if !left.state.unchanged(&now.state) {
-            return Err(format!("{} changed since the last up", now.id()));
+            return Err(Stale::Changed { object: now.id() });
         }
         if now.role == crate::warm::Role::Project {
             applied.push(now.as_applied(object));
@@ -765,7 +760,8 @@ async fn ensure_namespace(
     sandbox: &str,
 ) -> Result<bool, Error> {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    match api.get_opt(namespace).await.map_err(kube_error)? {
+    let read = Error::kube(format!("read namespace {namespace}"));
+    match api.get_opt(namespace).await.map_err(read)? {
         Some(ns) => {
             let owner = ns
                 .metadata
@@ -792,7 +788,7 @@ async fn ensure_namespace(
                 Ok(_) => Ok(true),
                 // made meanwhile by another run of this environment: the Lease settles it
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-                Err(e) => Err(kube_error(e)),
+                Err(e) => Err(Error::kube(format!("create namespace {namespace}"))(e)),
             };
         }
     }
@@ -867,7 +863,8 @@ async fn take_lease(ctx: &Context, client: &kube::Client, namespace: &str) -> Re
     let me = holder();
     let mut said = false;
     loop {
-        let taken = match api.get_opt(LEASE).await.map_err(kube_error)? {
+        let read = Error::kube(format!("read Lease {namespace}/{LEASE}"));
+        let taken = match api.get_opt(LEASE).await.map_err(read)? {
             None => {
                 api.create(&PostParams::default(), &lease_body(&me, None))
                     .await
@@ -896,7 +893,7 @@ async fn take_lease(ctx: &Context, client: &kube::Client, namespace: &str) -> Re
             Ok(_) => break,
             // another run got there first: look again
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
-            Err(e) => return Err(kube_error(e)),
+            Err(e) => return Err(Error::kube(format!("take Lease {namespace}/{LEASE}"))(e)),
         }
     }
     let renewing = {
@@ -1009,7 +1006,7 @@ async fn copy_tls_secret(
     let found = api
         .get_opt(name)
         .await
-        .map_err(kube_error)?
+        .map_err(Error::kube(format!("read Secret {from}/{name}")))?
         .ok_or_else(|| {
             Error::Usage(format!(
                 "cluster.tls.secret: Secret {from}/{name} does not exist on the cluster"
@@ -1047,7 +1044,7 @@ async fn answering(
         &[],
     )
     .await
-    .map_err(kube_error)?;
+    .map_err(Error::kube(crate::urls::COLLECT_ACTION))?;
     let mut addresses = std::collections::BTreeMap::new();
     for u in urls.iter().filter(|u| u.kind == "Ingress") {
         let host = u

@@ -118,7 +118,7 @@ pub(crate) async fn delete_environment(
                 == Some(&config.name)
         }
         Ok(None) => false,
-        Err(e) => return Err(Error::Kube(crate::apply::api_message(&e))),
+        Err(e) => return Err(Error::kube(format!("read namespace {namespace}"))(e)),
     };
     if owned {
         let step = ctx
@@ -126,7 +126,7 @@ pub(crate) async fn delete_environment(
             .step(format!("deleting environment {namespace}"));
         api.delete(namespace, &Default::default())
             .await
-            .map_err(|e| Error::Kube(crate::apply::api_message(&e)))?;
+            .map_err(Error::kube(format!("delete namespace {namespace}")))?;
         step.done(format!("deleted namespace {namespace}"));
     }
     Ok(owned)

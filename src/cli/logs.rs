@@ -85,7 +85,13 @@ pub async fn run(ctx: &Context, args: LogsArgs) -> Result<(), Error> {
                 Some(s) => ListParams::default().labels(s),
                 None => ListParams::default(),
             };
-            let pods = pods_api.list(&list).await.map_err(kube_error)?.items;
+            let pods = pods_api
+                .list(&list)
+                .await
+                .map_err(Error::kube(format!(
+                    "list the pods of namespace {namespace}"
+                )))?
+                .items;
             (pods, Some(args.selector.clone().unwrap_or_default()))
         }
         Some(target) => match target.split_once('/') {
@@ -98,13 +104,13 @@ pub async fn run(ctx: &Context, args: LogsArgs) -> Result<(), Error> {
                 let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
                 let (resource, _) = kube::discovery::pinned_kind(&client, &gvk)
                     .await
-                    .map_err(kube_error)?;
+                    .map_err(Error::kube(format!("look up {kind} in {group}/{version}")))?;
                 let api: Api<DynamicObject> =
                     Api::namespaced_with(client.clone(), &namespace, &resource);
                 let object = api
                     .get_opt(name)
                     .await
-                    .map_err(kube_error)?
+                    .map_err(Error::kube(format!("read {kind} {namespace}/{name}")))?
                     .ok_or_else(|| {
                         Error::Usage(format!("{kind} {namespace}/{name} does not exist"))
                     })?;
@@ -115,7 +121,9 @@ pub async fn run(ctx: &Context, args: LogsArgs) -> Result<(), Error> {
                 let pods = pods_api
                     .list(&ListParams::default().labels(&selector))
                     .await
-                    .map_err(kube_error)?
+                    .map_err(Error::kube(format!(
+                        "list the pods of {kind} {namespace}/{name}"
+                    )))?
                     .items;
                 (pods, Some(selector))
             }
@@ -123,7 +131,7 @@ pub async fn run(ctx: &Context, args: LogsArgs) -> Result<(), Error> {
                 let pod = pods_api
                     .get_opt(target)
                     .await
-                    .map_err(kube_error)?
+                    .map_err(Error::kube(format!("read pod {namespace}/{target}")))?
                     .ok_or_else(|| {
                         Error::Usage(format!("pod {namespace}/{target} does not exist"))
                     })?;
@@ -151,8 +159,4 @@ pub async fn run(ctx: &Context, args: LogsArgs) -> Result<(), Error> {
         (true, None) => crate::logs::follow_pod(&pods_api, &pods[0], &lines, &warn).await,
     }
     Ok(())
-}
-
-fn kube_error(e: kube::Error) -> Error {
-    Error::Kube(crate::apply::api_message(&e))
 }

@@ -20,6 +20,7 @@ use crate::images::{self, BuiltImage};
 use crate::manifests::{self, Document};
 use crate::node::{self, Node};
 use crate::urls::Url;
+use crate::warm::Stale;
 
 /// What serialises runs on a target, held until released.
 pub enum Lock {
@@ -102,8 +103,8 @@ pub trait Target {
     async fn unchanged(
         &self,
         _docs: &[Document],
-    ) -> Result<(Vec<BuiltImage>, Vec<Applied>), String> {
-        Err("no record kept for this target".into())
+    ) -> Result<(Vec<BuiltImage>, Vec<Applied>), Stale> {
+        Err(Stale::NotKept)
     }
     /// Keeps the record of a complete `up` (a failure only means a full `up` next time).
     async fn remember(&self, _built: &[BuiltImage], _docs: &[Document], _applied: &[Applied]) {}
@@ -388,7 +389,7 @@ impl Target for NodeTarget {
                 &crate::forward::table(&self.config.name),
             )
             .await
-            .map_err(|e| Error::Kube(crate::apply::api_message(&e))),
+            .map_err(Error::kube(crate::urls::COLLECT_ACTION)),
         }
     }
 
@@ -480,7 +481,10 @@ pub(crate) mod fake {
                         registry: "registry.test".into(),
                         message: "denied".into(),
                     }),
-                    "wait" => Error::Kube("not ready".into()),
+                    "wait" => Error::from(crate::wait::WaitError::NotReady {
+                        summary: "not ready".into(),
+                        details: String::new(),
+                    }),
                     _ => Error::Usage(format!("{name} failed")),
                 });
             }
@@ -575,12 +579,12 @@ pub(crate) mod fake {
         async fn unchanged(
             &self,
             _: &[Document],
-        ) -> Result<(Vec<BuiltImage>, Vec<Applied>), String> {
+        ) -> Result<(Vec<BuiltImage>, Vec<Applied>), Stale> {
             self.calls.lock().unwrap().push("unchanged?".into());
             if self.unchanged {
                 Ok((Vec::new(), Vec::new()))
             } else {
-                Err("no record".into())
+                Err(Stale::NoRecord)
             }
         }
         async fn remember(&self, _: &[BuiltImage], _: &[Document], _: &[Applied]) {

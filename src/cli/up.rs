@@ -16,6 +16,7 @@ use crate::manifests::{self, Builtins, Document};
 use crate::node::{self, Node};
 use crate::plan::Names;
 use crate::urls::{self, Url};
+use crate::warm::Stale;
 use crate::{kubeconfig, secrets, wait};
 
 /// Every URL of the sandbox, once each answers the way a user reaches it (see
@@ -37,7 +38,7 @@ pub(crate) async fn wait_answering(
         &forwards,
     )
     .await
-    .map_err(|e| Error::Kube(crate::apply::api_message(&e)))?;
+    .map_err(Error::kube(urls::COLLECT_ACTION))?;
     let checks = crate::routes::plan(&urls, node.ports.https);
     check_routes(ctx, config, &checks, ready_since).await?;
     Ok(urls)
@@ -51,10 +52,9 @@ async fn relay_ports(
     config: &SandboxConfig,
     node: &Node,
 ) -> Result<Vec<crate::forward::Forward>, Error> {
-    let kube_error = |e: kube::Error| Error::Kube(crate::apply::api_message(&e));
     let services = urls::project_services(&node.client, config.environment.as_deref())
         .await
-        .map_err(kube_error)?;
+        .map_err(Error::kube("list the Services whose ports are relayed"))?;
     // an environment's up relays its own namespace's ports, beside the sandbox's others
     let mut previous = crate::forward::table(&config.name);
     let wanted = crate::forward::wanted(&services);
@@ -121,7 +121,7 @@ async fn relay_ports(
     }
     crate::forward::publish_addresses(&node.client, &services, &domain(config))
         .await
-        .map_err(kube_error)?;
+        .map_err(Error::kube("write the LoadBalancer Services' addresses"))?;
     Ok(table)
 }
 
@@ -723,7 +723,7 @@ async fn save_record(
             record.objects = observed.into_iter().map(|(o, _)| o).collect();
             crate::warm::write(&crate::warm::key(config), &record).map_err(|e| e.to_string())
         }
-        Err(reason) => Err(reason),
+        Err(reason) => Err(reason.to_string()),
     };
     if let Err(reason) = saved {
         ctx.reporter
@@ -739,34 +739,32 @@ async fn unchanged(
     config: &SandboxConfig,
     engine: &Engine,
     last: Option<&crate::warm::Record>,
-) -> Result<Converged, String> {
+) -> Result<Converged, Stale> {
     use crate::warm::Role;
-    let record = last.ok_or("no record of a complete up")?;
-    let (info, profile) = node::running(engine, &config.name)
-        .await
-        .map_err(|e| e.to_string())?;
+    let record = last.ok_or(Stale::NoRecord)?;
+    let (info, profile) = node::running(engine, &config.name).await?;
     if info.id != record.node {
-        return Err("the node is not the one of the last up".into());
+        return Err(Stale::OtherNode);
     }
-    let kubeconfig = serde_yaml::from_str(&record.kubeconfig).map_err(|e| e.to_string())?;
-    let node = node::attach(engine, info, profile, kubeconfig)
-        .await
-        .map_err(|e| e.to_string())?;
+    let kubeconfig = serde_yaml::from_str(&record.kubeconfig).map_err(Stale::Kubeconfig)?;
+    let node = node::attach(engine, info, profile, kubeconfig).await?;
     if record.images.len() != config.images.len() {
-        return Err("the images configured changed".into());
+        return Err(Stale::ImagesConfigured);
     }
     let mut built = Vec::new();
     for (image, recorded) in config.images.iter().zip(&record.images) {
-        let context = images::context_digest(image, &config.base_dir)
-            .await
-            .map_err(|e| e.to_string())?;
+        let context = images::context_digest(image, &config.base_dir).await?;
         let inputs = images::inputs(engine, image, &config.base_dir, &context).await;
         if recorded.name != image.name || inputs.as_ref() != Some(&recorded.inputs) {
-            return Err(format!("image {} has new inputs", image.name));
+            return Err(Stale::NewInputs {
+                image: image.name.clone(),
+            });
         }
         let id = engine.image_id(&recorded.reference).await.ok().flatten();
         if id.as_ref() != Some(&recorded.id) {
-            return Err(format!("{} is no longer in the engine", recorded.reference));
+            return Err(Stale::NotInEngine {
+                reference: recorded.reference.clone(),
+            });
         }
         built.push(BuiltImage {
             name: image.name.clone(),
@@ -779,14 +777,13 @@ async fn unchanged(
     let registry = match config.registry {
         Some(crate::config::Registry::Local) => {
             let registry = crate::registry::running(engine, &config.name)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("the registry is not running")?;
+                .await?
+                .ok_or(Stale::RegistryStopped)?;
             let mut delivered = Vec::new();
             for image in &built {
                 let reference = registry.reference(image);
                 if !crate::registry::holds(&registry, &reference).await {
-                    return Err(format!("the registry no longer holds {reference}"));
+                    return Err(Stale::NotInRegistry { reference });
                 }
                 delivered.push(BuiltImage {
                     reference,
@@ -795,36 +792,31 @@ async fn unchanged(
             }
             built = delivered;
             crate::registry::configure_node(engine, &node.info.name, &node.profile, &registry)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             Some(registry)
         }
         None => None,
     };
-    let ca = load_ca(ctx).map_err(|e| e.to_string())?;
-    let error = |e: Error| e.to_string();
-    let (mut docs, mut issued) = addon_documents_secured(config, &node, &ca, registry.as_ref())
-        .await
-        .map_err(error)?;
-    let (project, more) = project_documents_secured(config, &node, &built, &ca)
-        .await
-        .map_err(error)?;
+    let ca = load_ca(ctx)?;
+    let (mut docs, mut issued) =
+        addon_documents_secured(config, &node, &ca, registry.as_ref()).await?;
+    let (project, more) = project_documents_secured(config, &node, &built, &ca).await?;
     docs.extend(project);
     issued.extend(more);
     if issued
         .iter()
         .any(|(_, i)| *i == crate::ingress::Issued::New)
     {
-        return Err("a certificate is due".into());
+        return Err(Stale::CertificateDue);
     }
     if crate::warm::documents_digest(&docs) != record.documents {
-        return Err("the documents to apply changed".into());
+        return Err(Stale::Documents);
     }
     let (ready, left) = tokio::join!(
         node::node_ready(&node.client, &node.info.name),
         crate::warm::as_left(&node.client, &config.name, &record.objects)
     );
-    ready?;
+    ready.map_err(Stale::NodeNotReady)?;
     let mut addons = Vec::new();
     let mut applied = Vec::new();
     for (role, object) in left? {
@@ -834,7 +826,7 @@ async fn unchanged(
             Role::Inventory => {}
         }
     }
-    let kubeconfig = install_context(&node).map_err(error)?;
+    let kubeconfig = install_context(&node)?;
     ctx.reporter.info(format!(
         "nothing to build, load or apply: {} and {} as the last up left them",
         crate::report::count(built.len(), "image"),
