@@ -296,6 +296,13 @@ impl Error {
     }
 }
 
+/// A step of the warm check that failed: its error's message is the reason.
+impl From<Error> for crate::warm::Stale {
+    fn from(e: Error) -> crate::warm::Stale {
+        crate::warm::Stale::Failed(Box::new(e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,5 +421,15 @@ mod tests {
         ));
         assert_eq!(missing.exit_code(), exit::USAGE);
         assert!(missing.hint().unwrap().contains("kustomize"));
+    }
+
+    #[test]
+    fn trust_stores_not_updated_exit_1() {
+        let err = crate::trust::TrustError::Incomplete {
+            failed: vec!["a: failed".into()],
+            manual: Vec::new(),
+            retry: "sandbox trust reset",
+        };
+        assert_eq!(Error::from(err).exit_code(), exit::FAILURE);
     }
 }

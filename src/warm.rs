@@ -107,7 +107,7 @@ pub enum Stale {
     /// A step of the check failed (reading the node, the engine, the registry or the CA,
     /// rendering the documents): its error's message is the reason.
     #[error(transparent)]
-    Failed(Box<crate::error::Error>),
+    Failed(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The failures of the steps of a check, as reasons.
@@ -115,13 +115,13 @@ macro_rules! failed_from {
     ($($ty:ty),*) => {$(
         impl From<$ty> for Stale {
             fn from(e: $ty) -> Stale {
-                Stale::Failed(Box::new(e.into()))
+                Stale::Failed(Box::new(e))
             }
         }
     )*};
 }
+// (and from the top-level error, in error.rs: this module is below it)
 failed_from!(
-    crate::error::Error,
     crate::node::NodeError,
     crate::images::ImageError,
     crate::docker::DockerError,
