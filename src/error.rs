@@ -10,7 +10,7 @@ use crate::node::NodeError;
 use crate::profile::ProfileError;
 use crate::wait::WaitError;
 
-/// Exit codes, documented in README.md.
+/// Exit codes, documented in docs/reference.md (Exit codes).
 pub mod exit {
     /// Success.
     pub const OK: i32 = 0;
