@@ -1,4 +1,4 @@
-//! Exit codes, documented in README.md: decided for every error in [`crate::error`].
+//! Exit codes, documented in docs/reference.md (Exit codes): decided for every error in [`crate::error`].
 
 /// Success.
 pub const OK: i32 = 0;

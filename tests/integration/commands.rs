@@ -1,8 +1,9 @@
-//! The commands and exit codes README promises, each run as a user runs it: on a sandbox
-//! that does not exist (exit 8 and an `Error` document), on a running one (`urls`, `logs`,
-//! `status --all`, `kubeconfig --write` and its exit 1, `trust` and `trust uninstall` seen
-//! by curl, `exec` passing 127 through and `exec --down`), and the ones that need no
-//! sandbox (`completions`, `man`, a bad command line, a closed stdout).
+//! The commands and exit codes the docs promise (docs/guide/commands.md, docs/reference.md),
+//! each run as a user runs it: on a sandbox that does not exist (exit 8 and an `Error`
+//! document), on a running one (`urls`, `logs`, `status --all`, `kubeconfig --write` and
+//! its exit 1, `trust` and `trust uninstall` seen by curl, `exec` passing 127 through and
+//! `exec --down`), and the ones that need no sandbox (`completions`, `man`, a bad command
+//! line, a closed stdout).
 
 use std::os::unix::fs::PermissionsExt;
 
