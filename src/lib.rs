@@ -40,6 +40,7 @@ pub mod secrets;
 pub mod sync;
 pub mod tls;
 pub mod trust;
+pub mod up;
 pub mod urls;
 pub mod wait;
 pub mod warm;

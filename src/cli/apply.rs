@@ -15,7 +15,7 @@ pub struct ApplyArgs {}
 pub async fn run(ctx: &Context, _args: ApplyArgs) -> Result<(), Error> {
     let started = std::time::Instant::now();
     let config = ctx.config()?;
-    super::up::validate_manifests(&config)?;
+    crate::up::validate_manifests(&config)?;
     let mut target = super::target::select(&config).await?;
     let done =
         super::target::apply(&mut *target, ctx, super::target::latest_builds(&config)).await?;
@@ -52,8 +52,8 @@ pub(crate) fn result_json(
         "kind": "ApplyResult",
         "sandbox": sandbox,
         "loaded": loaded,
-        "objects": super::up::objects_json(applied),
-        "pruned": super::up::pruned_json(pruned),
+        "objects": crate::up::objects_json(applied),
+        "pruned": crate::up::pruned_json(pruned),
         "elapsedSeconds": (seconds * 10.0).round() / 10.0,
     })
 }

@@ -104,6 +104,6 @@ pub(crate) fn result_json(
         "apiVersion": crate::config::API_VERSION,
         "kind": "BuildResult",
         "sandbox": sandbox,
-        "images": super::up::images_json(built, loaded),
+        "images": crate::up::images_json(built, loaded),
     })
 }

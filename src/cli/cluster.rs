@@ -148,7 +148,7 @@ impl ClusterTarget {
             self.cluster
                 .domain
                 .as_deref()
-                .unwrap_or(super::up::DEFAULT_DOMAIN)
+                .unwrap_or(crate::up::DEFAULT_DOMAIN)
         )
     }
 
@@ -302,7 +302,7 @@ impl Target for ClusterTarget {
             &self.namespace,
         );
         let message = format!("applying {} objects to {}", docs.len(), self.namespace);
-        super::up::apply_with(ctx, &mut applier, docs, message).await
+        crate::up::apply_with(&ctx.reporter, &mut applier, docs, message).await
     }
 
     async fn wait(&self, ctx: &Context, applied: &[Applied]) -> Result<(), Error> {
@@ -472,7 +472,7 @@ async fn environment_exists(
 /// `up` in cluster mode.
 pub async fn up(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> {
     let started = Instant::now();
-    super::up::validate_manifests(config)?;
+    crate::up::validate_manifests(config)?;
     let mut target = ClusterTarget::new(config)?;
     let done = super::target::up(&mut target, ctx, super::target::build_all(ctx, config)).await?;
     let seconds = started.elapsed().as_secs_f64();
@@ -516,9 +516,9 @@ pub(crate) fn result_json(
         "config": config.source,
         "context": context,
         "namespace": namespace,
-        "images": super::up::images_json(&done.built, &done.delivered),
-        "objects": super::up::objects_json(&done.applied),
-        "pruned": super::up::pruned_json(&done.pruned),
+        "images": crate::up::images_json(&done.built, &done.delivered),
+        "objects": crate::up::objects_json(&done.applied),
+        "pruned": crate::up::pruned_json(&done.pruned),
         "urls": done.urls,
         "unchanged": done.unchanged,
         "elapsedSeconds": seconds,
@@ -674,7 +674,7 @@ fn documents(
         name: config.name.clone(),
         namespace: config.namespace.clone(),
         domain: domain.to_string(),
-        ip: super::up::DEFAULT_IP.to_string(),
+        ip: crate::up::DEFAULT_IP.to_string(),
         http_port: 80,
         https_port: cluster.https_port,
         smtp_host: match maildev {
@@ -683,13 +683,13 @@ fn documents(
         },
         smtp_port: crate::addons::SMTP_PORT,
     };
-    let mut docs = super::up::secret_documents(config)?;
+    let mut docs = crate::up::secret_documents(config)?;
     let mut addons = Vec::new();
     if let Some(image) = maildev {
         addons = crate::addons::maildev_documents(&builtins, &config.namespace, image)?;
     }
     let addon_urls = crate::urls::planned(&addons, cluster.https_port, None, &config.namespace);
-    docs.extend(super::up::read_manifests(
+    docs.extend(crate::up::read_manifests(
         config,
         &builtins,
         None,
@@ -1065,7 +1065,7 @@ async fn answering(
         .into_iter()
         .filter(|(u, _)| u.kind == "Ingress")
         .collect::<Vec<_>>();
-    super::up::check_routes(ctx, config, &checks, ready_since).await?;
+    crate::up::check_routes(&ctx.reporter, config, &checks, ready_since).await?;
     Ok(urls)
 }
 

@@ -65,7 +65,7 @@ pub async fn run(ctx: &Context, args: DevArgs) -> Result<(), Error> {
 
 /// The first `up`, then an update per burst of changes, forever.
 async fn watch_loop(ctx: &Context, config: &SandboxConfig, args: &DevArgs) -> Result<(), Error> {
-    let outcome = super::up::bring_up(ctx, config).await?;
+    let outcome = crate::up::bring_up(&ctx.reporter, config).await?;
     eprint!("{}", outcome.text());
     if !args.no_logs {
         // the pods running now from their next line, later ones from their first
@@ -174,7 +174,7 @@ async fn watch_loop(ctx: &Context, config: &SandboxConfig, args: &DevArgs) -> Re
                 )),
             }
         }
-        match super::up::bring_up(ctx, &config).await {
+        match crate::up::bring_up(&ctx.reporter, &config).await {
             Ok(outcome) => {
                 references = references_of(&outcome);
                 ctx.reporter.info(format!(
@@ -196,7 +196,7 @@ async fn watch_loop(ctx: &Context, config: &SandboxConfig, args: &DevArgs) -> Re
 }
 
 /// Each configured image's name → the reference the manifests run.
-fn references_of(outcome: &super::up::Outcome) -> std::collections::BTreeMap<String, String> {
+fn references_of(outcome: &crate::up::Outcome) -> std::collections::BTreeMap<String, String> {
     outcome
         .built
         .iter()
@@ -205,7 +205,7 @@ fn references_of(outcome: &super::up::Outcome) -> std::collections::BTreeMap<Str
 }
 
 /// What an update did, in a few words.
-fn summary(outcome: &super::up::Outcome) -> String {
+fn summary(outcome: &crate::up::Outcome) -> String {
     if outcome.unchanged {
         return "nothing to build, load or apply".into();
     }

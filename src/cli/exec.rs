@@ -58,7 +58,7 @@ pub async fn run(ctx: &Context, args: ExecArgs) -> Result<(), Error> {
         .cluster
     {
         Some(_) => {
-            super::up::validate_manifests(&config)?;
+            crate::up::validate_manifests(&config)?;
             let mut target = super::cluster::ClusterTarget::new(&config)?;
             let done =
                 super::target::up(&mut target, ctx, super::target::build_all(ctx, &config)).await?;
@@ -66,7 +66,7 @@ pub async fn run(ctx: &Context, args: ExecArgs) -> Result<(), Error> {
             (Box::new(target), access, done.urls)
         }
         None => {
-            let outcome = super::up::bring_up(ctx, &config).await?;
+            let outcome = crate::up::bring_up(&ctx.reporter, &config).await?;
             let access = Access {
                 kubeconfig: outcome.node.kubeconfig.clone(),
                 context: crate::plan::Names::of(&config.name).context,

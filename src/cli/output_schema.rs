@@ -106,7 +106,7 @@ fn urls() -> Vec<Url> {
 
 /// `up`'s outcome: `config` and everything else as a real run leaves it, but no DNS server
 /// and no node address for the built-in default.
-async fn up_outcome(config: SandboxConfig) -> super::up::Outcome {
+async fn up_outcome(config: SandboxConfig) -> crate::up::Outcome {
     let default = config.source.is_none();
     let name = config.name.clone();
     let client =
@@ -127,7 +127,7 @@ async fn up_outcome(config: SandboxConfig) -> super::up::Outcome {
         fresh: !default,
         started: None,
     };
-    super::up::Outcome {
+    crate::up::Outcome {
         config,
         node,
         kubeconfig: "/home/me/.kube/config".into(),

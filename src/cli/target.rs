@@ -309,8 +309,8 @@ impl Target for NodeTarget {
     }
 
     async fn documents(&self, ctx: &Context) -> Result<Vec<Document>, Error> {
-        let ca = super::up::load_ca(ctx)?;
-        super::up::project_documents(ctx, &self.config, self.node()?, &[], &ca).await
+        let ca = crate::up::load_ca(&ctx.reporter)?;
+        crate::up::project_documents(&ctx.reporter, &self.config, self.node()?, &[], &ca).await
     }
 
     async fn deliver(
@@ -369,21 +369,23 @@ impl Target for NodeTarget {
     ) -> Result<(Vec<Applied>, Vec<InventoryEntry>), Error> {
         // what it applies may differ from what the last `up` recorded
         crate::warm::forget(&crate::warm::key(&self.config));
-        super::up::apply(ctx, &self.config, self.node()?, docs, None).await
+        crate::up::apply(&ctx.reporter, &self.config, self.node()?, docs, None).await
     }
 
     async fn wait(&self, ctx: &Context, applied: &[Applied]) -> Result<(), Error> {
-        super::up::wait_ready(ctx, &self.config, self.node()?, applied).await
+        crate::up::wait_ready(&ctx.reporter, &self.config, self.node()?, applied).await
     }
 
     async fn urls(&self, ctx: &Context, checked_since: Option<Instant>) -> Result<Vec<Url>, Error> {
         let node = self.node()?;
         match checked_since {
-            Some(since) => super::up::wait_answering(ctx, &self.config, node, since).await,
+            Some(since) => {
+                crate::up::wait_answering(&ctx.reporter, &self.config, node, since).await
+            }
             None => crate::urls::collect(
                 &node.client,
                 self.config.environment.as_deref(),
-                Some(&super::up::domain(&self.config)),
+                Some(&crate::up::domain(&self.config)),
                 node.ports.https,
                 true,
                 &crate::forward::table(&self.config.name),
