@@ -154,16 +154,7 @@ pub async fn bring_up(reporter: &Reporter, config: &SandboxConfig) -> Result<Out
     } else {
         &waited
     };
-    let proxied: Vec<(String, String)> = changed
-        .iter()
-        .filter(|a| crate::proxy_rules::proxied(&a.object))
-        .filter_map(|a| Some((a.namespace.clone()?, a.name.clone())))
-        .collect();
-    let ingresses: Vec<serde_json::Value> = changed
-        .iter()
-        .filter(|a| a.resource.kind == "Ingress")
-        .map(|a| a.object.clone())
-        .collect();
+    let (proxied, ingresses) = data_paths(changed);
     let (urls, (), ()) = tokio::join!(
         wait_answering(reporter, config, &up.node, ready_since),
         async {
@@ -295,6 +286,22 @@ pub fn pruned_json(pruned: &[InventoryEntry]) -> serde_json::Value {
         .iter()
         .map(|p| json!({"kind": p.kind, "namespace": p.namespace, "name": p.name}))
         .collect()
+}
+
+/// The data paths of `changed` objects a request takes: the Services kube-proxy writes
+/// rules for (namespace, name), and the Ingresses (pure).
+fn data_paths(changed: &[Applied]) -> (Vec<(String, String)>, Vec<serde_json::Value>) {
+    let proxied = changed
+        .iter()
+        .filter(|a| crate::proxy_rules::proxied(&a.object))
+        .filter_map(|a| Some((a.namespace.clone()?, a.name.clone())))
+        .collect();
+    let ingresses = changed
+        .iter()
+        .filter(|a| a.resource.kind == "Ingress")
+        .map(|a| a.object.clone())
+        .collect();
+    (proxied, ingresses)
 }
 
 /// Starts the sandbox's node (and returns it) when it is stopped (the laptop rebooted) and

@@ -6,6 +6,7 @@ use crate::config::SandboxConfig;
 use crate::docker::Engine;
 use crate::images::{self, BuiltImage};
 use crate::node::{self, Node};
+use crate::registry::LocalRegistry;
 use crate::report::Reporter;
 use crate::warm::Stale;
 
@@ -90,70 +91,9 @@ pub(super) async fn unchanged(
     }
     let kubeconfig = serde_yaml::from_str(&record.kubeconfig).map_err(Stale::Kubeconfig)?;
     let node = node::attach(engine, info, profile, kubeconfig).await?;
-    if record.images.len() != config.images.len() {
-        return Err(Stale::ImagesConfigured);
-    }
-    let mut built = Vec::new();
-    for (image, recorded) in config.images.iter().zip(&record.images) {
-        let context = images::context_digest(image, &config.base_dir).await?;
-        let inputs = images::inputs(engine, image, &config.base_dir, &context).await;
-        if recorded.name != image.name || inputs.as_ref() != Some(&recorded.inputs) {
-            return Err(Stale::NewInputs {
-                image: image.name.clone(),
-            });
-        }
-        let id = engine.image_id(&recorded.reference).await.ok().flatten();
-        if id.as_ref() != Some(&recorded.id) {
-            return Err(Stale::NotInEngine {
-                reference: recorded.reference.clone(),
-            });
-        }
-        built.push(BuiltImage {
-            name: image.name.clone(),
-            reference: recorded.reference.clone(),
-            id: recorded.id.clone(),
-            inputs,
-        });
-    }
-    // with a registry: it runs, still holds every image, and the node has its mirror
-    let registry = match config.registry {
-        Some(crate::config::Registry::Local) => {
-            let registry = crate::registry::running(engine, &config.name)
-                .await?
-                .ok_or(Stale::RegistryStopped)?;
-            let mut delivered = Vec::new();
-            for image in &built {
-                let reference = registry.reference(image);
-                if !crate::registry::holds(&registry, &reference).await {
-                    return Err(Stale::NotInRegistry { reference });
-                }
-                delivered.push(BuiltImage {
-                    reference,
-                    ..image.clone()
-                });
-            }
-            built = delivered;
-            crate::registry::configure_node(engine, &node.info.name, &node.profile, &registry)
-                .await?;
-            Some(registry)
-        }
-        None => None,
-    };
-    let ca = load_ca(reporter)?;
-    let (mut docs, mut issued) =
-        addon_documents_secured(config, &node, &ca, registry.as_ref()).await?;
-    let (project, more) = project_documents_secured(config, &node, &built, &ca).await?;
-    docs.extend(project);
-    issued.extend(more);
-    if issued
-        .iter()
-        .any(|(_, i)| *i == crate::ingress::Issued::New)
-    {
-        return Err(Stale::CertificateDue);
-    }
-    if crate::warm::documents_digest(&docs) != record.documents {
-        return Err(Stale::Documents);
-    }
+    let built = recorded_images(config, engine, record).await?;
+    let (built, registry) = delivered(config, engine, &node, built).await?;
+    documents_as_recorded(reporter, config, &node, &built, registry.as_ref(), record).await?;
     let (ready, left) = tokio::join!(
         node::node_ready(&node.client, &node.info.name),
         crate::warm::as_left(&node.client, &config.name, &record.objects)
@@ -186,4 +126,100 @@ pub(super) async fn unchanged(
         unchanged: true,
         timings: Timings::default(),
     })
+}
+
+/// The images of the record, when each is still built from the same inputs and still in
+/// the engine.
+async fn recorded_images(
+    config: &SandboxConfig,
+    engine: &Engine,
+    record: &crate::warm::Record,
+) -> Result<Vec<BuiltImage>, Stale> {
+    if record.images.len() != config.images.len() {
+        return Err(Stale::ImagesConfigured);
+    }
+    let mut built = Vec::new();
+    for (image, recorded) in config.images.iter().zip(&record.images) {
+        let context = images::context_digest(image, &config.base_dir).await?;
+        let inputs = images::inputs(engine, image, &config.base_dir, &context).await;
+        if recorded.name != image.name || inputs.as_ref() != Some(&recorded.inputs) {
+            return Err(Stale::NewInputs {
+                image: image.name.clone(),
+            });
+        }
+        let id = engine.image_id(&recorded.reference).await.ok().flatten();
+        if id.as_ref() != Some(&recorded.id) {
+            return Err(Stale::NotInEngine {
+                reference: recorded.reference.clone(),
+            });
+        }
+        built.push(BuiltImage {
+            name: image.name.clone(),
+            reference: recorded.reference.clone(),
+            id: recorded.id.clone(),
+            inputs,
+        });
+    }
+    Ok(built)
+}
+
+/// The images as the node gets them: with `registry: local`, the registry runs, still
+/// holds every image, and the node has its mirror (their references are the registry's).
+async fn delivered(
+    config: &SandboxConfig,
+    engine: &Engine,
+    node: &Node,
+    mut built: Vec<BuiltImage>,
+) -> Result<(Vec<BuiltImage>, Option<LocalRegistry>), Stale> {
+    let registry = match config.registry {
+        Some(crate::config::Registry::Local) => {
+            let registry = crate::registry::running(engine, &config.name)
+                .await?
+                .ok_or(Stale::RegistryStopped)?;
+            let mut delivered = Vec::new();
+            for image in &built {
+                let reference = registry.reference(image);
+                if !crate::registry::holds(&registry, &reference).await {
+                    return Err(Stale::NotInRegistry { reference });
+                }
+                delivered.push(BuiltImage {
+                    reference,
+                    ..image.clone()
+                });
+            }
+            built = delivered;
+            crate::registry::configure_node(engine, &node.info.name, &node.profile, &registry)
+                .await?;
+            Some(registry)
+        }
+        None => None,
+    };
+    Ok((built, registry))
+}
+
+/// Checks that the documents rendered now are those of the record, with no certificate
+/// due.
+async fn documents_as_recorded(
+    reporter: &Reporter,
+    config: &SandboxConfig,
+    node: &Node,
+    built: &[BuiltImage],
+    registry: Option<&LocalRegistry>,
+    record: &crate::warm::Record,
+) -> Result<(), Stale> {
+    let ca = load_ca(reporter)?;
+    let (mut docs, mut issued) = addon_documents_secured(config, node, &ca, registry).await?;
+    let (project, more) = project_documents_secured(config, node, built, &ca).await?;
+    docs.extend(project);
+    issued.extend(more);
+    if issued
+        .iter()
+        .any(|(_, i)| *i == crate::ingress::Issued::New)
+    {
+        return Err(Stale::CertificateDue);
+    }
+    if crate::warm::documents_digest(&docs) != record.documents {
+        return Err(Stale::Documents);
+    }
+    Ok(())
 }
