@@ -516,17 +516,7 @@ impl Applier {
             .map(Document::name)
             .chain([default_namespace.as_str()])
             .collect();
-        let mut planned = Vec::new();
-        for doc in docs {
-            let resolved = self.resolve(doc).await?;
-            if resolved.is_none() {
-                let gvk = gvk_of(doc);
-                if !crd_kinds.contains(&(gvk.group.clone(), gvk.kind.clone())) {
-                    return Err(self.unknown_kind(doc).await);
-                }
-            }
-            planned.push((doc, resolved));
-        }
+        let planned = self.plan(docs, &crd_kinds).await?;
         let existing_namespaces = self.existing_namespaces().await;
         let judgeable =
             |doc: &Document, resolved: &Option<(ApiResource, ApiCapabilities)>| -> bool {
@@ -554,6 +544,55 @@ impl Applier {
             .collect();
         self.apply_set(&early, true).await?;
         // 2. namespaces and CRDs
+        let mut applied = self.apply_first(&planned).await?;
+        // 3. the rest: dry run of what could not be judged before, then apply
+        let rest = self.resolve_rest(&planned).await?;
+        let late: Vec<_> = rest
+            .iter()
+            .filter(|(d, _)| !early.iter().any(|(e, _)| std::ptr::eq(*e, *d)) && !deferred(d))
+            .cloned()
+            .collect();
+        // the default account of a namespace this apply created comes a moment after it
+        for (doc, _) in &late {
+            self.wait_account(doc).await?;
+        }
+        self.apply_set(&late, true).await?;
+        // in waves by kind, so that what pods use exists before them
+        self.apply_waves(&rest, &deferred, &mut applied).await?;
+        self.announce();
+        Ok(applied)
+    }
+
+    /// Each document with the kind the server serves it as, in document order; `None` for a
+    /// kind not served yet that a CRD among `docs` defines (`crd_kinds`: their groups and
+    /// kinds). Fails on a kind neither served nor defined, before anything is written.
+    async fn plan<'d>(
+        &mut self,
+        docs: &'d [Document],
+        crd_kinds: &[(String, String)],
+    ) -> Result<Vec<(&'d Document, Option<(ApiResource, ApiCapabilities)>)>, ApplyError> {
+        let mut planned = Vec::new();
+        for doc in docs {
+            let resolved = self.resolve(doc).await?;
+            if resolved.is_none() {
+                let gvk = gvk_of(doc);
+                if !crd_kinds.contains(&(gvk.group.clone(), gvk.kind.clone())) {
+                    return Err(self.unknown_kind(doc).await);
+                }
+            }
+            planned.push((doc, resolved));
+        }
+        Ok(planned)
+    }
+
+    /// Applies the namespaces and CRDs among `planned` (phase 0), waits until each CRD is
+    /// established, and makes sure the sandbox's own namespace exists: what the rest is
+    /// created in or as. Returns what it applied. The kinds known so far are forgotten once
+    /// something was applied (a new CRD serves a new kind).
+    async fn apply_first(
+        &mut self,
+        planned: &[(&Document, Option<(ApiResource, ApiCapabilities)>)],
+    ) -> Result<Vec<Applied>, ApplyError> {
         let first: Vec<_> = planned
             .iter()
             .filter(|(d, _)| phase(d.kind()) == 0)
@@ -564,7 +603,7 @@ impl Applier {
                 )
             })
             .collect();
-        let mut applied = self.apply_set(&first, false).await?;
+        let applied = self.apply_set(&first, false).await?;
         for a in applied
             .iter()
             .filter(|a| a.resource.kind == "CustomResourceDefinition")
@@ -577,9 +616,18 @@ impl Applier {
         }
         self.ensure_namespace(&self.default_namespace.clone())
             .await?;
-        // 3. the rest: dry run of what could not be judged before, then apply
+        Ok(applied)
+    }
+
+    /// The documents of `planned` after phase 0, in document order, each with its kind as
+    /// the server serves it now (asked again for a kind a CRD just defined). Fails on a kind
+    /// still not served.
+    async fn resolve_rest<'d>(
+        &mut self,
+        planned: &[(&'d Document, Option<(ApiResource, ApiCapabilities)>)],
+    ) -> Result<Vec<(&'d Document, (ApiResource, ApiCapabilities))>, ApplyError> {
         let mut rest = Vec::new();
-        for (doc, resolved) in &planned {
+        for (doc, resolved) in planned {
             if phase(doc.kind()) == 0 {
                 continue;
             }
@@ -592,18 +640,21 @@ impl Applier {
             };
             rest.push((*doc, resolved));
         }
-        let late: Vec<_> = rest
-            .iter()
-            .filter(|(d, _)| !early.iter().any(|(e, _)| std::ptr::eq(*e, *d)) && !deferred(d))
-            .cloned()
-            .collect();
-        // the default account of a namespace this apply created comes a moment after it
-        for (doc, _) in &late {
-            self.wait_account(doc).await?;
-        }
-        self.apply_set(&late, true).await?;
-        // in waves by kind, so that what pods use exists before them (a Service's
-        // environment variables, a ConfigMap they mount, the PVC they claim)
+        Ok(rest)
+    }
+
+    /// Applies `rest` in waves by kind, so that what pods use exists before them (a
+    /// Service's environment variables, a ConfigMap they mount, the PVC they claim), adding
+    /// what it applied to `applied`. Before the first wave that makes pods, it announces
+    /// what came before and waits for the hold on pods (see [`Applier::hold_pods`]); the
+    /// `deferred` documents of a wave (bare Pods whose account these manifests create) are
+    /// dry-run there, once their account is in.
+    async fn apply_waves(
+        &mut self,
+        rest: &[(&Document, (ApiResource, ApiCapabilities))],
+        deferred: &impl Fn(&Document) -> bool,
+        applied: &mut Vec<Applied>,
+    ) -> Result<(), ApplyError> {
         let mut ranks: Vec<usize> = rest.iter().map(|(d, _)| kind_rank(d.kind())).collect();
         ranks.sort_unstable();
         ranks.dedup();
@@ -626,8 +677,7 @@ impl Applier {
             self.apply_set(&judged_now, true).await?;
             applied.extend(self.apply_set(&wave, false).await?);
         }
-        self.announce();
-        Ok(applied)
+        Ok(())
     }
 
     /// For a bare Pod: waits until the ServiceAccount it runs as exists and, on a server

@@ -161,12 +161,7 @@ pub async fn wait_converged(
                 if !rules_read {
                     return None;
                 }
-                match engine.exec_simple(node, &command).await {
-                    Ok(out) if out.code == 0 && out.stdout.contains("KUBE-SERVICES") => {
-                        Some(destinations(&out.stdout))
-                    }
-                    _ => None,
-                }
+                read_rules(engine, node, &command).await
             },
             async {
                 if ingress_read {
@@ -179,21 +174,7 @@ pub async fn wait_converged(
         );
         let mut lag = Vec::new();
         match rules {
-            Some(rules) => {
-                let wanted = services
-                    .iter()
-                    .map(|(ns, name)| {
-                        let key = format!("{ns}/{name}");
-                        let addresses = ready.addresses.get(&key).cloned().unwrap_or_default();
-                        (key, addresses)
-                    })
-                    .collect();
-                lag.extend(
-                    lagging(&rules, &wanted)
-                        .into_iter()
-                        .map(|l| format!("kube-proxy: {l}")),
-                );
-            }
+            Some(rules) => lag.extend(kube_proxy_lag(&rules, services, &ready.addresses)),
             None if rules_read => {
                 rules_read = false;
                 converged
@@ -225,6 +206,44 @@ pub async fn wait_converged(
         tokio::time::sleep(RETRY).await;
     }
     converged
+}
+
+/// What the node's rules send each Service to (see [`destinations`]); `None` when they
+/// cannot be read: `iptables-save` failed, or its NAT table has no kube-proxy chains (a
+/// node without it, or a kube-proxy in another mode).
+async fn read_rules(
+    engine: &crate::docker::Engine,
+    node: &str,
+    command: &[String],
+) -> Option<BTreeMap<String, BTreeSet<String>>> {
+    match engine.exec_simple(node, command).await {
+        Ok(out) if out.code == 0 && out.stdout.contains("KUBE-SERVICES") => {
+            Some(destinations(&out.stdout))
+        }
+        _ => None,
+    }
+}
+
+/// The Services among `services` (`(namespace, name)`) whose `rules` differ from the
+/// ready addresses of their Endpoints (`ready`: `namespace/name` → addresses; a Service
+/// without any wants none), described and marked as kube-proxy's (see [`lagging`]).
+fn kube_proxy_lag(
+    rules: &BTreeMap<String, BTreeSet<String>>,
+    services: &[(String, String)],
+    ready: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<String> {
+    let wanted = services
+        .iter()
+        .map(|(ns, name)| {
+            let key = format!("{ns}/{name}");
+            let addresses = ready.get(&key).cloned().unwrap_or_default();
+            (key, addresses)
+        })
+        .collect();
+    lagging(rules, &wanted)
+        .into_iter()
+        .map(|l| format!("kube-proxy: {l}"))
+        .collect()
 }
 
 /// The ready addresses and cluster address of each Service.
@@ -340,6 +359,33 @@ COMMIT
         let rules = destinations(text);
         assert_eq!(rules["web/api"], BTreeSet::from(["10.42.0.9".to_string()]));
         assert_eq!(rules["web/edge"], BTreeSet::from(["fd00::7".to_string()]));
+    }
+
+    #[test]
+    fn kube_proxy_lags_where_its_rules_are_not_the_ready_addresses() {
+        let rules = destinations(ROLLING);
+        let services = [
+            ("default".to_string(), "hello".to_string()),
+            ("sandbox-system".to_string(), "maildev".to_string()),
+            // no rules and no ready address: nothing to wait for
+            ("default".to_string(), "idle".to_string()),
+        ];
+        let ready = BTreeMap::from([
+            (
+                "default/hello".to_string(),
+                BTreeSet::from(["10.244.0.21".to_string()]),
+            ),
+            (
+                "sandbox-system/maildev".to_string(),
+                BTreeSet::from(["10.244.0.2".to_string()]),
+            ),
+        ]);
+        let lag = kube_proxy_lag(&rules, &services, &ready);
+        assert_eq!(lag.len(), 1, "{lag:?}");
+        assert!(
+            lag[0].starts_with("kube-proxy: default/hello (rules send to"),
+            "{lag:?}"
+        );
     }
 
     #[test]

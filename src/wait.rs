@@ -57,131 +57,177 @@ fn generation_observed(object: &Value) -> bool {
 
 /// Judges the readiness of a workload object; `None` for kinds that are ready once applied.
 pub fn judge(object: &Value) -> Option<Readiness> {
-    let kind = object["kind"].as_str()?;
-    let status = &object["status"];
-    let spec = &object["spec"];
-    let replicas = spec["replicas"].as_i64().unwrap_or(1);
-    Some(match kind {
-        "Deployment" => {
-            if let Some(c) = condition(object, "Progressing") {
-                if c["reason"] == "ProgressDeadlineExceeded" {
-                    return Some(Readiness::Failed(format!(
-                        "rollout exceeded its progress deadline: {}",
-                        c["message"].as_str().unwrap_or_default()
-                    )));
-                }
-            }
-            let updated = int(&status["updatedReplicas"]);
-            let total = int(&status["replicas"]);
-            let available = int(&status["availableReplicas"]);
-            if !generation_observed(object) {
-                Readiness::Pending("waiting for the controller to see the new spec".into())
-            } else if updated < replicas {
-                Readiness::Pending(format!("{updated} of {replicas} replicas updated"))
-            } else if total > updated {
-                Readiness::Pending(format!("{} old replicas terminating", total - updated))
-            } else if available < updated {
-                Readiness::Pending(format!("{available} of {replicas} replicas available"))
-            } else {
-                Readiness::Ready
-            }
-        }
-        "StatefulSet" => {
-            let ready = int(&status["readyReplicas"]);
-            let updated = int(&status["updatedReplicas"]);
-            let rolling = spec["updateStrategy"]["type"]
-                .as_str()
-                .unwrap_or("RollingUpdate")
-                == "RollingUpdate";
-            if !generation_observed(object) {
-                Readiness::Pending("waiting for the controller to see the new spec".into())
-            } else if rolling
-                && (updated < replicas || status["updateRevision"] != status["currentRevision"])
-            {
-                Readiness::Pending(format!("{updated} of {replicas} replicas updated"))
-            } else if ready < replicas {
-                Readiness::Pending(format!("{ready} of {replicas} replicas ready"))
-            } else {
-                Readiness::Ready
-            }
-        }
-        "DaemonSet" => {
-            let desired = int(&status["desiredNumberScheduled"]);
-            let updated = int(&status["updatedNumberScheduled"]);
-            let available = int(&status["numberAvailable"]);
-            if !generation_observed(object) {
-                Readiness::Pending("waiting for the controller to see the new spec".into())
-            } else if updated < desired {
-                Readiness::Pending(format!("{updated} of {desired} pods updated"))
-            } else if available < desired {
-                Readiness::Pending(format!("{available} of {desired} pods available"))
-            } else {
-                Readiness::Ready
-            }
-        }
-        "Job" => {
-            if condition(object, "Complete").is_some_and(|c| c["status"] == "True") {
-                Readiness::Ready
-            } else if let Some(c) = condition(object, "Failed").filter(|c| c["status"] == "True") {
-                Readiness::Failed(format!(
-                    "job failed: {} {}",
-                    c["reason"].as_str().unwrap_or_default(),
-                    c["message"].as_str().unwrap_or_default()
-                ))
-            } else {
-                let completions = spec["completions"].as_i64().unwrap_or(1);
-                Readiness::Pending(format!(
-                    "{} of {completions} completions ({} failed attempts)",
-                    int(&status["succeeded"]),
-                    int(&status["failed"])
-                ))
-            }
-        }
-        "PersistentVolumeClaim" => match status["phase"].as_str() {
-            Some("Bound") => Readiness::Ready,
-            Some("Lost") => Readiness::Failed("its volume is lost".into()),
-            _ => Readiness::Pending(format!(
-                "not bound yet (storage class {})",
-                spec["storageClassName"].as_str().unwrap_or("default")
-            )),
-        },
-        "Pod" => match status["phase"].as_str() {
-            Some("Succeeded") => Readiness::Ready,
-            Some("Failed") => Readiness::Failed(format!(
-                "pod failed: {}",
-                status["message"].as_str().unwrap_or_default()
-            )),
-            Some("Running")
-                if condition(object, "Ready").is_some_and(|c| c["status"] == "True") =>
-            {
-                Readiness::Ready
-            }
-            phase => Readiness::Pending(format!("pod {}", phase.unwrap_or("Pending"))),
-        },
+    // one judge per kind that is not ready as soon as it is applied
+    let judge_kind: fn(&Value) -> Readiness = match object["kind"].as_str()? {
+        "Deployment" => judge_deployment,
+        "StatefulSet" => judge_statefulset,
+        "DaemonSet" => judge_daemonset,
+        "Job" => judge_job,
+        "PersistentVolumeClaim" => judge_claim,
+        "Pod" => judge_pod,
         // cert-manager's: Ready once its Secret holds a certificate for the spec
         "Certificate"
             if object["apiVersion"]
                 .as_str()
                 .is_some_and(|v| v.starts_with("cert-manager.io/")) =>
         {
-            match condition(object, "Ready") {
-                // the condition says which generation it judged (absent: any)
-                Some(c)
-                    if c["status"] == "True"
-                        && c.get("observedGeneration")
-                            .is_none_or(|g| int(g) >= int(&object["metadata"]["generation"])) =>
-                {
-                    Readiness::Ready
-                }
-                Some(c) => Readiness::Pending(format!(
-                    "certificate not issued yet: {}",
-                    c["message"].as_str().unwrap_or_default()
-                )),
-                None => Readiness::Pending("waiting for cert-manager to issue it".into()),
-            }
+            judge_certificate
         }
         _ => return None,
-    })
+    };
+    Some(judge_kind(object))
+}
+
+/// The replicas a workload's spec asks for (1 when it does not say, as the API defaults).
+fn replicas(object: &Value) -> i64 {
+    object["spec"]["replicas"].as_i64().unwrap_or(1)
+}
+
+/// A Deployment's readiness: failed once its rollout exceeded its progress deadline (the
+/// controller reports it stuck), ready once the controller saw the spec and every replica is updated
+/// and available with no old one left.
+fn judge_deployment(object: &Value) -> Readiness {
+    let status = &object["status"];
+    let replicas = replicas(object);
+    if let Some(c) = condition(object, "Progressing") {
+        if c["reason"] == "ProgressDeadlineExceeded" {
+            return Readiness::Failed(format!(
+                "rollout exceeded its progress deadline: {}",
+                c["message"].as_str().unwrap_or_default()
+            ));
+        }
+    }
+    let updated = int(&status["updatedReplicas"]);
+    let total = int(&status["replicas"]);
+    let available = int(&status["availableReplicas"]);
+    if !generation_observed(object) {
+        Readiness::Pending("waiting for the controller to see the new spec".into())
+    } else if updated < replicas {
+        Readiness::Pending(format!("{updated} of {replicas} replicas updated"))
+    } else if total > updated {
+        Readiness::Pending(format!("{} old replicas terminating", total - updated))
+    } else if available < updated {
+        Readiness::Pending(format!("{available} of {replicas} replicas available"))
+    } else {
+        Readiness::Ready
+    }
+}
+
+/// A StatefulSet's readiness: ready once the controller saw the spec, a rolling update
+/// reached every replica (an `OnDelete` one waits for nobody), and every replica is ready.
+fn judge_statefulset(object: &Value) -> Readiness {
+    let status = &object["status"];
+    let replicas = replicas(object);
+    let ready = int(&status["readyReplicas"]);
+    let updated = int(&status["updatedReplicas"]);
+    let rolling = object["spec"]["updateStrategy"]["type"]
+        .as_str()
+        .unwrap_or("RollingUpdate")
+        == "RollingUpdate";
+    if !generation_observed(object) {
+        Readiness::Pending("waiting for the controller to see the new spec".into())
+    } else if rolling
+        && (updated < replicas || status["updateRevision"] != status["currentRevision"])
+    {
+        Readiness::Pending(format!("{updated} of {replicas} replicas updated"))
+    } else if ready < replicas {
+        Readiness::Pending(format!("{ready} of {replicas} replicas ready"))
+    } else {
+        Readiness::Ready
+    }
+}
+
+/// A DaemonSet's readiness: ready once the controller saw the spec and every pod it
+/// schedules is updated and available.
+fn judge_daemonset(object: &Value) -> Readiness {
+    let status = &object["status"];
+    let desired = int(&status["desiredNumberScheduled"]);
+    let updated = int(&status["updatedNumberScheduled"]);
+    let available = int(&status["numberAvailable"]);
+    if !generation_observed(object) {
+        Readiness::Pending("waiting for the controller to see the new spec".into())
+    } else if updated < desired {
+        Readiness::Pending(format!("{updated} of {desired} pods updated"))
+    } else if available < desired {
+        Readiness::Pending(format!("{available} of {desired} pods available"))
+    } else {
+        Readiness::Ready
+    }
+}
+
+/// A Job's readiness: ready once complete, failed once it gave up (it will not try again),
+/// else pending with its completions and failed attempts so far.
+fn judge_job(object: &Value) -> Readiness {
+    let status = &object["status"];
+    if condition(object, "Complete").is_some_and(|c| c["status"] == "True") {
+        Readiness::Ready
+    } else if let Some(c) = condition(object, "Failed").filter(|c| c["status"] == "True") {
+        Readiness::Failed(format!(
+            "job failed: {} {}",
+            c["reason"].as_str().unwrap_or_default(),
+            c["message"].as_str().unwrap_or_default()
+        ))
+    } else {
+        let completions = object["spec"]["completions"].as_i64().unwrap_or(1);
+        Readiness::Pending(format!(
+            "{} of {completions} completions ({} failed attempts)",
+            int(&status["succeeded"]),
+            int(&status["failed"])
+        ))
+    }
+}
+
+/// A PersistentVolumeClaim's readiness: ready once bound, failed once its volume is lost
+/// (it will not be bound again), else pending with the storage class that should bind it.
+fn judge_claim(object: &Value) -> Readiness {
+    match object["status"]["phase"].as_str() {
+        Some("Bound") => Readiness::Ready,
+        Some("Lost") => Readiness::Failed("its volume is lost".into()),
+        _ => Readiness::Pending(format!(
+            "not bound yet (storage class {})",
+            object["spec"]["storageClassName"]
+                .as_str()
+                .unwrap_or("default")
+        )),
+    }
+}
+
+/// A bare Pod's readiness: ready once it succeeded or runs Ready, failed once it failed
+/// (a failed pod's phase is final), else pending with its phase.
+fn judge_pod(object: &Value) -> Readiness {
+    let status = &object["status"];
+    match status["phase"].as_str() {
+        Some("Succeeded") => Readiness::Ready,
+        Some("Failed") => Readiness::Failed(format!(
+            "pod failed: {}",
+            status["message"].as_str().unwrap_or_default()
+        )),
+        Some("Running") if condition(object, "Ready").is_some_and(|c| c["status"] == "True") => {
+            Readiness::Ready
+        }
+        phase => Readiness::Pending(format!("pod {}", phase.unwrap_or("Pending"))),
+    }
+}
+
+/// A cert-manager Certificate's readiness: ready once its Ready condition is true for the
+/// present generation (an older generation's certificate is not the spec's), else pending
+/// with what cert-manager says.
+fn judge_certificate(object: &Value) -> Readiness {
+    match condition(object, "Ready") {
+        // the condition says which generation it judged (absent: any)
+        Some(c)
+            if c["status"] == "True"
+                && c.get("observedGeneration")
+                    .is_none_or(|g| int(g) >= int(&object["metadata"]["generation"])) =>
+        {
+            Readiness::Ready
+        }
+        Some(c) => Readiness::Pending(format!(
+            "certificate not issued yet: {}",
+            c["message"].as_str().unwrap_or_default()
+        )),
+        None => Readiness::Pending("waiting for cert-manager to issue it".into()),
+    }
 }
 
 /// How a container that has restarted last ended, when that was an error.
@@ -382,41 +428,16 @@ pub async fn wait_all(
         if full {
             beat = Instant::now() + BEAT;
         }
-        let due: Vec<usize> = (0..pending.len())
-            .filter(|&i| {
-                full || changed
-                    .as_ref()
-                    .is_some_and(|c| c.contains(&key(pending[i].0)))
-            })
-            .collect();
-        let states = join_all(due.iter().map(|&i| check(client, pending[i].0, since))).await;
-        for (&i, state) in due.iter().zip(states) {
-            let slot = &mut pending[i];
-            match &state {
-                Readiness::Ready => step.item_done(&slot.0.id(), "ready"),
-                Readiness::Pending(m) => step.item(&slot.0.id(), m),
-                Readiness::Failed(m) => step.item_done(&slot.0.id(), &format!("failed: {m}")),
-            }
-            slot.1 = state;
-        }
+        check_due(client, &mut pending, full, changed.as_ref(), since, step).await;
         pending.retain(|(_, r)| *r != Readiness::Ready);
-        let failed: Vec<_> = pending
+        let failed: Vec<(&Applied, Readiness)> = pending
             .iter()
             .filter(|(_, r)| matches!(r, Readiness::Failed(_)))
+            .map(|(a, r)| (*a, r.clone()))
             .collect();
         if !failed.is_empty() {
-            let details = describe_all(
-                client,
-                &failed
-                    .iter()
-                    .map(|(a, r)| (*a, r.clone()))
-                    .collect::<Vec<_>>(),
-            )
-            .await;
-            return Err(WaitError::NotReady {
-                summary: format!("{} of {total} workloads failed", failed.len()),
-                details,
-            });
+            let summary = format!("{} of {total} workloads failed", failed.len());
+            return Err(not_ready(client, &failed, summary).await);
         }
         if pending.is_empty() {
             return Ok(());
@@ -426,22 +447,12 @@ pub async fn wait_all(
             pending.len()
         ));
         if start.elapsed() > deadline {
-            let details = describe_all(
-                client,
-                &pending
-                    .iter()
-                    .map(|(a, r)| (*a, r.clone()))
-                    .collect::<Vec<_>>(),
-            )
-            .await;
-            return Err(WaitError::NotReady {
-                summary: format!(
-                    "{} of {total} workloads not ready within {} s",
-                    pending.len(),
-                    deadline.as_secs()
-                ),
-                details,
-            });
+            let summary = format!(
+                "{} of {total} workloads not ready within {} s",
+                pending.len(),
+                deadline.as_secs()
+            );
+            return Err(not_ready(client, &pending, summary).await);
         }
         let keys: HashSet<Key> = pending.iter().map(|(a, _)| key(a)).collect();
         let changes = changes.get_or_insert_with(|| {
@@ -451,6 +462,44 @@ pub async fn wait_all(
         let seen = changes.next(beat, &keys).await;
         changed = (!seen.is_empty()).then_some(seen);
     }
+}
+
+/// Checks the pending objects that are due, all at once: every one on a `full` check, else
+/// those a watch said `changed` (the others keep the state they were last seen in). Reports
+/// each one's new state on `step` and records it in `pending`.
+async fn check_due(
+    client: &kube::Client,
+    pending: &mut [(&Applied, Readiness)],
+    full: bool,
+    changed: Option<&HashSet<Key>>,
+    since: Option<k8s_openapi::jiff::Timestamp>,
+    step: &Step,
+) {
+    let due: Vec<usize> = (0..pending.len())
+        .filter(|&i| full || changed.is_some_and(|c| c.contains(&key(pending[i].0))))
+        .collect();
+    let states = join_all(due.iter().map(|&i| check(client, pending[i].0, since))).await;
+    for (&i, state) in due.iter().zip(states) {
+        let slot = &mut pending[i];
+        match &state {
+            Readiness::Ready => step.item_done(&slot.0.id(), "ready"),
+            Readiness::Pending(m) => step.item(&slot.0.id(), m),
+            Readiness::Failed(m) => step.item_done(&slot.0.id(), &format!("failed: {m}")),
+        }
+        slot.1 = state;
+    }
+}
+
+/// The error that ends the wait: `summary`, then what each of `items` (the failed
+/// workloads, or those not ready in time) last showed, with its recent events and its
+/// pods' problems (see [`describe_all`]).
+async fn not_ready(
+    client: &kube::Client,
+    items: &[(&Applied, Readiness)],
+    summary: String,
+) -> WaitError {
+    let details = describe_all(client, items).await;
+    WaitError::NotReady { summary, details }
 }
 
 /// What a change names: the waited object's kind (a Service's for a change to its
