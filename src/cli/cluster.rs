@@ -554,59 +554,12 @@ async fn unchanged(
         .unwrap_or_default();
     // the add-ons' images as pushed (after the project's, as recorded): the same local
     // image, still in the registry
-    let mut pushed_addons = Vec::new();
-    for (image, recorded) in addons.iter().zip(&record.images[config.images.len()..]) {
-        if recorded.name != image.name || recorded.id != image.id {
-            return Err(Stale::AddonImage {
-                image: image.name.clone(),
-            });
-        }
-        if crate::registry::holds_at(host, &recorded.reference).await == Some(false) {
-            return Err(Stale::NotInRegistry {
-                reference: recorded.reference.clone(),
-            });
-        }
-        pushed_addons.push(BuiltImage {
-            reference: recorded.reference.clone(),
-            ..image.clone()
-        });
-    }
-    let mut built = Vec::new();
-    if !config.images.is_empty() {
-        let engine = Engine::connect().await?;
-        for (image, recorded) in config.images.iter().zip(&record.images) {
-            let context = images::context_digest(image, &config.base_dir).await?;
-            let inputs = images::inputs(&engine, image, &config.base_dir, &context).await;
-            if recorded.name != image.name || inputs.as_ref() != Some(&recorded.inputs) {
-                return Err(Stale::NewInputs {
-                    image: image.name.clone(),
-                });
-            }
-            if engine
-                .image_id(&recorded.reference)
-                .await
-                .ok()
-                .flatten()
-                .as_ref()
-                != Some(&recorded.id)
-            {
-                return Err(Stale::NotInEngine {
-                    reference: recorded.reference.clone(),
-                });
-            }
-            if crate::registry::holds_at(host, &recorded.reference).await == Some(false) {
-                return Err(Stale::NotInRegistry {
-                    reference: recorded.reference.clone(),
-                });
-            }
-            built.push(BuiltImage {
-                name: image.name.clone(),
-                reference: recorded.reference.clone(),
-                id: recorded.id.clone(),
-                inputs,
-            });
-        }
-    }
+    let pushed_addons = pushed_addons(addons, &record.images[config.images.len()..], host).await?;
+    let mut built = if config.images.is_empty() {
+        Vec::new()
+    } else {
+        pushed_project(config, &record.images, host).await?
+    };
     built.extend(pushed_addons);
     let mut docs = docs.to_vec();
     super::target::rewrite(&mut docs, &built, "IfNotPresent");
@@ -624,6 +577,79 @@ async fn unchanged(
         }
     }
     Ok((built, applied))
+}
+
+/// The add-ons' images as pushed by the recorded `up` (`recorded`, in `addons`' order), when
+/// each is still the same local image and still in the registry at `host`; `Err` says which
+/// is not. Part of [`unchanged`].
+async fn pushed_addons(
+    addons: &[BuiltImage],
+    recorded: &[crate::warm::ImageRecord],
+    host: &str,
+) -> Result<Vec<BuiltImage>, Stale> {
+    let mut pushed_addons = Vec::new();
+    for (image, recorded) in addons.iter().zip(recorded) {
+        if recorded.name != image.name || recorded.id != image.id {
+            return Err(Stale::AddonImage {
+                image: image.name.clone(),
+            });
+        }
+        if crate::registry::holds_at(host, &recorded.reference).await == Some(false) {
+            return Err(Stale::NotInRegistry {
+                reference: recorded.reference.clone(),
+            });
+        }
+        pushed_addons.push(BuiltImage {
+            reference: recorded.reference.clone(),
+            ..image.clone()
+        });
+    }
+    Ok(pushed_addons)
+}
+
+/// The project's images (`config.images`, at least one) as pushed by the recorded `up`
+/// (`recorded`, in the same order), when each has the same inputs, is in the engine and is
+/// still in the registry at `host`; `Err` says which is not. Part of [`unchanged`].
+async fn pushed_project(
+    config: &SandboxConfig,
+    recorded: &[crate::warm::ImageRecord],
+    host: &str,
+) -> Result<Vec<BuiltImage>, Stale> {
+    let mut built = Vec::new();
+    let engine = Engine::connect().await?;
+    for (image, recorded) in config.images.iter().zip(recorded) {
+        let context = images::context_digest(image, &config.base_dir).await?;
+        let inputs = images::inputs(&engine, image, &config.base_dir, &context).await;
+        if recorded.name != image.name || inputs.as_ref() != Some(&recorded.inputs) {
+            return Err(Stale::NewInputs {
+                image: image.name.clone(),
+            });
+        }
+        if engine
+            .image_id(&recorded.reference)
+            .await
+            .ok()
+            .flatten()
+            .as_ref()
+            != Some(&recorded.id)
+        {
+            return Err(Stale::NotInEngine {
+                reference: recorded.reference.clone(),
+            });
+        }
+        if crate::registry::holds_at(host, &recorded.reference).await == Some(false) {
+            return Err(Stale::NotInRegistry {
+                reference: recorded.reference.clone(),
+            });
+        }
+        built.push(BuiltImage {
+            name: image.name.clone(),
+            reference: recorded.reference.clone(),
+            id: recorded.id.clone(),
+            inputs,
+        });
+    }
+    Ok(built)
 }
 
 /// Keeps the record of this complete `up` (the states its objects were left in); a failure
@@ -1097,32 +1123,71 @@ pub async fn status(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> 
         Ok(()) => "ready",
         Err(_) => "not-ready",
     };
-    let mut environments = Vec::new();
-    if api == "ready" {
-        // the add-ons' namespace of a laptop sandbox of the same name is no environment
-        for namespace in super::status::environments(&client, &config.name).await {
-            if config
-                .environment
-                .as_ref()
-                .is_some_and(|only| only != &namespace)
-            {
-                continue;
-            }
-            let workloads = super::status::workload_health(&client, &namespace).await;
-            let lease: Api<Lease> = Api::namespaced(client.clone(), &namespace);
-            let locked_by = match lease.get_opt(LEASE).await {
-                Ok(Some(l)) if !free_for(&l, "", k8s_openapi::jiff::Timestamp::now()) => {
-                    l.spec.and_then(|s| s.holder_identity)
-                }
-                _ => None,
-            };
-            environments.push((namespace, workloads, locked_by));
-        }
-    }
+    let environments = if api == "ready" {
+        environment_health(&client, config).await
+    } else {
+        Vec::new()
+    };
     let missing = config
         .environment
         .as_ref()
         .filter(|_| api == "ready" && environments.is_empty());
+    let text = status_text(config, &context, &server, api, &environments);
+    let json = status_json(config, &context, &server, api, &environments);
+    if missing.is_none() || ctx.global.output == super::Output::Text {
+        ctx.print(&json, &text);
+    }
+    match missing {
+        Some(namespace) => Err(Error::Absent(format!(
+            "environment {namespace} of sandbox {} does not exist on context {context}",
+            config.name
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// One environment of `ClusterStatusResult`: its namespace, workloads and Lease holder.
+type EnvironmentHealth = (String, Vec<(String, String)>, Option<String>);
+
+/// Each environment of the sandbox on the cluster `client` reaches (every one, or the one
+/// `config` names) with its workloads' health and the holder of its Lease, if a run holds
+/// it. Part of [`status`], when the API is ready.
+async fn environment_health(
+    client: &kube::Client,
+    config: &SandboxConfig,
+) -> Vec<EnvironmentHealth> {
+    let mut environments = Vec::new();
+    // the add-ons' namespace of a laptop sandbox of the same name is no environment
+    for namespace in super::status::environments(client, &config.name).await {
+        if config
+            .environment
+            .as_ref()
+            .is_some_and(|only| only != &namespace)
+        {
+            continue;
+        }
+        let workloads = super::status::workload_health(client, &namespace).await;
+        let lease: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+        let locked_by = match lease.get_opt(LEASE).await {
+            Ok(Some(l)) if !free_for(&l, "", k8s_openapi::jiff::Timestamp::now()) => {
+                l.spec.and_then(|s| s.holder_identity)
+            }
+            _ => None,
+        };
+        environments.push((namespace, workloads, locked_by));
+    }
+    environments
+}
+
+/// The text of cluster-mode `status`: the API server's line, then a line per environment
+/// with its workloads' states (ready or not) and who holds its Lease.
+fn status_text(
+    config: &SandboxConfig,
+    context: &str,
+    server: &str,
+    api: &str,
+    environments: &[EnvironmentHealth],
+) -> String {
     let mut text = format!(
         "sandbox {} on context {context} ({server}): API {api}\n",
         config.name
@@ -1130,7 +1195,7 @@ pub async fn status(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> 
     if environments.is_empty() {
         text.push_str("  no environments (`sandbox up --namespace NAME` makes one)\n");
     }
-    for (namespace, workloads, locked_by) in &environments {
+    for (namespace, workloads, locked_by) in environments {
         let states: Vec<String> = workloads
             .iter()
             .map(|(name, state)| {
@@ -1157,21 +1222,8 @@ pub async fn status(ctx: &Context, config: &SandboxConfig) -> Result<(), Error> 
                 .unwrap_or_default()
         ));
     }
-    let json = status_json(config, &context, &server, api, &environments);
-    if missing.is_none() || ctx.global.output == super::Output::Text {
-        ctx.print(&json, &text);
-    }
-    match missing {
-        Some(namespace) => Err(Error::Absent(format!(
-            "environment {namespace} of sandbox {} does not exist on context {context}",
-            config.name
-        ))),
-        None => Ok(()),
-    }
+    text
 }
-
-/// One environment of `ClusterStatusResult`: its namespace, workloads and Lease holder.
-type EnvironmentHealth = (String, Vec<(String, String)>, Option<String>);
 
 /// The `ClusterStatusResult` document.
 pub(crate) fn status_json(

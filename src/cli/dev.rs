@@ -12,7 +12,7 @@ use notify::Watcher;
 use super::Context;
 use crate::config::SandboxConfig;
 use crate::error::Error;
-use crate::watch::{Burst, Inputs, Touched};
+use crate::watch::{Burst, Inputs, SyncFile, Touched};
 
 /// Options of `sandbox dev`.
 #[derive(Debug, Args)]
@@ -98,32 +98,9 @@ async fn watch_loop(ctx: &Context, config: &SandboxConfig, args: &DevArgs) -> Re
     ));
     let mut update = 0;
     loop {
-        // the first change that is an input of the sandbox begins a burst
-        let mut burst = loop {
-            let Some(path) = changes.recv().await else {
-                return Ok(());
-            };
-            let touched = inputs.touched(&path);
-            if !touched.is_empty() {
-                let mut burst = Burst::new(Instant::now());
-                burst.add(path, touched, Instant::now());
-                break burst;
-            }
+        let Some(burst) = next_burst(&mut changes, &inputs).await else {
+            return Ok(());
         };
-        // the rest of the burst, until it is quiet
-        loop {
-            let due = tokio::time::Instant::from_std(burst.due());
-            match tokio::time::timeout_at(due, changes.recv()).await {
-                Ok(Some(path)) => {
-                    let touched = inputs.touched(&path);
-                    if !touched.is_empty() {
-                        burst.add(path, touched, Instant::now());
-                    }
-                }
-                Ok(None) => return Ok(()),
-                Err(_) => break,
-            }
-        }
         update += 1;
         let started = Instant::now();
         let trigger = burst.describe(&config.base_dir);
@@ -131,66 +108,140 @@ async fn watch_loop(ctx: &Context, config: &SandboxConfig, args: &DevArgs) -> Re
             .info(format!("update {update}: {trigger} changed"));
         if burst.touched.contains(&Touched::Config) {
             // sandbox.yaml or a .dockerignore: what is read, and so watched, may differ
-            match ctx.config() {
-                Ok(c) => {
-                    config = SandboxConfig {
-                        fast_rollout: args.fast_rollout,
-                        ..c
-                    }
-                }
-                Err(e) => {
-                    ctx.reporter.warn(format!(
-                        "update {update} failed: {e}; watching for the next change"
-                    ));
-                    continue;
-                }
-            }
+            let Some(reread) = reread_config(ctx, args, update) else {
+                continue;
+            };
+            config = reread;
             inputs = Inputs::of(&config);
             drop(watcher);
             watcher = watch(&inputs, events.clone())?;
         }
+        // only files under sync rules changed: into the running containers, no rebuild
         if let Some(files) = inputs.sync_plan(&burst) {
-            let synced = crate::sync::sync(
-                &client,
-                &config.namespace,
-                &config.images,
-                &references,
-                &files,
-            )
-            .await;
-            match synced {
-                Ok(synced) => {
-                    ctx.reporter.info(format!(
-                        "update {update} done in {:.1}s: {} synced into {} (no build, no \
-                         restart)",
-                        started.elapsed().as_secs_f64(),
-                        crate::report::count(synced.files, "file"),
-                        crate::report::count(synced.containers, "container"),
-                    ));
-                    continue;
-                }
-                Err(reason) => ctx.reporter.info(format!(
-                    "update {update}: not synced ({reason}); rebuilding"
-                )),
+            if synced(ctx, &config, &client, &references, &files, update, started).await {
+                continue;
             }
         }
-        match crate::up::bring_up(&ctx.reporter, &config).await {
-            Ok(outcome) => {
-                references = references_of(&outcome);
-                ctx.reporter.info(format!(
-                    "update {update} done in {:.1}s: {}",
-                    started.elapsed().as_secs_f64(),
-                    summary(&outcome)
-                ))
-            }
-            Err(e) => {
-                let mut message = format!("update {update} failed: {e}");
-                for cause in e.chain() {
-                    message.push_str(&format!("\n  caused by: {cause}"));
+        // anything else (or a sync that failed): a full `up`, whose images the pods now run
+        if let Some(rebuilt) = rebuild(ctx, &config, update, started).await {
+            references = rebuilt;
+        }
+    }
+}
+
+/// The next burst of changes from `changes` (its paths that are inputs of the sandbox,
+/// from the first such until they stop coming for a while), or `None` once nothing can
+/// send any more.
+async fn next_burst(
+    changes: &mut tokio::sync::mpsc::UnboundedReceiver<PathBuf>,
+    inputs: &Inputs,
+) -> Option<Burst> {
+    // the first change that is an input of the sandbox begins a burst
+    let mut burst = loop {
+        let path = changes.recv().await?;
+        let touched = inputs.touched(&path);
+        if !touched.is_empty() {
+            let mut burst = Burst::new(Instant::now());
+            burst.add(path, touched, Instant::now());
+            break burst;
+        }
+    };
+    // the rest of the burst, until it is quiet
+    loop {
+        let due = tokio::time::Instant::from_std(burst.due());
+        match tokio::time::timeout_at(due, changes.recv()).await {
+            Ok(Some(path)) => {
+                let touched = inputs.touched(&path);
+                if !touched.is_empty() {
+                    burst.add(path, touched, Instant::now());
                 }
-                ctx.reporter
-                    .warn(format!("{message}\nwatching for the next change"));
             }
+            Ok(None) => return None,
+            Err(_) => break,
+        }
+    }
+    Some(burst)
+}
+
+/// The config read again for update `update` (with `dev`'s `--fast-rollout`), or `None`
+/// when it cannot be read, which is warned of: the update is skipped, the loop goes on
+/// with the config it had until the next change.
+fn reread_config(ctx: &Context, args: &DevArgs, update: u32) -> Option<SandboxConfig> {
+    match ctx.config() {
+        Ok(c) => Some(SandboxConfig {
+            fast_rollout: args.fast_rollout,
+            ..c
+        }),
+        Err(e) => {
+            ctx.reporter.warn(format!(
+                "update {update} failed: {e}; watching for the next change"
+            ));
+            None
+        }
+    }
+}
+
+/// Update `update` by a sync of `files` into the running containers (through `client`,
+/// into those running `references`' images), said when done; whether it was done (else
+/// why not is said and the caller rebuilds).
+async fn synced(
+    ctx: &Context,
+    config: &SandboxConfig,
+    client: &kube::Client,
+    references: &std::collections::BTreeMap<String, String>,
+    files: &[SyncFile],
+    update: u32,
+    started: Instant,
+) -> bool {
+    let synced =
+        crate::sync::sync(client, &config.namespace, &config.images, references, files).await;
+    match synced {
+        Ok(synced) => {
+            ctx.reporter.info(format!(
+                "update {update} done in {:.1}s: {} synced into {} (no build, no \
+                 restart)",
+                started.elapsed().as_secs_f64(),
+                crate::report::count(synced.files, "file"),
+                crate::report::count(synced.containers, "container"),
+            ));
+            true
+        }
+        Err(reason) => {
+            ctx.reporter.info(format!(
+                "update {update}: not synced ({reason}); rebuilding"
+            ));
+            false
+        }
+    }
+}
+
+/// Update `update` by a full `up` of `config`, said when done, or warned of with its
+/// causes when it failed (the loop goes on: the next change may fix it); the references
+/// the pods now run when it was done.
+async fn rebuild(
+    ctx: &Context,
+    config: &SandboxConfig,
+    update: u32,
+    started: Instant,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    match crate::up::bring_up(&ctx.reporter, config).await {
+        Ok(outcome) => {
+            let references = references_of(&outcome);
+            ctx.reporter.info(format!(
+                "update {update} done in {:.1}s: {}",
+                started.elapsed().as_secs_f64(),
+                summary(&outcome)
+            ));
+            Some(references)
+        }
+        Err(e) => {
+            let mut message = format!("update {update} failed: {e}");
+            for cause in e.chain() {
+                message.push_str(&format!("\n  caused by: {cause}"));
+            }
+            ctx.reporter
+                .warn(format!("{message}\nwatching for the next change"));
+            None
         }
     }
 }

@@ -96,35 +96,8 @@ pub async fn run(ctx: &Context, args: LogsArgs) -> Result<(), Error> {
         }
         Some(target) => match target.split_once('/') {
             Some((short, name)) => {
-                let (group, version, kind) = kind_of(short).ok_or_else(|| {
-                    Error::Usage(format!(
-                        "{target}: unknown kind {short:?} (deploy, sts, ds, rs, job)"
-                    ))
-                })?;
-                let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
-                let (resource, _) = kube::discovery::pinned_kind(&client, &gvk)
-                    .await
-                    .map_err(Error::kube(format!("look up {kind} in {group}/{version}")))?;
-                let api: Api<DynamicObject> =
-                    Api::namespaced_with(client.clone(), &namespace, &resource);
-                let object = api
-                    .get_opt(name)
-                    .await
-                    .map_err(Error::kube(format!("read {kind} {namespace}/{name}")))?
-                    .ok_or_else(|| {
-                        Error::Usage(format!("{kind} {namespace}/{name} does not exist"))
-                    })?;
-                let object = serde_json::to_value(&object).expect("objects serialise");
-                let selector = crate::wait::pod_selector(kind, &object, name).ok_or_else(|| {
-                    Error::Usage(format!("{kind} {name} has no matchLabels selector"))
-                })?;
-                let pods = pods_api
-                    .list(&ListParams::default().labels(&selector))
-                    .await
-                    .map_err(Error::kube(format!(
-                        "list the pods of {kind} {namespace}/{name}"
-                    )))?
-                    .items;
+                let (pods, selector) =
+                    workload_pods(&client, &pods_api, &namespace, target, (short, name)).await?;
                 (pods, Some(selector))
             }
             None => {
@@ -159,4 +132,42 @@ pub async fn run(ctx: &Context, args: LogsArgs) -> Result<(), Error> {
         (true, None) => crate::logs::follow_pod(&pods_api, &pods[0], &lines, &warn).await,
     }
     Ok(())
+}
+
+/// The pods of workload `short/name` (`deploy/web`; `target` as given, for messages) in
+/// `namespace`, with its pod selector: what finds the pods its rollouts make next when
+/// following.
+async fn workload_pods(
+    client: &kube::Client,
+    pods_api: &Api<Pod>,
+    namespace: &str,
+    target: &str,
+    (short, name): (&str, &str),
+) -> Result<(Vec<Pod>, String), Error> {
+    let (group, version, kind) = kind_of(short).ok_or_else(|| {
+        Error::Usage(format!(
+            "{target}: unknown kind {short:?} (deploy, sts, ds, rs, job)"
+        ))
+    })?;
+    let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
+    let (resource, _) = kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .map_err(Error::kube(format!("look up {kind} in {group}/{version}")))?;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let object = api
+        .get_opt(name)
+        .await
+        .map_err(Error::kube(format!("read {kind} {namespace}/{name}")))?
+        .ok_or_else(|| Error::Usage(format!("{kind} {namespace}/{name} does not exist")))?;
+    let object = serde_json::to_value(&object).expect("objects serialise");
+    let selector = crate::wait::pod_selector(kind, &object, name)
+        .ok_or_else(|| Error::Usage(format!("{kind} {name} has no matchLabels selector")))?;
+    let pods = pods_api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube(format!(
+            "list the pods of {kind} {namespace}/{name}"
+        )))?
+        .items;
+    Ok((pods, selector))
 }

@@ -153,12 +153,78 @@ async fn documents() -> Vec<Value> {
     let project_config = project.clone();
     let default = SandboxConfig::builtin_default("/home/me".into());
     let loaded = ["hello:sandbox-0123456789ab".to_string()];
+    let mut documents = vec![
+        up_outcome(project).await.json(),
+        up_outcome(default).await.json(),
+        cluster_up_result(&project_config, &loaded),
+        super::apply::result_json("hello", &loaded, &applied(), &pruned(), 12.34),
+        super::apply::result_json("hello", &[], &[], &[], 0.04),
+        urls_result(),
+    ];
+    documents.extend(down_results());
+    documents.extend(status_results());
+    documents.push(cluster_status_result(&project_config));
+    documents.extend([
+        super::build::result_json("hello", &built(), &loaded),
+        super::load::result_json("hello", &["web:1".to_string(), loaded[0].clone()], &loaded),
+    ]);
+    documents.extend(trust_results());
+    documents.extend(dns_setups());
+    documents.extend(errors());
+    documents
+}
+
+/// `ClusterUpResult` of environment `feature-a` of `config`, with images built and
+/// `loaded` pushed, objects applied and pruned.
+fn cluster_up_result(config: &SandboxConfig, loaded: &[String]) -> Value {
+    super::cluster::result_json(
+        config,
+        "sandbox-shared",
+        "feature-a",
+        &super::target::Applying {
+            built: built(),
+            delivered: loaded.to_vec(),
+            applied: applied(),
+            pruned: pruned(),
+            urls: urls(),
+            unchanged: false,
+        },
+        3.21,
+    )
+}
+
+/// `UrlsResult` of sandbox `hello`, reached on its own API port.
+fn urls_result() -> Value {
+    super::urls::result_json(
+        "hello",
+        &super::target::Access {
+            kubeconfig: serde_yaml::Value::Null,
+            context: "sandbox-hello".into(),
+            server: "https://127.0.0.1:40123".into(),
+        },
+        &urls(),
+    )
+}
+
+/// `DownResult` in its three forms: a sandbox removed with everything it had, one that
+/// did not exist, and an environment removed with its namespace.
+fn down_results() -> [Value; 3] {
     let removed = crate::node::Removed {
         containers: vec!["sandbox-hello-node".to_string()],
         networks: vec!["sandbox-hello".to_string()],
         volumes: vec!["sandbox-hello-data".to_string()],
         context: true,
     };
+    [
+        super::down::result_json("hello", true, &removed, true),
+        super::down::result_json("absent", false, &crate::node::Removed::default(), false),
+        super::down::environment_result_json("hello", "feature-a", true),
+    ]
+}
+
+/// `StatusResult` with a sandbox of each state (running with add-ons and an environment,
+/// stopped, of a profile this build does not know) and the DNS server, then one of none.
+fn status_results() -> [Value; 2] {
     let dns_record = crate::dns_daemon::DaemonRecord {
         pid: 4242,
         address: "127.0.0.1:15353".parse().unwrap(),
@@ -193,6 +259,34 @@ async fn documents() -> Vec<Value> {
             &[],
         ),
     ];
+    [
+        super::status::result_json(rows, Some(&dns_record)),
+        super::status::result_json(Vec::new(), None),
+    ]
+}
+
+/// `ClusterStatusResult` of `config` on a ready API: an environment with a workload and
+/// its Lease held, one with neither.
+fn cluster_status_result(config: &SandboxConfig) -> Value {
+    super::cluster::status_json(
+        config,
+        "team-shared",
+        "https://team.example.com:6443",
+        "ready",
+        &[
+            (
+                "pr-7".to_string(),
+                vec![("hello".to_string(), "ready".to_string())],
+                Some("ci-2/77".to_string()),
+            ),
+            ("pr-8".to_string(), Vec::new(), None),
+        ],
+    )
+}
+
+/// `TrustResult` of an install into stores of each outcome and of an uninstall, then
+/// `TrustExports` with and without the system bundle.
+fn trust_results() -> [Value; 4] {
     let plan = Plan {
         nickname: "sandbox-ca-me".into(),
         ca_path: "/home/me/.local/share/sandbox/ca/ca.crt".into(),
@@ -228,9 +322,28 @@ async fn documents() -> Vec<Value> {
         bundle: "/home/me/.local/share/sandbox/ca/bundle.crt".into(),
         system_bundle: system_bundle.map(Into::into),
     };
+    [
+        super::trust::result_json(Action::Install, &plan, &reports),
+        super::trust::result_json(Action::Uninstall, &plan, &[]),
+        super::trust::exports_json(&exports(Some("/etc/ssl/certs/ca-certificates.crt"))),
+        super::trust::exports_json(&exports(None)),
+    ]
+}
+
+/// `DnsSetup` of the resolver hook on Linux and on macOS.
+fn dns_setups() -> [Value; 2] {
     let server = "127.0.0.1:15353".parse().unwrap();
     let (linux_files, linux_reload) = super::dns::resolver_hook("linux", server);
     let (macos_files, macos_reload) = super::dns::resolver_hook("macos", server);
+    [
+        super::dns::setup_json(server, &linux_files, linux_reload.as_deref()),
+        super::dns::setup_json(server, &macos_files, macos_reload.as_deref()),
+    ]
+}
+
+/// `Error` documents: a missing sandbox, workloads not ready, and no container engine
+/// reachable (with what was tried).
+fn errors() -> [Value; 3] {
     let not_ready = crate::wait::WaitError::NotReady {
         summary: "1 workload not ready after 5m".to_string(),
         details: "Deployment default/hello: 0 of 1 replicas available".to_string(),
@@ -245,61 +358,7 @@ async fn documents() -> Vec<Value> {
             "/var/run/docker.sock".to_string(),
         )),
     };
-    vec![
-        up_outcome(project).await.json(),
-        up_outcome(default).await.json(),
-        super::cluster::result_json(
-            &project_config,
-            "sandbox-shared",
-            "feature-a",
-            &super::target::Applying {
-                built: built(),
-                delivered: loaded.to_vec(),
-                applied: applied(),
-                pruned: pruned(),
-                urls: urls(),
-                unchanged: false,
-            },
-            3.21,
-        ),
-        super::apply::result_json("hello", &loaded, &applied(), &pruned(), 12.34),
-        super::apply::result_json("hello", &[], &[], &[], 0.04),
-        super::urls::result_json(
-            "hello",
-            &super::target::Access {
-                kubeconfig: serde_yaml::Value::Null,
-                context: "sandbox-hello".into(),
-                server: "https://127.0.0.1:40123".into(),
-            },
-            &urls(),
-        ),
-        super::down::result_json("hello", true, &removed, true),
-        super::down::result_json("absent", false, &crate::node::Removed::default(), false),
-        super::down::environment_result_json("hello", "feature-a", true),
-        super::status::result_json(rows, Some(&dns_record)),
-        super::status::result_json(Vec::new(), None),
-        super::cluster::status_json(
-            &project_config,
-            "team-shared",
-            "https://team.example.com:6443",
-            "ready",
-            &[
-                (
-                    "pr-7".to_string(),
-                    vec![("hello".to_string(), "ready".to_string())],
-                    Some("ci-2/77".to_string()),
-                ),
-                ("pr-8".to_string(), Vec::new(), None),
-            ],
-        ),
-        super::build::result_json("hello", &built(), &loaded),
-        super::load::result_json("hello", &["web:1".to_string(), loaded[0].clone()], &loaded),
-        super::trust::result_json(Action::Install, &plan, &reports),
-        super::trust::result_json(Action::Uninstall, &plan, &[]),
-        super::trust::exports_json(&exports(Some("/etc/ssl/certs/ca-certificates.crt"))),
-        super::trust::exports_json(&exports(None)),
-        super::dns::setup_json(server, &linux_files, linux_reload.as_deref()),
-        super::dns::setup_json(server, &macos_files, macos_reload.as_deref()),
+    [
         Error::NotFound("hello".to_string()).json(),
         Error::from(not_ready).json(),
         Error::from(no_engine).json(),

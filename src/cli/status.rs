@@ -32,75 +32,8 @@ pub async fn run(ctx: &Context, args: StatusArgs) -> Result<(), Error> {
         Some(config.name.clone())
     };
     let nodes = engine.list_nodes(only.as_deref()).await?;
-    let mut rows = Vec::new();
-    for info in &nodes {
-        let profile = Profile::named(&info.profile).ok();
-        let ports = profile.as_ref().map(|p| node::ports_of(info, p));
-        let (api, environments, addons) = if !info.running() {
-            ("stopped".to_string(), Vec::new(), Vec::new())
-        } else {
-            match &profile {
-                Some(p) => api_health(&engine, info, p).await,
-                None => (
-                    format!("unknown profile {}", info.profile),
-                    Vec::new(),
-                    Vec::new(),
-                ),
-            }
-        };
-        rows.push(row_json(info, ports, &api, &environments, &addons));
-    }
-    let mut text = String::new();
-    if rows.is_empty() {
-        text.push_str(&match &only {
-            Some(name) => format!("sandbox {name} does not exist (`sandbox up` creates it)\n"),
-            None => "no sandboxes\n".to_string(),
-        });
-    } else {
-        text.push_str(&format!(
-            "{:<20} {:<8} {:<9} {:<10} {:<24} {:<30} {}\n",
-            "SANDBOX",
-            "PROFILE",
-            "STATE",
-            "API",
-            "PORTS (api/http/https)",
-            "ADD-ONS",
-            "ENVIRONMENTS"
-        ));
-        for r in &rows {
-            let ports = &r["ports"];
-            let environments: Vec<&str> = r["environments"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.as_str())
-                .collect();
-            let addons: Vec<String> = r["addons"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|a| {
-                    let state = a["state"].as_str().unwrap_or_default();
-                    let short = if state == "ready" {
-                        "ready"
-                    } else {
-                        "not ready"
-                    };
-                    format!("{}:{short}", a["name"].as_str().unwrap_or_default())
-                })
-                .collect();
-            text.push_str(&format!(
-                "{:<20} {:<8} {:<9} {:<10} {:<24} {:<30} {}\n",
-                r["sandbox"].as_str().unwrap_or_default(),
-                r["profile"].as_str().unwrap_or_default(),
-                r["state"].as_str().unwrap_or_default(),
-                r["api"].as_str().unwrap_or_default(),
-                format!("{}/{}/{}", ports["api"], ports["http"], ports["https"]),
-                addons.join(","),
-                environments.join(","),
-            ));
-        }
-    }
+    let rows = rows_json(&engine, &nodes).await;
+    let mut text = table_text(&rows, only.as_deref());
     let dns = crate::dns_daemon::running().await;
     text.push_str(&match &dns {
         Some(d) => format!("DNS server: {} (pid {})\n", d.address, d.pid),
@@ -115,6 +48,93 @@ pub async fn run(ctx: &Context, args: StatusArgs) -> Result<(), Error> {
         Some(name) => Err(Error::NotFound(name)),
         None => Ok(()),
     }
+}
+
+/// A `StatusResult` row per node of `nodes`: a running node's with its API's health, its
+/// environments and add-ons (asked of it in turn), a stopped one's without.
+async fn rows_json(engine: &Engine, nodes: &[crate::docker::NodeInfo]) -> Vec<serde_json::Value> {
+    let mut rows = Vec::new();
+    for info in nodes {
+        let profile = Profile::named(&info.profile).ok();
+        let ports = profile.as_ref().map(|p| node::ports_of(info, p));
+        let (api, environments, addons) = if !info.running() {
+            ("stopped".to_string(), Vec::new(), Vec::new())
+        } else {
+            match &profile {
+                Some(p) => api_health(engine, info, p).await,
+                None => (
+                    format!("unknown profile {}", info.profile),
+                    Vec::new(),
+                    Vec::new(),
+                ),
+            }
+        };
+        rows.push(row_json(info, ports, &api, &environments, &addons));
+    }
+    rows
+}
+
+/// The `status` table of `rows` (a header and a line per sandbox), or, with none, why
+/// there is no sandbox to show: `only`, the one asked for, does not exist.
+fn table_text(rows: &[serde_json::Value], only: Option<&str>) -> String {
+    let mut text = String::new();
+    if rows.is_empty() {
+        text.push_str(&match only {
+            Some(name) => format!("sandbox {name} does not exist (`sandbox up` creates it)\n"),
+            None => "no sandboxes\n".to_string(),
+        });
+    } else {
+        text.push_str(&format!(
+            "{:<20} {:<8} {:<9} {:<10} {:<24} {:<30} {}\n",
+            "SANDBOX",
+            "PROFILE",
+            "STATE",
+            "API",
+            "PORTS (api/http/https)",
+            "ADD-ONS",
+            "ENVIRONMENTS"
+        ));
+        for r in rows {
+            text.push_str(&row_text(r));
+        }
+    }
+    text
+}
+
+/// A sandbox's line of the `status` table, from its `StatusResult` row: add-ons as
+/// `NAME:ready` or `NAME:not ready`, environments comma-separated.
+fn row_text(r: &serde_json::Value) -> String {
+    let ports = &r["ports"];
+    let environments: Vec<&str> = r["environments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str())
+        .collect();
+    let addons: Vec<String> = r["addons"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let state = a["state"].as_str().unwrap_or_default();
+            let short = if state == "ready" {
+                "ready"
+            } else {
+                "not ready"
+            };
+            format!("{}:{short}", a["name"].as_str().unwrap_or_default())
+        })
+        .collect();
+    format!(
+        "{:<20} {:<8} {:<9} {:<10} {:<24} {:<30} {}\n",
+        r["sandbox"].as_str().unwrap_or_default(),
+        r["profile"].as_str().unwrap_or_default(),
+        r["state"].as_str().unwrap_or_default(),
+        r["api"].as_str().unwrap_or_default(),
+        format!("{}/{}/{}", ports["api"], ports["http"], ports["https"]),
+        addons.join(","),
+        environments.join(","),
+    )
 }
 
 /// One sandbox of `StatusResult`: its node, the API's health, its environments and add-ons.
