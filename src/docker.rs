@@ -1579,22 +1579,7 @@ impl Engine {
                 }
                 Ok::<(), DockerError>(())
             };
-            let feed = async {
-                if let Some(mut input) = input {
-                    let input_error = |source| DockerError::ExecInput {
-                        container: container.to_string(),
-                        command: command.clone(),
-                        source,
-                    };
-                    while let Some(chunk) = input.next().await {
-                        stdin.write_all(&chunk?).await.map_err(input_error)?;
-                    }
-                    stdin.flush().await.map_err(input_error)?;
-                    // half-close: the command sees end of input
-                    stdin.shutdown().await.map_err(input_error)?;
-                }
-                Ok::<(), DockerError>(())
-            };
+            let feed = feed_input(input, &mut stdin, container, &command);
             let (fed, collected) = tokio::join!(feed, collect);
             fed?;
             collected?;
@@ -1821,6 +1806,36 @@ impl Engine {
                 source: e,
             })
     }
+}
+
+/// Writes `input`, when given, to the `stdin` of the exec of `command` in `container`, then
+/// half-closes it so that the command sees end of input. Kept apart from [`Engine::exec`],
+/// which runs it alongside collecting the output, as a command may write before it has
+/// read all its input.
+async fn feed_input<S, W>(
+    input: Option<S>,
+    stdin: &mut W,
+    container: &str,
+    command: &str,
+) -> Result<(), DockerError>
+where
+    S: Stream<Item = Result<Bytes, DockerError>> + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    if let Some(mut input) = input {
+        let input_error = |source| DockerError::ExecInput {
+            container: container.to_string(),
+            command: command.to_string(),
+            source,
+        };
+        while let Some(chunk) = input.next().await {
+            stdin.write_all(&chunk?).await.map_err(input_error)?;
+        }
+        stdin.flush().await.map_err(input_error)?;
+        // half-close: the command sees end of input
+        stdin.shutdown().await.map_err(input_error)?;
+    }
+    Ok(())
 }
 
 /// Splits `repo:tag` (a registry port is not a tag); the tag defaults to `latest`.

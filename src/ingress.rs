@@ -56,18 +56,24 @@ fn hosts_of(ingress: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Adds a TLS section to every Ingress that has hosts under `domain` and none, and lists
-/// the Secrets to issue: those it added, and those the Ingresses name that no Secret in
-/// `docs` defines. Namespaced objects without a namespace are in `default_namespace`.
-pub fn plan(docs: &mut [Document], domain: &str, default_namespace: &str) -> Vec<TlsSecret> {
-    let defined: BTreeSet<(String, String)> = docs
-        .iter()
+/// The Secrets that `docs` define, as (namespace, name); one without a namespace is in
+/// `default_namespace`. A Secret an Ingress names is provisioned only when it is not among
+/// them.
+fn defined_secrets(docs: &[Document], default_namespace: &str) -> BTreeSet<(String, String)> {
+    docs.iter()
         .filter(|d| d.kind() == "Secret")
         .map(|d| {
             let ns = d.namespace().unwrap_or(default_namespace).to_string();
             (ns, d.name().to_string())
         })
-        .collect();
+        .collect()
+}
+
+/// Adds a TLS section to every Ingress that has hosts under `domain` and none, and lists
+/// the Secrets to issue: those it added, and those the Ingresses name that no Secret in
+/// `docs` defines. Namespaced objects without a namespace are in `default_namespace`.
+pub fn plan(docs: &mut [Document], domain: &str, default_namespace: &str) -> Vec<TlsSecret> {
+    let defined = defined_secrets(docs, default_namespace);
     let mut needed: BTreeMap<(String, String), TlsSecret> = BTreeMap::new();
     for doc in docs.iter_mut() {
         if doc.kind() != "Ingress" {

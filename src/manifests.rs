@@ -474,6 +474,76 @@ fn split_documents(text: &str) -> Vec<(String, usize)> {
     docs
 }
 
+/// Parses the text of the `index`th document of `path`, which starts at line `start`, into
+/// a JSON value. Kept apart from [`parse`] so that the error mapping (a YAML error's line
+/// counted from the file's start, not the document's) sits with the parsing it describes.
+fn parse_value(
+    doc_text: &str,
+    path: &Path,
+    index: usize,
+    start: usize,
+) -> Result<Value, ManifestError> {
+    let yaml_error = |e: serde_yaml::Error| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((1, 1));
+        ManifestError::Yaml {
+            path: path.to_path_buf(),
+            document: index,
+            line: start + line - 1,
+            column,
+            message: e
+                .to_string()
+                .split(" at line ")
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        }
+    };
+    let value: Value = if doc_text.contains("<<") {
+        // merge keys (`<<: *defaults`) are YAML 1.1, which kubectl follows: merged here
+        let mut yaml: serde_yaml::Value = serde_yaml::from_str(doc_text).map_err(yaml_error)?;
+        yaml.apply_merge().map_err(yaml_error)?;
+        serde_json::to_value(yaml).map_err(|e| ManifestError::NotAnObject {
+            path: path.to_path_buf(),
+            document: index,
+            line: start,
+            message: format!("not representable as JSON: {e}"),
+        })?
+    } else {
+        serde_yaml::from_str(doc_text).map_err(yaml_error)?
+    };
+    Ok(value)
+}
+
+/// Checks that `object` says what it is and what it is called (`apiVersion`, `kind`,
+/// `metadata.name`), the fields apply finds an object by; `not_object` makes the error for
+/// the document it came from.
+fn check_identity(
+    object: &Value,
+    not_object: impl Fn(String) -> ManifestError,
+) -> Result<(), ManifestError> {
+    for field in ["apiVersion", "kind"] {
+        if !object[field].is_string() {
+            return Err(not_object(format!("missing `{field}`")));
+        }
+    }
+    if !object["metadata"]["name"].is_string() {
+        let what = if object["metadata"]["generateName"].is_string() {
+            "has only `metadata.generateName`: apply finds an object by its name, so \
+             every `up` would create another one; set `metadata.name`"
+        } else {
+            "missing `metadata.name`"
+        };
+        return Err(not_object(format!(
+            "{} {what}",
+            object["kind"].as_str().unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
 /// Parses manifest text (already substituted) into objects. Empty documents are skipped;
 /// `kind: List` is expanded into its items.
 pub fn parse(text: &str, path: &Path) -> Result<Vec<Document>, ManifestError> {
@@ -489,38 +559,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Document>, ManifestError> {
             continue;
         }
         index += 1;
-        let yaml_error = |e: serde_yaml::Error| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((1, 1));
-            ManifestError::Yaml {
-                path: path.to_path_buf(),
-                document: index,
-                line: start + line - 1,
-                column,
-                message: e
-                    .to_string()
-                    .split(" at line ")
-                    .next()
-                    .unwrap_or_default()
-                    .to_string(),
-            }
-        };
-        let value: Value = if doc_text.contains("<<") {
-            // merge keys (`<<: *defaults`) are YAML 1.1, which kubectl follows: merged here
-            let mut yaml: serde_yaml::Value =
-                serde_yaml::from_str(&doc_text).map_err(yaml_error)?;
-            yaml.apply_merge().map_err(yaml_error)?;
-            serde_json::to_value(yaml).map_err(|e| ManifestError::NotAnObject {
-                path: path.to_path_buf(),
-                document: index,
-                line: start,
-                message: format!("not representable as JSON: {e}"),
-            })?
-        } else {
-            serde_yaml::from_str(&doc_text).map_err(yaml_error)?
-        };
+        let value = parse_value(&doc_text, path, index, start)?;
         let not_object = |message: String| ManifestError::NotAnObject {
             path: path.to_path_buf(),
             document: index,
@@ -544,23 +583,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Document>, ManifestError> {
             vec![value]
         };
         for mut object in items {
-            for field in ["apiVersion", "kind"] {
-                if !object[field].is_string() {
-                    return Err(not_object(format!("missing `{field}`")));
-                }
-            }
-            if !object["metadata"]["name"].is_string() {
-                let what = if object["metadata"]["generateName"].is_string() {
-                    "has only `metadata.generateName`: apply finds an object by its name, so \
-                     every `up` would create another one; set `metadata.name`"
-                } else {
-                    "missing `metadata.name`"
-                };
-                return Err(not_object(format!(
-                    "{} {what}",
-                    object["kind"].as_str().unwrap_or_default()
-                )));
-            }
+            check_identity(&object, not_object)?;
             // a `kubectl get -o yaml` dump applies as what it describes
             crate::normalize::strip_server_fields(&mut object);
             crate::normalize::fold_string_data(&mut object);

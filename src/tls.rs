@@ -710,10 +710,60 @@ fn scope_problems(cert_der: &[u8], domains: &[String]) -> Vec<String> {
         .copied()
         .chain(domains.iter().map(String::as_str))
         .collect();
+    let SubtreeFindings {
+        any_dns,
+        any_ip,
+        wide_names,
+        wide_ranges,
+    } = subtree_findings(
+        ext.value.permitted_subtrees.as_deref().unwrap_or_default(),
+        &zones,
+    );
+    if !any_dns {
+        problems.push("it permits every DNS name (no permitted DNS subtree)".into());
+    }
+    if !any_ip {
+        problems.push("it permits every IP address (no permitted IP subtree)".into());
+    }
+    if !wide_names.is_empty() {
+        problems.push(format!(
+            "it permits DNS names outside the sandbox zones ({}): {}",
+            zones.join(", "),
+            wide_names.join(", ")
+        ));
+    }
+    if !wide_ranges.is_empty() {
+        problems.push(format!(
+            "it permits addresses outside the private and loopback ranges: {}",
+            wide_ranges.join(", ")
+        ));
+    }
+    problems
+}
+
+/// What a CA's permitted subtrees allow, as [`scope_problems`] judges it.
+struct SubtreeFindings {
+    /// Whether a DNS subtree is permitted: without one, every DNS name is.
+    any_dns: bool,
+    /// Whether an IP subtree is permitted: without one, every address is.
+    any_ip: bool,
+    /// The permitted DNS subtrees outside the sandbox zones.
+    wide_names: Vec<String>,
+    /// The permitted IP subtrees outside [`PERMITTED_IP_RANGES`], or malformed.
+    wide_ranges: Vec<String>,
+}
+
+/// Sorts the permitted `subtrees` of a CA's name constraints against the sandbox `zones`
+/// and [`PERMITTED_IP_RANGES`]. Kept apart from [`scope_problems`], which turns the
+/// findings into clauses, so that walking the subtrees is read on its own.
+fn subtree_findings(
+    subtrees: &[x509_parser::extensions::GeneralSubtree<'_>],
+    zones: &[&str],
+) -> SubtreeFindings {
     let ranges = base_ranges();
     let (mut any_dns, mut any_ip) = (false, false);
     let (mut wide_names, mut wide_ranges) = (Vec::new(), Vec::new());
-    for subtree in ext.value.permitted_subtrees.iter().flatten() {
+    for subtree in subtrees {
         match subtree.base {
             GeneralName::DNSName(name) => {
                 any_dns = true;
@@ -740,26 +790,12 @@ fn scope_problems(cert_der: &[u8], domains: &[String]) -> Vec<String> {
             _ => {}
         }
     }
-    if !any_dns {
-        problems.push("it permits every DNS name (no permitted DNS subtree)".into());
+    SubtreeFindings {
+        any_dns,
+        any_ip,
+        wide_names,
+        wide_ranges,
     }
-    if !any_ip {
-        problems.push("it permits every IP address (no permitted IP subtree)".into());
-    }
-    if !wide_names.is_empty() {
-        problems.push(format!(
-            "it permits DNS names outside the sandbox zones ({}): {}",
-            zones.join(", "),
-            wide_names.join(", ")
-        ));
-    }
-    if !wide_ranges.is_empty() {
-        problems.push(format!(
-            "it permits addresses outside the private and loopback ranges: {}",
-            wide_ranges.join(", ")
-        ));
-    }
-    problems
 }
 
 fn base_ranges() -> Vec<(IpAddr, u8)> {
