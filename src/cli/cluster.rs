@@ -618,36 +618,13 @@ async fn pushed_project(
     let mut built = Vec::new();
     let engine = Engine::connect().await?;
     for (image, recorded) in config.images.iter().zip(recorded) {
-        let context = images::context_digest(image, &config.base_dir).await?;
-        let inputs = images::inputs(&engine, image, &config.base_dir, &context).await;
-        if recorded.name != image.name || inputs.as_ref() != Some(&recorded.inputs) {
-            return Err(Stale::NewInputs {
-                image: image.name.clone(),
-            });
-        }
-        if engine
-            .image_id(&recorded.reference)
-            .await
-            .ok()
-            .flatten()
-            .as_ref()
-            != Some(&recorded.id)
-        {
-            return Err(Stale::NotInEngine {
-                reference: recorded.reference.clone(),
-            });
-        }
-        if crate::registry::holds_at(host, &recorded.reference).await == Some(false) {
+        let image = crate::up::still_built(&engine, config, image, recorded).await?;
+        if crate::registry::holds_at(host, &image.reference).await == Some(false) {
             return Err(Stale::NotInRegistry {
-                reference: recorded.reference.clone(),
+                reference: image.reference,
             });
         }
-        built.push(BuiltImage {
-            name: image.name.clone(),
-            reference: recorded.reference.clone(),
-            id: recorded.id.clone(),
-            inputs,
-        });
+        built.push(image);
     }
     Ok(built)
 }

@@ -38,6 +38,7 @@ pub(crate) use self::ready::wait_answering;
 use self::ready::wait_data_paths;
 pub(crate) use self::ready::wait_ready;
 use self::record::save_record;
+pub(crate) use self::record::still_built;
 use self::record::unchanged;
 
 /// The wildcard domain of the laptop's loopback.

@@ -140,27 +140,38 @@ async fn recorded_images(
     }
     let mut built = Vec::new();
     for (image, recorded) in config.images.iter().zip(&record.images) {
-        let context = images::context_digest(image, &config.base_dir).await?;
-        let inputs = images::inputs(engine, image, &config.base_dir, &context).await;
-        if recorded.name != image.name || inputs.as_ref() != Some(&recorded.inputs) {
-            return Err(Stale::NewInputs {
-                image: image.name.clone(),
-            });
-        }
-        let id = engine.image_id(&recorded.reference).await.ok().flatten();
-        if id.as_ref() != Some(&recorded.id) {
-            return Err(Stale::NotInEngine {
-                reference: recorded.reference.clone(),
-            });
-        }
-        built.push(BuiltImage {
-            name: image.name.clone(),
-            reference: recorded.reference.clone(),
-            id: recorded.id.clone(),
-            inputs,
-        });
+        built.push(still_built(engine, config, image, recorded).await?);
     }
     Ok(built)
+}
+
+/// The image `recorded` by the last `up` for `image`, when it is still built from the same
+/// inputs and still in the engine (the warm checks of a node and of cluster mode).
+pub(crate) async fn still_built(
+    engine: &Engine,
+    config: &SandboxConfig,
+    image: &crate::config::ImageConfig,
+    recorded: &crate::warm::ImageRecord,
+) -> Result<BuiltImage, Stale> {
+    let context = images::context_digest(image, &config.base_dir).await?;
+    let inputs = images::inputs(engine, image, &config.base_dir, &context).await;
+    if recorded.name != image.name || inputs.as_ref() != Some(&recorded.inputs) {
+        return Err(Stale::NewInputs {
+            image: image.name.clone(),
+        });
+    }
+    let id = engine.image_id(&recorded.reference).await.ok().flatten();
+    if id.as_ref() != Some(&recorded.id) {
+        return Err(Stale::NotInEngine {
+            reference: recorded.reference.clone(),
+        });
+    }
+    Ok(BuiltImage {
+        name: image.name.clone(),
+        reference: recorded.reference.clone(),
+        id: recorded.id.clone(),
+        inputs,
+    })
 }
 
 /// The images as the node gets them: with `registry: local`, the registry runs, still
