@@ -31,7 +31,7 @@ pub enum Builder {
 /// `1`/`true` BuildKit). `Err` when BuildKit is forced on an engine that lacks it, or the
 /// variable is not a boolean.
 pub fn choose(builder_version: Option<&str>, forced: Option<&str>) -> Result<Builder, String> {
-    let engine_has = builder_version.map(str::trim) == Some("2");
+    let engine_has = engine_has_buildkit(builder_version);
     match forced.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
         None | Some("") => Ok(if engine_has {
             Builder::BuildKit
@@ -50,6 +50,11 @@ pub fn choose(builder_version: Option<&str>, forced: Option<&str>) -> Result<Bui
             "DOCKER_BUILDKIT={other:?} is neither 0 nor 1 (nor true/false)"
         )),
     }
+}
+
+/// Whether an engine whose `_ping` says `builder_version` has BuildKit.
+pub fn engine_has_buildkit(builder_version: Option<&str>) -> bool {
+    builder_version.map(str::trim) == Some("2")
 }
 
 /// A new session id: 25 random base-36 characters, as BuildKit's `identity.NewID`.

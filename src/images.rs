@@ -289,6 +289,14 @@ pub async fn context_digest(image: &ImageConfig, base_dir: &Path) -> Result<Stri
 /// Checks that an image's Dockerfile exists and its build secrets can be read (before
 /// anything is started).
 pub fn check(image: &ImageConfig, base_dir: &Path) -> Result<(), ImageError> {
+    checked_secrets(image, base_dir).map(drop)
+}
+
+/// The image's build secrets, once its Dockerfile is known to exist.
+fn checked_secrets(
+    image: &ImageConfig,
+    base_dir: &Path,
+) -> Result<BTreeMap<String, Vec<u8>>, ImageError> {
     let dockerfile = base_dir.join(&image.context).join(&image.dockerfile);
     if !dockerfile.is_file() {
         return Err(ImageError::NoDockerfile {
@@ -296,7 +304,7 @@ pub fn check(image: &ImageConfig, base_dir: &Path) -> Result<(), ImageError> {
             path: dockerfile,
         });
     }
-    read_secrets(image, base_dir, |var| std::env::var(var).ok()).map(drop)
+    read_secrets(image, base_dir, |var| std::env::var(var).ok())
 }
 
 /// The values of an image's build secrets, by id: files relative to `base_dir`, variables
@@ -343,7 +351,7 @@ async fn builder(
                 problem,
             }
         })?;
-    let engine_lacks = version.as_deref().map(str::trim) != Some("2");
+    let engine_lacks = !crate::buildkit::engine_has_buildkit(version.as_deref());
     if builder == Builder::Classic && !image.secrets.is_empty() {
         return Err(ImageError::SecretsNeedBuildKit {
             image: image.name.clone(),
@@ -375,7 +383,8 @@ pub async fn build(
     base_dir: &Path,
     reporter: &Reporter,
 ) -> Result<BuiltImage, ImageError> {
-    check(image, base_dir)?;
+    // read once: the secrets go to BuildKit as they were checked
+    let secrets = checked_secrets(image, base_dir)?;
     let context = base_dir.join(&image.context);
     let dockerfile = context.join(&image.dockerfile);
     let builder = builder(engine, image, reporter).await?;
@@ -391,7 +400,6 @@ pub async fn build(
     };
     let outcome = match builder {
         Builder::BuildKit => {
-            let secrets = read_secrets(image, base_dir, |var| std::env::var(var).ok())?;
             crate::buildkit::build(
                 engine.dial(),
                 &image.name,
