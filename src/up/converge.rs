@@ -825,6 +825,15 @@ mod tests {
             .expect("the sides end")
     }
 
+    /// Runs the sides, which must fail with the error of `step`.
+    async fn assert_fails_at(fake: &Fake, step: &str) {
+        let error = run(fake, false).await.err().expect("the up fails");
+        assert_eq!(
+            error.to_string(),
+            Error::Usage(format!("{step} failed")).to_string()
+        );
+    }
+
     fn before(fake: &Fake, pairs: &[(&str, &str)]) {
         for (a, b) in pairs {
             assert!(
@@ -933,11 +942,7 @@ mod tests {
             build_after_addons_begin: true,
             ..Fake::default()
         };
-        let error = run(&fake, false).await.err().expect("the up fails");
-        assert_eq!(
-            error.to_string(),
-            Error::Usage("build failed".into()).to_string()
-        );
+        assert_fails_at(&fake, "build").await;
         // the apply under way ended before the up did; nothing of the project went on
         before(
             &fake,
@@ -954,11 +959,7 @@ mod tests {
             fail: HashSet::from(["boot"]),
             ..Fake::default()
         };
-        let error = run(&fake, false).await.err().expect("the up fails");
-        assert_eq!(
-            error.to_string(),
-            Error::Usage("boot failed".into()).to_string()
-        );
+        assert_fails_at(&fake, "boot").await;
         for absent in ["serving", "listing", "apply_addons", "load", "apply"] {
             assert!(!fake.events().iter().any(|e| e == absent), "{absent}");
         }
@@ -971,11 +972,7 @@ mod tests {
             smtp_known: true,
             ..Fake::default()
         };
-        let error = run(&fake, false).await.err().expect("the up fails");
-        assert_eq!(
-            error.to_string(),
-            Error::Usage("project_documents failed".into()).to_string()
-        );
+        assert_fails_at(&fake, "project_documents").await;
         assert!(fake.events().iter().any(|e| e == "apply_addons done"));
         assert!(!fake.events().iter().any(|e| e == "apply"));
     }
@@ -988,10 +985,6 @@ mod tests {
             smtp_known: true,
             ..Fake::default()
         };
-        let error = run(&fake, false).await.err().expect("the up fails");
-        assert_eq!(
-            error.to_string(),
-            Error::Usage("serving failed".into()).to_string()
-        );
+        assert_fails_at(&fake, "serving").await;
     }
 }
